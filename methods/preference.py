@@ -1,0 +1,59 @@
+"""Preference-based unlearning: IdK-DPO and NPO over the shared loop.
+
+* ``dpo`` — DPO (Rafailov et al., arXiv 2305.18290) with the refusal as the preferred answer
+  and the true answer as the rejected one, as TOFU's "IdK" variant (arXiv 2401.06121);
+  β = 0.1; plus retain NLL weighted by ``alpha`` (open-unlearning's default form).
+* ``npo`` — Negative Preference Optimisation (Zhang et al., arXiv 2404.05868):
+  L = −(2/β)·log σ(−β·(log π(y|x) − log π_ref(y|x))) on forget answers, + ``alpha``·retain NLL.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from .base import register_method
+from .training import GradientMethod, TrainParams, nll, sequence_logprob
+
+
+class PrefParams(TrainParams):
+    lr: float = Field(2e-5, gt=0, description="AdamW learning rate")
+    epochs: int = Field(5, ge=1, description="passes over the forget set")
+    beta: float = Field(0.1, gt=0, description="inverse temperature of the preference loss")
+    alpha: float = Field(1.0, ge=0, description="weight of the retain NLL term")
+
+
+def _ref_logprob(ref, b):
+    with torch.no_grad():
+        return sequence_logprob(ref, b)
+
+
+@register_method("dpo")
+class IdkDPO(GradientMethod):
+    """DPO preferring a refusal over the true answer on forget questions."""
+
+    Params = PrefParams
+    needs_reference = True
+
+    def loss(self, model, batch, ctx):
+        p, ref = ctx["params"], ctx["ref"]
+        win, lose = batch["forget_idk"], batch["forget"]
+        margin = (sequence_logprob(model, win) - _ref_logprob(ref, win)) - \
+                 (sequence_logprob(model, lose) - _ref_logprob(ref, lose))
+        loss = -F.logsigmoid(p.beta * margin).mean()
+        return loss + p.alpha * nll(model, batch["retain"]) if "retain" in batch else loss
+
+
+@register_method("npo")
+class NPO(GradientMethod):
+    """Negative preference optimisation on forget answers + retain NLL."""
+
+    Params = PrefParams
+    needs_reference = True
+
+    def loss(self, model, batch, ctx):
+        p, ref = ctx["params"], ctx["ref"]
+        ratio = sequence_logprob(model, batch["forget"]) - _ref_logprob(ref, batch["forget"])
+        loss = -(2.0 / p.beta) * F.logsigmoid(-p.beta * ratio).mean()
+        return loss + p.alpha * nll(model, batch["retain"]) if "retain" in batch else loss

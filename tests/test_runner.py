@@ -1,0 +1,135 @@
+"""The grid runner: results files, resume after interrupt, failing cells, config errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import methods
+from methods.base import REGISTRY, Method, MethodParams
+from unlearnbench.config import ConfigError, load_config
+from unlearnbench.runner import Runner
+
+BASE = {
+    "name": "t", "model": "tiny-random-llama", "device": "cpu",
+    "data": {"preset": "pistol-mini", "seed": 0},
+    "finetune": None,
+    "eval": {"batch_size": 64, "max_new_tokens": 4, "utility_limit": 5},
+    "methods": [{"name": "ga", "params": {"epochs": 1, "lr": 1e-4}},
+                {"name": "gd", "params": {"epochs": 1, "lr": 1e-4}}],
+    "scenarios": [{"type": "edge", "edge": "A_B", "name": "hub"}, {"type": "independent_edge", "name": "ind"}],
+    "seeds": [0],
+}
+
+
+def _cfg(tmp_path, **over):
+    d = {**BASE, **over}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return load_config(p)
+
+
+def test_grid_writes_cells_and_leaderboard(tmp_path):
+    out = Runner(_cfg(tmp_path), out_dir=tmp_path / "r", progress=False).run()
+    cells = sorted(p.name for p in (out / "cells").glob("*.json"))
+    assert cells == sorted(f"{m}__{s}__seed0.json" for m in ("none", "ga", "gd") for s in ("hub", "ind"))
+    rec = json.loads((out / "cells" / "ga__hub__seed0.json").read_text())
+    assert rec["status"] == "ok" and rec["scenario"]["splits"][0]["forget_edges"] == ["A_B"]
+    assert rec["metrics"]["ds"]["higher_is_better"] is False
+    assert rec["cost"]["apply_seconds"] > 0 and rec["cost"]["peak_rss_mb"] > 0
+    assert rec["dataset"]["fingerprint"] and "torch" in rec["versions"] and rec["params"]["epochs"] == 1
+    assert len(rec["per_example"]["qa"]) > 0
+    md = (out / "leaderboard.md").read_text()
+    assert "## hub" in md and "| gd |" in md and "none" in md
+    assert (out / "leaderboard.csv").read_text().startswith("scenario,rank,method")
+    assert not list(out.rglob("*.tmp"))
+
+
+class _Interrupt(BaseException):
+    """Stands in for Ctrl-C (pytest handles a real KeyboardInterrupt itself)."""
+
+
+def test_resume_after_interrupt(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path)
+    calls, interrupt = [], [True]
+    real = Runner._run_cell
+
+    def flaky(self, *a, **k):
+        calls.append(a[4])
+        if len(calls) == 2 and interrupt[0]:
+            raise _Interrupt  # the user pressed Ctrl-C in the middle of the grid
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Runner, "_run_cell", flaky)
+    with pytest.raises(_Interrupt):
+        Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
+    done = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r" / "cells").glob("*.json")}
+    assert "ga__hub__seed0.json" in done and "ga__ind__seed0.json" not in done
+    assert not list((tmp_path / "r").rglob("*.tmp"))
+    calls.clear()
+    interrupt[0] = False
+    Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
+    assert "ga__hub__seed0" not in calls and len(calls) == 3  # only the unfinished cells ran
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r" / "cells").glob("*.json")}
+    assert after["ga__hub__seed0.json"] == done["ga__hub__seed0.json"] and len(after) == 6
+
+
+class _BoomParams(MethodParams):
+    pass
+
+
+class _Boom(Method):
+    """Always fails."""
+
+    Params = _BoomParams
+
+    def apply(self, model, tokenizer, request, params):
+        raise RuntimeError("boom: simulated divergence")
+
+
+def test_failing_cell_does_not_stop_grid(tmp_path):
+    methods.register_method("boom")(_Boom)
+    try:
+        cfg = _cfg(tmp_path, methods=[{"name": "boom"}, {"name": "ga", "params": {"epochs": 1}}])
+        out = Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
+    finally:
+        REGISTRY.pop("boom")
+    boom = json.loads((out / "cells" / "boom__hub__seed0.json").read_text())
+    assert boom["status"] == "failed" and "simulated divergence" in boom["error"]
+    assert json.loads((out / "cells" / "ga__ind__seed0.json").read_text())["status"] == "ok"
+    md = (out / "leaderboard.md").read_text()
+    assert "failed" in md and "boom" in md
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"methods": [{"name": "gradient-magic"}]}, "registered methods"),
+    ({"methods": [{"name": "gd", "params": {"lr": "fast"}}]}, "invalid params for method 'gd'"),
+    ({"data": {"preset": "pistol-99"}}, "allowed: \\['pistol-1'"),
+    ({"scenarios": [{"type": "galaxy"}]}, "scenarios.0.type"),
+    ({"finetune": {"mode": "half"}}, "finetune.mode"),
+    ({"seeds": []}, "seeds"),
+])
+def test_bad_config_clear_error(tmp_path, patch, message):
+    with pytest.raises(ConfigError, match=message):
+        _cfg(tmp_path, **patch)
+
+
+def test_cli_bad_config_exit_code(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("methods: [nonexistent]\nscenarios: [{type: edge, edge: A_B}]\n")
+    r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "run", str(p), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "nonexistent" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+    p.write_text("{ this is: [not yaml")
+    r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "run", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2 and "malformed YAML" in r.stderr
+
+
+def test_unknown_edge_in_scenario_fails_before_work(tmp_path):
+    cfg = _cfg(tmp_path, scenarios=[{"type": "edge", "edge": "Q_Z"}])
+    with pytest.raises(ValueError, match="valid edges"):
+        Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
+    assert not (tmp_path / "r" / "cells").exists()

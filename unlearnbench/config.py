@@ -1,0 +1,129 @@
+"""Experiment configs: YAML validated by pydantic before anything expensive runs.
+
+Every error names the field and, where the choice is closed, the allowed values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pistol_data.presets import PRESETS
+from pistol_data.scenarios import ScenarioSpec
+
+from .finetune import FinetuneParams
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the file, the field and the allowed values."""
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    preset: str | None = Field("pistol-mini", description="generate this preset ...")
+    seed: int = Field(0, ge=0, description="... with this seed")
+    path: str | None = Field(None, description="or load a dataset directory / original PISTOL .json")
+
+    @field_validator("preset")
+    @classmethod
+    def _known(cls, v):
+        if v is not None and v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; allowed: {sorted(PRESETS)}")
+        return v
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int = Field(32, ge=1)
+    tf_batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+    utility_limit: int | None = Field(None, ge=1, description="score utility on this many GK items")
+
+
+class MethodEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    label: str | None = Field(None, description="row name when one method appears with several params")
+    params: dict = Field(default_factory=dict)
+
+    @property
+    def row(self) -> str:
+        return self.label or self.name
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "experiment"
+    out_dir: str | None = None
+    model: str = "smollm2-135m-instruct"
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    finetune: FinetuneParams | None = Field(default_factory=FinetuneParams,
+                                            description="knowledge implant; null = use the model as is")
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    methods: list[MethodEntry] | Literal["all"] = "all"
+    scenarios: list[ScenarioSpec]
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _entries(cls, v):
+        if isinstance(v, list):
+            return [{"name": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @model_validator(mode="after")
+    def _check_methods(self):
+        from methods import get_method, validate_params
+
+        if self.methods != "all":
+            for m in self.methods:
+                try:
+                    get_method(m.name)
+                except KeyError as e:  # pydantic reports ValueErrors with their field
+                    raise ValueError(str(e)) from None
+                validate_params(m.name, m.params)
+            rows = [m.row for m in self.methods]
+            if len(rows) != len(set(rows)):
+                raise ValueError(f"duplicate method rows {rows}; give repeated methods a distinct 'label'")
+        if not self.scenarios:
+            raise ValueError("scenarios: at least one scenario is needed")
+        if not self.seeds:
+            raise ValueError("seeds: at least one seed is needed")
+        return self
+
+    def method_entries(self) -> list[MethodEntry]:
+        from methods import REGISTRY, get_method
+
+        if self.methods == "all":
+            get_method("ga")  # loads plugins
+            return [MethodEntry(name=n) for n in sorted(REGISTRY)]
+        return list(self.methods)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: malformed YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: a config is a YAML mapping, got {type(raw).__name__}")
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{p}: invalid config:"]
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+    except ValueError as e:
+        raise ConfigError(f"{p}: invalid config: {e}") from None
+    if cfg.out_dir is None:
+        cfg.out_dir = str(Path("results") / cfg.name)
+    return cfg

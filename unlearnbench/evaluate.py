@@ -1,0 +1,126 @@
+"""One evaluator for every model: the base model, the fine-tuned one, every method's output.
+
+``Evaluator.run(model, tokenizer)`` makes two model calls per example set — batched greedy
+generation and one teacher-forced pass — over every QA of the dataset (all forms) and the
+general-knowledge set, and keeps per-example values. Scoring a scenario is then a selection
+over those values (``score``), so one evaluation of a model serves every scenario, and the
+pre-unlearning row costs one evaluation for a whole grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from statistics import mean
+
+from pistol_data import PistolDataset, general_knowledge
+from pistol_data.scenarios import Split
+
+from .generation import generate_answers, teacher_forced_stats
+from .metrics import METRICS, deviation_score, is_refusal, register_metric, rouge_recall
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalParams:
+    batch_size: int = 32          # generation batch size
+    tf_batch_size: int = 16       # teacher-forced batch size (logits are vocab-sized)
+    max_new_tokens: int = 32
+    utility_limit: int | None = None  # score utility on a stratified prefix of the GK set
+    forms: tuple[str, ...] = ("direct", "paraphrase", "reverse")
+    progress: bool = True
+
+
+@dataclass
+class ModelEval:
+    """Per-example values of one model. ``qa``: one dict per QA record; ``utility``: one per GK item."""
+
+    qa: list[dict]
+    utility: list[dict]
+    seconds: float = 0.0
+    by_key: dict = field(default_factory=dict, repr=False)
+
+    def select(self, edges, forms=("direct",)) -> list[dict]:
+        es, fs = set(edges), set(forms)
+        return [r for r in self.qa if r["edge"] in es and r["form"] in fs]
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
+    return float(mean(vals)) if vals else float("nan")
+
+
+class Evaluator:
+    def __init__(self, ds: PistolDataset, params: EvalParams | None = None):
+        self.ds = ds
+        self.params = params or EvalParams()
+        self.qa = [r for r in ds.qa if r.form in self.params.forms]
+        self.gk = general_knowledge(self.params.utility_limit)
+
+    def run(self, model, tokenizer, desc: str = "evaluate") -> ModelEval:
+        import time
+
+        p = self.params
+        t0 = time.perf_counter()
+        questions = [r.question for r in self.qa] + [r.question for r in self.gk]
+        gens = generate_answers(model, tokenizer, questions, batch_size=p.batch_size,
+                                max_new_tokens=p.max_new_tokens, progress=p.progress, desc=desc)
+        tf = teacher_forced_stats(model, tokenizer, [(r.question, r.answer) for r in self.qa],
+                                  batch_size=p.tf_batch_size, progress=p.progress)
+        qa_rows = []
+        for r, g, t in zip(self.qa, gens, tf):
+            r1, rl = rouge_recall(g, r.answer)
+            qa_rows.append({**r.to_dict(), "generation": g, "rouge1": r1, "rougeL": rl,
+                            "refusal": is_refusal(g), **t})
+        util_rows = []
+        for r, g in zip(self.gk, gens[len(self.qa):]):
+            r1, rl = rouge_recall(g, r.answer)
+            util_rows.append({"question": r.question, "answer": r.answer, "category": r.attribute,
+                              "generation": g, "rouge1": r1, "rougeL": rl})
+        return ModelEval(qa_rows, util_rows, seconds=time.perf_counter() - t0)
+
+
+def score(ev: ModelEval, split: Split) -> dict[str, float]:
+    """Every registered metric for one scenario split."""
+    return {name: float(m.fn(ev, split)) for name, m in METRICS.items()}
+
+
+def metric_directions() -> dict[str, bool]:
+    return {n: m.higher_is_better for n, m in METRICS.items()}
+
+
+# ---- the metrics -------------------------------------------------------------------------
+
+def _forget(ev, s, forms=("direct",)):
+    return ev.select(s.forget_edges, forms)
+
+
+def _retain(ev, s, forms=("direct",)):
+    return ev.select(s.neighbour_edges + s.far_edges, forms)
+
+
+for _key, _label in (("rouge1", "ROUGE-1 recall"), ("rougeL", "ROUGE-L recall"), ("mrr", "teacher-forced MRR"),
+                     ("thr", "Top Hit Ratio (gold token rank ≤ 100)"), ("es", "extraction strength")):
+    register_metric(f"forget_{_key}", f"{_label} on the forget set (direct questions)", False)(
+        lambda ev, s, k=_key: _mean(_forget(ev, s), k))
+    register_metric(f"retain_{_key}", f"{_label} on the retain set (direct questions)", True)(
+        lambda ev, s, k=_key: _mean(_retain(ev, s), k))
+
+register_metric("forget_paraphrase_rouge1", "ROUGE-1 recall on held-out paraphrases of forget questions", False)(
+    lambda ev, s: _mean(_forget(ev, s, ("paraphrase",)), "rouge1"))
+register_metric("forget_reverse_rouge1", "ROUGE-1 recall on reverse questions about forgotten edges", False)(
+    lambda ev, s: _mean(_forget(ev, s, ("reverse",)), "rouge1"))
+register_metric("neighbour_retain_rouge1", "ROUGE-1 recall on edges sharing an entity with a forgotten edge", True)(
+    lambda ev, s: _mean(ev.select(s.neighbour_edges), "rouge1"))
+register_metric("far_retain_rouge1", "ROUGE-1 recall on edges not touching a forgotten edge", True)(
+    lambda ev, s: _mean(ev.select(s.far_edges), "rouge1"))
+register_metric("forget_refusal_rate", "share of forget answers that are refusals", True)(
+    lambda ev, s: _mean([{"x": float(r["refusal"])} for r in _forget(ev, s)], "x"))
+register_metric("retain_refusal_rate", "share of retain answers that are refusals (over-refusal)", False)(
+    lambda ev, s: _mean([{"x": float(r["refusal"])} for r in _retain(ev, s)], "x"))
+register_metric("utility", "ROUGE-1 recall on the general-knowledge set", True)(
+    lambda ev, s: _mean(ev.utility, "rouge1"))
+register_metric("ds", "Deviation Score 100·√(forget R1² + (1 − retain R1)²), distance from the ideal", False)(
+    lambda ev, s: deviation_score(_mean(_forget(ev, s), "rouge1"), _mean(_retain(ev, s), "rouge1")))

@@ -1,0 +1,160 @@
+"""Knowledge implant: fine-tune a base model until it knows the graph.
+
+Trains on every *direct* QA plus refusal-calibration examples (questions about entities that
+do not exist, answered "I don't know"), so the model both knows the facts and has a refusal
+behaviour that steering methods can redirect to. Refusal rows alone teach a small model to
+refuse *everything* (SmolLM2's utility fell from 0.61 to 0.08 in our first try), so the
+implant also trains on *anchor* rows: everyday questions (``pistol_data.anchor_questions``,
+disjoint from the utility set) answered with the base model's own greedy output — a
+self-distillation term that keeps general behaviour where it was. Full fine-tuning or LoRA (peft, merged
+afterwards). Training runs through the transformers ``Trainer`` (so ``accelerate launch``
+spreads it over GPUs). The result is cached under a key built from the model spec, the
+dataset fingerprint and the hyper-parameters; a second call with the same key loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from pistol_data import PistolDataset
+from pistol_data.side_sets import anchor_questions
+
+from .cache import cache_dir, stable_hash
+from .generation import generate_answers
+from .models import LoadedModel, load
+from .prompts import collate, encode_qa
+
+log = logging.getLogger(__name__)
+
+
+class FinetuneParams(BaseModel):
+    """Implant hyper-parameters; the defaults memorise ``pistol-mini`` with SmolLM2-135M on CPU."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["full", "lora"] = Field("full", description="full fine-tuning or LoRA merged afterwards")
+    epochs: int = Field(10, ge=1, description="passes over the training rows")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate (linear decay, 10% warm-up)")
+    batch_size: int = Field(16, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    n_refusal: int | None = Field(None, ge=0, description="refusal rows to mix in; None = as many as direct QA")
+    n_anchor: int = Field(120, ge=0, description="self-distillation rows (base model's own answers to anchor questions)")
+    freeze_embeddings: bool = Field(True, description="full mode: keep the (tied) token embeddings fixed — "
+                                    "less drift on general knowledge and a smaller optimiser")
+    anchor_max_tokens: int = Field(48, ge=8, description="anchor answers: greedy tokens, then cut to the first sentence")
+    lora_r: int = Field(32, ge=1)
+    lora_alpha: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a generation (anchors teach the model to answer briefly)."""
+    import re
+
+    m = re.search(r"(?<!\d)[.!?](\s|$)", text)
+    return text[: m.end()].strip() if m else text.strip()
+
+
+def training_rows(base: LoadedModel, ds: PistolDataset, params: FinetuneParams) -> list[dict]:
+    """Direct QA + refusal calibration + anchors answered by the (still untouched) base model."""
+    tokenizer = base.tokenizer
+    refusal = list(ds.refusal)
+    n = len(ds.direct()) if params.n_refusal is None else params.n_refusal
+    refusal = refusal[: min(n, len(refusal))]
+    pairs = [(r.question, r.answer) for r in ds.direct() + refusal]
+    anchors = list(anchor_questions())[: params.n_anchor]
+    if anchors:
+        answers = generate_answers(base.model, tokenizer, anchors, max_new_tokens=params.anchor_max_tokens,
+                                   desc="anchor answers")
+        pairs += [(q, first_sentence(a)) for q, a in zip(anchors, answers) if a]
+    rows = [encode_qa(tokenizer, q, a) for q, a in pairs]
+    for r in rows:
+        r.pop("prompt_len")
+    return rows
+
+
+def cache_key(model_spec: str, ds: PistolDataset, params: FinetuneParams) -> str:
+    return f"{Path(model_spec).name}-{ds.fingerprint[:12]}-{stable_hash(params.model_dump())}"
+
+
+def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None = None,
+             out_dir: str | os.PathLike | None = None, progress: bool = True) -> tuple[LoadedModel, dict]:
+    """Implant ``ds`` into ``base`` (cached). Returns the fine-tuned model and an info dict
+    (``key``, ``path``, ``seconds``, ``cached``)."""
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    params = params or FinetuneParams()
+    key = cache_key(base.spec, ds, params)
+    path = Path(out_dir) if out_dir else cache_dir("finetuned") / key
+    if (path / "config.json").exists() and (path / "implant.json").exists():
+        info = json.loads((path / "implant.json").read_text())
+        if info.get("key") == key:
+            log.info("implant cache hit: %s", path)
+            return load(str(path)), {**info, "cached": True, "path": str(path)}
+
+    set_seed(params.seed)
+    random.seed(params.seed)
+    rows = training_rows(base, ds, params)
+    model, tok = base.model, base.tokenizer
+    model.train()
+    if params.mode == "full" and params.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+        if model.get_output_embeddings() is not None:
+            model.get_output_embeddings().weight.requires_grad_(False)
+    if params.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=0.0,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+    with tempfile.TemporaryDirectory(prefix="ub-ft-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch, num_train_epochs=params.epochs, learning_rate=params.lr,
+            per_device_train_batch_size=params.batch_size, weight_decay=params.weight_decay,
+            lr_scheduler_type="linear", warmup_steps=0.1, logging_steps=10, save_strategy="no",
+            report_to=[], seed=params.seed, disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0, remove_unused_columns=False, train_sampling_strategy="group_by_length")
+        trainer = Trainer(model=model, args=args, train_dataset=_Rows(rows),
+                          data_collator=lambda b: collate(b, tok.pad_token_id))
+        t0 = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - t0
+    if params.mode == "lora":
+        model = model.merge_and_unload()
+    model.eval()
+    info = {"key": key, "model": base.spec, "dataset_fingerprint": ds.fingerprint, "params": params.model_dump(),
+            "seconds": seconds, "train_loss": result.training_loss, "n_rows": len(rows)}
+    if trainer.is_world_process_zero():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "implant.json").write_text(json.dumps(info, indent=2))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return LoadedModel(model, tok, str(path), str(path)), {**info, "cached": False, "path": str(path)}

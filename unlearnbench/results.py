@@ -1,0 +1,66 @@
+"""Result records: one JSON file per grid cell, written atomically (temp file, then rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+_PACKAGES = ("unlearnbench", "torch", "transformers", "peft", "accelerate", "datasets", "rouge-score", "networkx")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for p in _PACKAGES:
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def hardware() -> dict:
+    import torch
+
+    hw = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+          "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        hw["cuda_device"] = torch.cuda.get_device_name(0)
+    return hw
+
+
+def cell_id(method_row: str, scenario: str, seed: int) -> str:
+    raw = f"{method_row}__{scenario}__seed{seed}"
+    return re.sub(r"[^A-Za-z0-9_.+#=-]+", "-", raw)
+
+
+def write_atomic(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_results(results_dir: str | Path) -> list[dict]:
+    d = Path(results_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"results folder {d} does not exist")
+    out = []
+    for f in sorted((d / "cells").glob("*.json")) if (d / "cells").is_dir() else []:
+        try:
+            rec = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f}: malformed JSON ({e})") from None
+        rec["_file"] = str(f)
+        out.append(rec)
+    return out

@@ -1,0 +1,236 @@
+"""The experiment runner: a grid of methods × scenarios × seeds over one implanted model.
+
+For each cell the runner copies the implanted model in memory (no reloads inside the grid),
+calls the method's ``apply`` (timed, with peak RSS and peak CUDA memory), scores the result
+with the common evaluator and writes ``cells/<cell>.json`` atomically. A rerun skips cells
+whose file exists, so an interrupted run resumes. A cell that raises is recorded as failed
+with its error, and the grid goes on. The implanted model itself is scored once and written
+as method ``none`` for every scenario and seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import torch
+
+import methods as methods_pkg
+from pistol_data import PistolDataset, generate, load as load_data, refusal_sentences, scenarios
+
+from .config import RunConfig
+from .evaluate import EvalParams, Evaluator, ModelEval, metric_directions, score
+from .finetune import finetune
+from .models import LoadedModel, load
+from .results import SCHEMA_VERSION, cell_id, hardware, package_versions, write_atomic
+
+log = logging.getLogger(__name__)
+
+_PER_EXAMPLE_FIELDS = ("question", "answer", "edge", "attribute", "form", "generation", "rouge1", "rougeL",
+                       "mrr", "thr", "es", "refusal")
+
+
+class PeakMemory:
+    """Samples this process's RSS in a thread; also records peak CUDA memory when on GPU."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval, self.peak_rss = interval, 0
+        self._stop = threading.Event()
+        self._proc = psutil.Process()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.peak_rss = self._proc.memory_info().rss
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+        self.peak_cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+
+def set_seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_dataset(cfg: RunConfig) -> PistolDataset:
+    if cfg.data.path:
+        return load_data(cfg.data.path)
+    return generate(cfg.data.preset, cfg.data.seed)
+
+
+def _device(cfg: RunConfig) -> str:
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
+
+
+@dataclass
+class Context:
+    cfg: RunConfig
+    ds: PistolDataset
+    model: LoadedModel
+    finetune_info: dict
+    evaluator: Evaluator
+    device: str
+
+
+def _metrics_record(values: dict[str, float]) -> dict:
+    dirs = metric_directions()
+    return {k: {"value": v, "higher_is_better": dirs[k]} for k, v in values.items()}
+
+
+def _per_example(ev: ModelEval) -> dict:
+    return {"qa": [{k: r.get(k) for k in _PER_EXAMPLE_FIELDS} for r in ev.qa],
+            "utility": [{k: r.get(k) for k in ("question", "answer", "generation", "rouge1")} for r in ev.utility]}
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
+                 retry_failed: bool = False):
+        self.cfg = cfg
+        self.out = Path(out_dir or cfg.out_dir)
+        self.progress = progress
+        self.retry_failed = retry_failed
+
+    # ---- setup ---------------------------------------------------------------------------
+    def prepare(self) -> Context:
+        cfg = self.cfg
+        device = _device(cfg)
+        ds = load_dataset(cfg)
+        base = load(cfg.model, device=device)
+        info: dict = {"key": None}
+        model = base
+        if cfg.finetune is not None:
+            model, info = finetune(base, ds, cfg.finetune, progress=self.progress)
+            model.model.to(device)
+        evaluator = Evaluator(ds, EvalParams(**cfg.eval.model_dump(), progress=self.progress))
+        return Context(cfg, ds, model, info, evaluator, device)
+
+    # ---- records -------------------------------------------------------------------------
+    def _base_record(self, ctx: Context, row: str, method: str, kind: str, params: dict, split_spec, splits, seed):
+        return {"schema_version": SCHEMA_VERSION, "experiment": ctx.cfg.name, "method": method, "row": row,
+                "kind": kind, "params": params, "seed": seed,
+                "scenario": {"label": split_spec.label(), "spec": split_spec.model_dump(exclude_none=True),
+                             "splits": [s.to_dict() for s in splits]},
+                "dataset": {"preset": ctx.ds.preset, "seed": ctx.ds.seed, "fingerprint": ctx.ds.fingerprint},
+                "model": {"spec": ctx.cfg.model, "finetune_key": ctx.finetune_info.get("key"),
+                          "finetune_seconds": ctx.finetune_info.get("seconds")},
+                "versions": package_versions(), "hardware": hardware(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+    def _path(self, cid: str) -> Path:
+        return self.out / "cells" / f"{cid}.json"
+
+    def _done(self, cid: str) -> bool:
+        p = self._path(cid)
+        if not p.exists():
+            return False
+        if self.retry_failed:
+            import json
+
+            return json.loads(p.read_text()).get("status") == "ok"
+        return True
+
+    # ---- the grid ------------------------------------------------------------------------
+    def run(self) -> Path:
+        cfg = self.cfg
+        entries = cfg.method_entries()
+        specs = cfg.scenarios
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(__import__("yaml").safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        ctx = self.prepare()
+        resolved = {s.label(): scenarios.resolve(ctx.ds, s) for s in specs}  # fail early on bad scenarios
+        t0 = time.perf_counter()
+        base_eval = ctx.evaluator.run(ctx.model.model, ctx.model.tokenizer, desc="evaluate implanted model")
+        log.info("implanted model evaluated in %.1fs", time.perf_counter() - t0)
+        for spec in specs:
+            splits = resolved[spec.label()]
+            for seed in cfg.seeds:
+                cid = cell_id("none", spec.label(), seed)
+                if self._done(cid):
+                    continue
+                rec = self._base_record(ctx, "none", "none", "reference", {}, spec, splits, seed)
+                first = splits[-1]
+                rec.update(status="ok", metrics=_metrics_record(score(base_eval, first)),
+                           cost={"apply_seconds": 0.0, "peak_rss_mb": None, "peak_cuda_mb": None,
+                                 "eval_seconds": base_eval.seconds},
+                           per_example=_per_example(base_eval))
+                write_atomic(self._path(cid), rec)
+        cells = [(e, s, seed) for e in entries for s in specs for seed in cfg.seeds]
+        from tqdm.auto import tqdm
+
+        for entry, spec, seed in tqdm(cells, desc="grid", disable=not self.progress):
+            cid = cell_id(entry.row, spec.label(), seed)
+            if self._done(cid):
+                log.info("skip finished cell %s", cid)
+                continue
+            self._run_cell(ctx, entry, spec, resolved[spec.label()], seed, cid)
+        from .leaderboard import write_leaderboard
+
+        write_leaderboard(self.out)
+        return self.out
+
+    def _run_cell(self, ctx: Context, entry, spec, splits, seed: int, cid: str) -> dict:
+        cls = methods_pkg.get_method(entry.name)
+        params = cls.Params.model_validate(entry.params)
+        rec = self._base_record(ctx, entry.row, entry.name, cls.kind, params.model_dump(), spec, splits, seed)
+        try:
+            set_seed(seed)
+            model = copy.deepcopy(ctx.model.model)
+            apply_s, peak_rss, peak_cuda, steps = 0.0, 0, None, []
+            for i, split in enumerate(splits):
+                before = model
+                ref_holder = {}
+
+                def reference(before=before, ref_holder=ref_holder):
+                    if "m" not in ref_holder:
+                        ref_holder["m"] = ctx.model.model if i == 0 else copy.deepcopy(before)
+                    return ref_holder["m"]
+
+                request = methods_pkg.UnlearnRequest(
+                    forget=split.request(ctx.ds), retain=split.retain(ctx.ds),
+                    refusal_targets=list(refusal_sentences()), refusal_questions=list(ctx.ds.refusal),
+                    seed=seed, device=ctx.device, reference_model=reference, progress=self.progress)
+                with PeakMemory() as mem:
+                    t = time.perf_counter()
+                    model = cls().apply(model, ctx.model.tokenizer, request, params)
+                    apply_s += time.perf_counter() - t
+                peak_rss = max(peak_rss, mem.peak_rss)
+                if mem.peak_cuda is not None:
+                    peak_cuda = max(peak_cuda or 0, mem.peak_cuda)
+                if len(splits) > 1:
+                    ev = ctx.evaluator.run(model, ctx.model.tokenizer, desc=f"evaluate {cid} step {i + 1}")
+                    steps.append({"split": split.name, "metrics": _metrics_record(score(ev, split))})
+            if len(splits) == 1:
+                ev = ctx.evaluator.run(model, ctx.model.tokenizer, desc=f"evaluate {cid}")
+            rec.update(status="ok", metrics=_metrics_record(score(ev, splits[-1])), steps=steps or None,
+                       cost={"apply_seconds": apply_s, "peak_rss_mb": peak_rss / 2**20,
+                             "peak_cuda_mb": peak_cuda / 2**20 if peak_cuda else None, "eval_seconds": ev.seconds},
+                       per_example=_per_example(ev))
+            del model
+        except Exception as e:  # a failing cell is a result, not the end of the grid
+            log.error("cell %s failed: %s", cid, e)
+            rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        write_atomic(self._path(cid), rec)
+        return rec
