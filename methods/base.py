@@ -55,6 +55,11 @@ class Method:
     def apply(self, model, tokenizer, request: UnlearnRequest, params: MethodParams):  # pragma: no cover
         raise NotImplementedError
 
+    def attack_info(self) -> dict | None:
+        """What inference-time attacks may use after ``apply``: ``layers`` modified and, for
+        steering methods, ``directions`` (layer → vector added). ``None``: nothing to expose."""
+        return None
+
 
 REGISTRY: dict[str, type[Method]] = {}
 

@@ -14,6 +14,9 @@ from .training import GradientMethod, TrainParams, kl_to_reference, nll
 
 
 class GAParams(TrainParams):
+    """Defaults chosen on pistol-mini × SmolLM2 (hub edge): 5 passes at 2e-5 forget the edge;
+    10 passes cost 0.3 retain ROUGE-1 for GD."""
+
     lr: float = Field(2e-5, gt=0, description="AdamW learning rate")
     epochs: int = Field(5, ge=1, description="passes over the forget set")
 

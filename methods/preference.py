@@ -29,11 +29,15 @@ def _ref_logprob(ref, b):
         return sequence_logprob(ref, b)
 
 
+class DPOParams(PrefParams):
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate (2e-5 over-refused retain questions on SmolLM2)")
+
+
 @register_method("dpo")
 class IdkDPO(GradientMethod):
     """DPO preferring a refusal over the true answer on forget questions."""
 
-    Params = PrefParams
+    Params = DPOParams
     needs_reference = True
 
     def loss(self, model, batch, ctx):

@@ -82,6 +82,26 @@ class Evaluator:
         return ModelEval(qa_rows, util_rows, seconds=time.perf_counter() - t0)
 
 
+def attack_scores(evaluator: "Evaluator", model, tokenizer, split: Split, info: dict | None) -> dict:
+    """Forget ROUGE-1 (direct questions) under every registered attack that applies."""
+    from .attacks import ATTACKS
+
+    forget = [r for r in evaluator.ds.for_edges(split.forget_edges, ("direct",))]
+    out = {}
+    for name, att in ATTACKS.items():
+        ctx = att.factory(model, info)
+        if ctx is None:
+            continue
+        with ctx:
+            gens = generate_answers(model, tokenizer, [r.question for r in forget],
+                                    batch_size=evaluator.params.batch_size,
+                                    max_new_tokens=evaluator.params.max_new_tokens)
+        vals = [rouge_recall(g, r.answer)[0] for g, r in zip(gens, forget)]
+        out[name] = {"forget_rouge1": float(mean(vals)) if vals else float("nan"), "meaning": att.meaning,
+                     "examples": [{"question": r.question, "generation": g} for r, g in zip(forget[:3], gens[:3])]}
+    return out
+
+
 def score(ev: ModelEval, split: Split) -> dict[str, float]:
     """Every registered metric for one scenario split."""
     return {name: float(m.fn(ev, split)) for name, m in METRICS.items()}

@@ -47,11 +47,11 @@ class FinetuneParams(BaseModel):
     lr: float = Field(1e-4, gt=0, description="peak learning rate (linear decay, 10% warm-up)")
     batch_size: int = Field(16, ge=1)
     weight_decay: float = Field(0.0, ge=0)
-    n_refusal: int | None = Field(None, ge=0, description="refusal rows to mix in; None = as many as direct QA")
+    n_refusal: int | None = Field(24, ge=0, description="refusal rows to mix in; None = as many as direct QA")
     n_anchor: int = Field(120, ge=0, description="self-distillation rows (base model's own answers to anchor questions)")
     freeze_embeddings: bool = Field(True, description="full mode: keep the (tied) token embeddings fixed — "
                                     "less drift on general knowledge and a smaller optimiser")
-    anchor_max_tokens: int = Field(48, ge=8, description="anchor answers: greedy tokens, then cut to the first sentence")
+    anchor_max_tokens: int = Field(64, ge=8, description="anchor answers: greedy tokens, cut after the last full sentence")
     lora_r: int = Field(32, ge=1)
     lora_alpha: int = Field(64, ge=1)
     seed: int = 0
@@ -68,12 +68,13 @@ class _Rows(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-def first_sentence(text: str) -> str:
-    """The first sentence of a generation (anchors teach the model to answer briefly)."""
+def whole_sentences(text: str) -> str:
+    """A generation cut after its last complete sentence, so anchors never end mid-sentence.
+    (Cutting to the *first* sentence made answers terse and cost 0.1 utility.)"""
     import re
 
-    m = re.search(r"(?<!\d)[.!?](\s|$)", text)
-    return text[: m.end()].strip() if m else text.strip()
+    ends = [m.end() for m in re.finditer(r"(?<!\d)[.!?](?=\s|$)", text)]
+    return text[: ends[-1]].strip() if ends else text.strip()
 
 
 def training_rows(base: LoadedModel, ds: PistolDataset, params: FinetuneParams) -> list[dict]:
@@ -87,7 +88,7 @@ def training_rows(base: LoadedModel, ds: PistolDataset, params: FinetuneParams) 
     if anchors:
         answers = generate_answers(base.model, tokenizer, anchors, max_new_tokens=params.anchor_max_tokens,
                                    desc="anchor answers")
-        pairs += [(q, first_sentence(a)) for q, a in zip(anchors, answers) if a]
+        pairs += [(q, whole_sentences(a)) for q, a in zip(anchors, answers) if a]
     rows = [encode_qa(tokenizer, q, a) for q, a in pairs]
     for r in rows:
         r.pop("prompt_len")

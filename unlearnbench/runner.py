@@ -25,7 +25,7 @@ import methods as methods_pkg
 from pistol_data import PistolDataset, generate, load as load_data, refusal_sentences, scenarios
 
 from .config import RunConfig
-from .evaluate import EvalParams, Evaluator, ModelEval, metric_directions, score
+from .evaluate import EvalParams, Evaluator, ModelEval, attack_scores, metric_directions, score
 from .finetune import finetune
 from .models import LoadedModel, load
 from .results import SCHEMA_VERSION, cell_id, hardware, package_versions, write_atomic
@@ -199,6 +199,7 @@ class Runner:
             set_seed(seed)
             model = copy.deepcopy(ctx.model.model)
             apply_s, peak_rss, peak_cuda, steps = 0.0, 0, None, []
+            method = cls()
             for i, split in enumerate(splits):
                 before = model
                 ref_holder = {}
@@ -214,7 +215,7 @@ class Runner:
                     seed=seed, device=ctx.device, reference_model=reference, progress=self.progress)
                 with PeakMemory() as mem:
                     t = time.perf_counter()
-                    model = cls().apply(model, ctx.model.tokenizer, request, params)
+                    model = method.apply(model, ctx.model.tokenizer, request, params)
                     apply_s += time.perf_counter() - t
                 peak_rss = max(peak_rss, mem.peak_rss)
                 if mem.peak_cuda is not None:
@@ -224,7 +225,9 @@ class Runner:
                     steps.append({"split": split.name, "metrics": _metrics_record(score(ev, split))})
             if len(splits) == 1:
                 ev = ctx.evaluator.run(model, ctx.model.tokenizer, desc=f"evaluate {cid}")
+            attacks = attack_scores(ctx.evaluator, model, ctx.model.tokenizer, splits[-1], method.attack_info())
             rec.update(status="ok", metrics=_metrics_record(score(ev, splits[-1])), steps=steps or None,
+                       attacks=attacks or None,
                        cost={"apply_seconds": apply_s, "peak_rss_mb": peak_rss / 2**20,
                              "peak_cuda_mb": peak_cuda / 2**20 if peak_cuda else None, "eval_seconds": ev.seconds},
                        per_example=_per_example(ev))

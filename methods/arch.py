@@ -1,0 +1,47 @@
+"""Where things live in each architecture: one entry per model family.
+
+Methods that touch specific modules (LUNAR's down-projection, the editing family's MLP output
+matrices) look them up here, so a new architecture is one entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ArchMap:
+    layers: str        # the ModuleList of transformer blocks
+    mlp_out: str       # within a block: the MLP's output projection (rows = hidden size)
+    mlp_out_transposed: bool = False  # GPT-2's Conv1D stores weight as (in, out)
+
+
+ARCH: dict[str, ArchMap] = {
+    "llama": ArchMap("model.layers", "mlp.down_proj"),
+    "mistral": ArchMap("model.layers", "mlp.down_proj"),
+    "qwen2": ArchMap("model.layers", "mlp.down_proj"),
+    "gemma": ArchMap("model.layers", "mlp.down_proj"),
+    "gpt2": ArchMap("transformer.h", "mlp.c_proj", mlp_out_transposed=True),
+}
+
+
+def arch_of(model) -> ArchMap:
+    kind = getattr(model.config, "model_type", None)
+    if kind not in ARCH:
+        raise ValueError(f"no module map for model_type {kind!r}; known: {sorted(ARCH)} (add one to methods/arch.py)")
+    return ARCH[kind]
+
+
+def blocks(model) -> torch.nn.ModuleList:
+    return model.get_submodule(arch_of(model).layers)
+
+
+def mlp_out(model, layer: int) -> torch.nn.Module:
+    return blocks(model)[layer].get_submodule(arch_of(model).mlp_out)
+
+
+def mlp_out_name(model, layer: int) -> str:
+    a = arch_of(model)
+    return f"{a.layers}.{layer}.{a.mlp_out}"

@@ -1,0 +1,20 @@
+"""The shared training loop runs unchanged under `accelerate launch` (2 CPU processes, gloo DDP)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_accelerate_launch_two_processes(tmp_path):
+    script = Path(__file__).with_name("ddp_unlearn.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path / "rank")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank.{i}.json").read_text()) for i in (0, 1)]
+    assert all(x["world"] == 2 for x in ranks)
+    assert ranks[0]["after"] == ranks[1]["after"]  # replicas stay in sync
+    assert ranks[0]["after"] != ranks[0]["before"]  # and they did train
