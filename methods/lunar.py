@@ -251,7 +251,6 @@ class Lunar(Method):
     Params = LunarParams
 
     def apply(self, model, tokenizer, request: UnlearnRequest, params: LunarParams):
-        from tqdm.auto import tqdm
 
         if not request.forget:
             raise ValueError("the request has an empty forget set")

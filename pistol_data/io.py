@@ -8,6 +8,7 @@ a half-written dataset behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,6 +28,22 @@ class DataFormatError(ValueError):
     """A dataset file that cannot be read; the message names the file and the problem."""
 
 
+@contextlib.contextmanager
+def atomic_dir(out: Path):
+    """Yield a temporary sibling directory; on success it replaces ``out`` in one rename,
+    on failure it is removed, so readers never see a half-written directory."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _jsonl(records) -> str:
     return "".join(canonical_json(r.to_dict()) + "\n" for r in records)
 
@@ -37,21 +54,13 @@ def save(ds: PistolDataset, out_dir: str | os.PathLike, overwrite: bool = False)
         if (out / "manifest.json").exists() and load(out).fingerprint == ds.fingerprint:
             return out  # the very same dataset is already there
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / "qa.jsonl").write_text(_jsonl(ds.qa), encoding="utf-8")
         (tmp / "refusal.jsonl").write_text(_jsonl(ds.refusal), encoding="utf-8")
         (tmp / "graph.json").write_text(json.dumps(graph_to_json(ds.graph), sort_keys=True, indent=1,
                                                    ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "manifest.json").write_text(json.dumps(ds.manifest(), sort_keys=True, indent=2) + "\n",
                                            encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -35,6 +35,17 @@ def register_attack(name: str, meaning: str):
     return deco
 
 
+@contextlib.contextmanager
+def _hooked(registrations):
+    """Register forward hooks for the duration of the block: ``[(module, hook, with_kwargs)]``."""
+    handles = [m.register_forward_hook(h, with_kwargs=kw) for m, h, kw in registrations]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _blocks(model):
     from methods.arch import blocks
 
@@ -47,23 +58,14 @@ def reverse_direction(model, info: dict | None):
         return None
     bl = _blocks(model)
 
-    @contextlib.contextmanager
-    def ctx():
-        def make(vec):
-            def hook(mod, inp, out):
-                hs = out[0] if isinstance(out, tuple) else out
-                hs = hs - vec.to(hs.device, hs.dtype)
-                return (hs, *out[1:]) if isinstance(out, tuple) else hs
-            return hook
+    def make(vec):
+        def hook(mod, inp, out):
+            hs = out[0] if isinstance(out, tuple) else out
+            hs = hs - vec.to(hs.device, hs.dtype)
+            return (hs, *out[1:]) if isinstance(out, tuple) else hs
+        return hook
 
-        hs = [bl[layer].register_forward_hook(make(vec)) for layer, vec in info["directions"].items()]
-        try:
-            yield
-        finally:
-            for h in hs:
-                h.remove()
-
-    return ctx()
+    return _hooked([(bl[layer], make(vec), False) for layer, vec in info["directions"].items()])
 
 
 @register_attack("layer_skip", "forget ROUGE-1 when the blocks around the modified layers are skipped")
@@ -76,17 +78,8 @@ def layer_skip(model, info: dict | None):
     if not skip:
         return None
 
-    @contextlib.contextmanager
-    def ctx():
-        def hook(mod, args, kwargs, out):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+    def identity(mod, args, kwargs, out):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
-        hs = [bl[l].register_forward_hook(hook, with_kwargs=True) for l in skip]
-        try:
-            yield
-        finally:
-            for h in hs:
-                h.remove()
-
-    return ctx()
+    return _hooked([(bl[l], identity, True) for l in skip])

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pistol_data import PistolDataset
+from pistol_data.io import atomic_dir
 from pistol_data.side_sets import anchor_questions
 
 from .cache import cache_dir, stable_hash
@@ -146,16 +146,8 @@ def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None
     info = {"key": key, "model": base.spec, "dataset_fingerprint": ds.fingerprint, "params": params.model_dump(),
             "seconds": seconds, "train_loss": result.training_loss, "n_rows": len(rows)}
     if trainer.is_world_process_zero():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             (tmp / "implant.json").write_text(json.dumps(info, indent=2))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return LoadedModel(model, tok, str(path), str(path)), {**info, "cached": False, "path": str(path)}

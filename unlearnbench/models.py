@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -72,14 +69,11 @@ def _dequantize_gguf(gguf: Path, out: Path) -> None:
     plain = AutoModelForCausalLM.from_config(cfg)
     plain.load_state_dict(m.state_dict())
     plain.generation_config = m.generation_config
-    tmp = Path(tempfile.mkdtemp(prefix=".dequant.", dir=out.parent))
-    try:
+    from pistol_data.io import atomic_dir
+
+    with atomic_dir(out) as tmp:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def resolve_path(spec: str) -> str:
