@@ -51,6 +51,8 @@ class FinetuneParams(BaseModel):
     n_anchor: int = Field(120, ge=0, description="self-distillation rows (base model's own answers to anchor questions)")
     freeze_embeddings: bool = Field(True, description="full mode: keep the (tied) token embeddings fixed — "
                                     "less drift on general knowledge and a smaller optimiser")
+    train_modules: Literal["all", "mlp"] = Field("all", description="full mode: update every weight, or only the "
+                                                 "MLP blocks (where factual associations are stored)")
     anchor_max_tokens: int = Field(64, ge=8, description="anchor answers: greedy tokens, cut after the last full sentence")
     lora_r: int = Field(32, ge=1)
     lora_alpha: int = Field(64, ge=1)
@@ -119,6 +121,9 @@ def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None
     rows = training_rows(base, ds, params)
     model, tok = base.model, base.tokenizer
     model.train()
+    if params.mode == "full" and params.train_modules == "mlp":
+        for name, p in model.named_parameters():
+            p.requires_grad_(".mlp." in name)
     if params.mode == "full" and params.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
         if model.get_output_embeddings() is not None:
