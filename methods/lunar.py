@@ -17,7 +17,7 @@ Algorithm, as the public code does it:
    the one where forget answers turn into refusals while retain answers survive. We fit the
    edit at each candidate layer and score the *trained* edit with one teacher-forced pass on a
    few questions: ``gain(l) = Δ log p(refusal | forget q) − Δ NLL(true answer | retain q)``;
-   the arg-max wins. Candidates: from a third of the depth to the second-last layer. (Scoring
+   the arg-max wins. Candidates: every second layer from a third of the depth up to the second-last layer. (Scoring
    by steering with +coeff·r instead picked layers 11–13 of SmolLM2, where the trained edit
    did not forget at all: PISTOL questions share most tokens, so the fit is a compromise.)
 5. **Sequential requests**: ``apply`` again on the already-unlearned model; it starts from the
@@ -58,7 +58,9 @@ class LunarParams(MethodParams):
     epochs: int = Field(20, ge=1, description="passes over the activation rows")
     batch_size: int = Field(64, ge=1, description="activation rows per step")
     gamma: float = Field(0.9, gt=0, le=1, description="exponential LR decay per epoch")
-    candidate_layers: list[int] | None = Field(None, description="layers the automatic selection sweeps")
+    candidate_layers: list[int] | None = Field(None, description="layers the automatic selection sweeps "
+                                               "(None: every `layer_stride`-th from a third of the depth to the second-last)")
+    layer_stride: int = Field(2, ge=1, description="stride of the default candidate layers")
     select_questions: int = Field(8, ge=1, description="forget and retain questions used to score each candidate")
     max_reference: int = Field(64, ge=1, description="reference (refused) prompts used for the direction")
 
@@ -216,7 +218,7 @@ def select_layer(model, tokenizer, request: UnlearnRequest, r: torch.Tensor, par
     answers into refusals while keeping retain answers: arg-max over layers of
     Δ log p(refusal | forget q) − Δ NLL(true answer | retain q), one teacher-forced pass each."""
     n = r.shape[0]
-    cands = params.candidate_layers or list(range(n // 3, n - 1))
+    cands = params.candidate_layers or list(range(n - 2, n // 3 - 1, -params.layer_stride))[::-1]
     rng = random.Random(request.seed)
     fq = rng.sample(request.forget, min(params.select_questions, len(request.forget)))
     rq = rng.sample(request.retain, min(params.select_questions, len(request.retain))) if request.retain else []

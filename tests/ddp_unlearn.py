@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under `accelerate launch --cpu --num_processes 2`.
+"""Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` (2 CPU processes).
 
 Each process runs the shared unlearning loop on the tiny model and writes a digest of its final
 weights; DDP must keep the two replicas identical.
@@ -18,7 +18,7 @@ from unlearnbench.models import load
 def main(out_prefix: str) -> None:
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=True)
     ds = generate("pistol-mini", 0)
     [split] = scenarios.resolve(ds, {"type": "edge", "edge": "A_B"})
     lm = load("tiny-random-llama")

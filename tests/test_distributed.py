@@ -1,4 +1,10 @@
-"""The shared training loop runs unchanged under `accelerate launch` (2 CPU processes, gloo DDP)."""
+"""The shared training loop runs unchanged on several processes (2 CPU processes, gloo DDP).
+
+On CPU, `accelerate launch --cpu --num_processes N` starts a single process unless mpirun is
+installed; `torchrun` is the launcher accelerate itself uses for multi-GPU runs, and
+`Accelerator` detects the multi-CPU world from its environment. On GPUs use
+`accelerate launch --multi_gpu --num_processes N`.
+"""
 
 import json
 import os
@@ -10,8 +16,8 @@ from pathlib import Path
 def test_accelerate_launch_two_processes(tmp_path):
     script = Path(__file__).with_name("ddp_unlearn.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path / "rank")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(script), str(tmp_path / "rank")]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank.{i}.json").read_text()) for i in (0, 1)]

@@ -133,3 +133,20 @@ def test_unknown_edge_in_scenario_fails_before_work(tmp_path):
     with pytest.raises(ValueError, match="valid edges"):
         Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
     assert not (tmp_path / "r" / "cells").exists()
+
+
+def test_cli_evaluate_writes_json(tmp_path):
+    from pistol_data import generate, save
+
+    save(generate("pistol-mini", 0), tmp_path / "d")
+    out = tmp_path / "eval.json"
+    r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "evaluate", "--model", "tiny-random-llama",
+                        "--data", str(tmp_path / "d"), "--forget-edge", "A_B", "--utility-limit", "3",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "forget_rouge1" in r.stdout and "ds" in r.stdout
+    rec = json.loads(out.read_text())
+    assert rec["scenario"]["forget_edges"] == ["A_B"] and rec["metrics"]["ds"]["higher_is_better"] is False
+    r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "evaluate", "--model", "tiny-random-llama",
+                        "--data", str(tmp_path / "d"), "--forget-edge", "NOPE_X"], capture_output=True, text=True)
+    assert r.returncode == 2 and "valid edges" in r.stderr
