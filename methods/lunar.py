@@ -31,6 +31,7 @@ Deviations from the public code:
   so the shared template prefix is dropped (the issue asks for question tokens).
 * The direction is taken at the last prompt token (the code's ``positions=-1``).
 * float32 instead of bfloat16 (CPU).
+* Optional (``general_retain``): everyday prompts as extra retain rows, to hold general ability.
 * Layer selection scores trained edits with a teacher-forced proxy instead of generating and
   judging answers, so a method never needs the evaluator.
 """
@@ -43,6 +44,7 @@ import random
 import torch
 from pydantic import Field
 
+from pistol_data.side_sets import anchor_questions
 from unlearnbench.prompts import collate, encode_qa, prompt
 
 from .arch import blocks, mlp_out
@@ -63,6 +65,8 @@ class LunarParams(MethodParams):
     layer_stride: int = Field(2, ge=1, description="stride of the default candidate layers")
     select_questions: int = Field(8, ge=1, description="forget and retain questions used to score each candidate")
     max_reference: int = Field(64, ge=1, description="reference (refused) prompts used for the direction")
+    general_retain: int = Field(0, ge=0, description="also keep the MLP output unchanged on this many everyday "
+                                "prompts (pistol_data anchor questions): guards general ability")
 
 
 # ---- activations -------------------------------------------------------------------------
@@ -213,7 +217,8 @@ def _rows(model, tokenizer, layer, forget_q, retain_q, r, coeff, skip):
     return torch.cat([fx, rx]), torch.cat([fy, ry])
 
 
-def select_layer(model, tokenizer, request: UnlearnRequest, r: torch.Tensor, params: LunarParams, skip: int):
+def select_layer(model, tokenizer, request: UnlearnRequest, r: torch.Tensor, params: LunarParams, skip: int,
+                 general: list[str] = ()):
     """Fit the edit at each candidate layer and keep the one whose *trained* edit best turns forget
     answers into refusals while keeping retain answers: arg-max over layers of
     Δ log p(refusal | forget q) − Δ NLL(true answer | retain q), one teacher-forced pass each."""
@@ -228,7 +233,7 @@ def select_layer(model, tokenizer, request: UnlearnRequest, r: torch.Tensor, par
     base_f = _answer_nll(model, tokenizer, f_ref, skip).mean()
     base_r = _answer_nll(model, tokenizer, r_true, skip).mean() if r_true else torch.tensor(0.0)
     forget_q = [x.question for x in request.forget]
-    retain_q = [x.question for x in request.retain]
+    retain_q = [x.question for x in request.retain] + list(general)
     scores, fitted = {}, {}
     for layer in cands:
         w = mlp_out(model, layer).weight
@@ -266,18 +271,19 @@ class Lunar(Method):
             raise ValueError(f"LUNAR layers {bad} out of range 0..{n_layers - 1}")
         skip = template_prefix_len(tokenizer)
         forget_q = [x.question for x in request.forget]
+        general = list(anchor_questions())[: params.general_retain]
         reference = [x.question for x in request.refusal_questions[: params.max_reference]]
         r = directions(model, tokenizer, reference, forget_q)
         model.requires_grad_(False)
         if params.layers:
             layers = list(params.layers)
-            retain_q = [x.question for x in request.retain]
+            retain_q = [x.question for x in request.retain] + general
             data = [_rows(model, tokenizer, l, forget_q, retain_q, r, params.coeff, skip) for l in layers]
             self.history = _fit([mlp_out(model, l).weight for l in layers], data, params, request.seed,
                                 request.progress)
             self.layer_scores = None
         else:
-            best, self.layer_scores, weight = select_layer(model, tokenizer, request, r, params, skip)
+            best, self.layer_scores, weight = select_layer(model, tokenizer, request, r, params, skip, general)
             layers = [best]
             with torch.no_grad():
                 mlp_out(model, best).weight.copy_(weight)
