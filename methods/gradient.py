@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from .base import register_method
-from .training import GradientMethod, TrainParams, kl_to_reference, nll
+from .training import GradientMethod, TrainParams, kl_to_reference, nll, plus_retain_nll
 
 
 class GAParams(TrainParams):
@@ -42,7 +42,7 @@ class GradientDifference(GradientAscent):
     Params = RetainParams
 
     def loss(self, model, batch, ctx):
-        return super().loss(model, batch, ctx) + ctx["params"].alpha * nll(model, batch["retain"])
+        return plus_retain_nll(super().loss(model, batch, ctx), model, batch, ctx["params"].alpha)
 
 
 @register_method("ukl")

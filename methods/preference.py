@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .base import register_method
-from .training import GradientMethod, TrainParams, nll, sequence_logprob
+from .training import GradientMethod, TrainParams, plus_retain_nll, sequence_logprob
 
 
 class PrefParams(TrainParams):
@@ -45,8 +45,7 @@ class IdkDPO(GradientMethod):
         win, lose = batch["forget_idk"], batch["forget"]
         margin = (sequence_logprob(model, win) - _ref_logprob(ref, win)) - \
                  (sequence_logprob(model, lose) - _ref_logprob(ref, lose))
-        loss = -F.logsigmoid(p.beta * margin).mean()
-        return loss + p.alpha * nll(model, batch["retain"]) if "retain" in batch else loss
+        return plus_retain_nll(-F.logsigmoid(p.beta * margin).mean(), model, batch, p.alpha)
 
 
 @register_method("npo")
@@ -59,5 +58,4 @@ class NPO(GradientMethod):
     def loss(self, model, batch, ctx):
         p, ref = ctx["params"], ctx["ref"]
         ratio = sequence_logprob(model, batch["forget"]) - _ref_logprob(ref, batch["forget"])
-        loss = -(2.0 / p.beta) * F.logsigmoid(-p.beta * ratio).mean()
-        return loss + p.alpha * nll(model, batch["retain"]) if "retain" in batch else loss
+        return plus_retain_nll(-(2.0 / p.beta) * F.logsigmoid(-p.beta * ratio).mean(), model, batch, p.alpha)

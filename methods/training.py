@@ -11,7 +11,6 @@ of the forget set and gradients are all-reduced by DDP.
 from __future__ import annotations
 
 import logging
-import math
 import random
 
 import torch
@@ -92,6 +91,11 @@ def sequence_logprob(model, b: dict) -> torch.Tensor:
     mask = labels != IGNORE
     lp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
     return (lp * mask).sum(-1)
+
+
+def plus_retain_nll(loss: torch.Tensor, model, batch: dict, alpha: float) -> torch.Tensor:
+    """``loss + alpha · NLL(retain)`` when the step has a retain batch (the usual retain term)."""
+    return loss + alpha * nll(model, batch["retain"]) if "retain" in batch and alpha else loss
 
 
 def kl_to_reference(model, ref, b: dict) -> torch.Tensor:
@@ -175,8 +179,3 @@ class GradientMethod(Method):
         """Hook for methods that shape the update (e.g. bi-level projection); default: plain backward."""
         accelerator.backward(loss)
 
-
-def finite_or_raise(x: torch.Tensor, what: str) -> torch.Tensor:
-    if not math.isfinite(float(x)):
-        raise DivergenceError(f"{what} is {float(x)}")
-    return x
