@@ -24,9 +24,11 @@ class PrefParams(TrainParams):
     alpha: float = Field(1.0, ge=0, description="weight of the retain NLL term")
 
 
-def _ref_logprob(ref, b):
+def _log_ratio(model, ref, b):
+    """log π(y|x) − log π_ref(y|x) per sequence (the reference is never differentiated)."""
     with torch.no_grad():
-        return sequence_logprob(ref, b)
+        ref_lp = sequence_logprob(ref, b)
+    return sequence_logprob(model, b) - ref_lp
 
 
 class DPOParams(PrefParams):
@@ -43,8 +45,7 @@ class IdkDPO(GradientMethod):
     def loss(self, model, batch, ctx):
         p, ref = ctx["params"], ctx["ref"]
         win, lose = batch["forget_idk"], batch["forget"]
-        margin = (sequence_logprob(model, win) - _ref_logprob(ref, win)) - \
-                 (sequence_logprob(model, lose) - _ref_logprob(ref, lose))
+        margin = _log_ratio(model, ref, win) - _log_ratio(model, ref, lose)
         return plus_retain_nll(-F.logsigmoid(p.beta * margin).mean(), model, batch, p.alpha)
 
 
@@ -57,5 +58,5 @@ class NPO(GradientMethod):
 
     def loss(self, model, batch, ctx):
         p, ref = ctx["params"], ctx["ref"]
-        ratio = sequence_logprob(model, batch["forget"]) - _ref_logprob(ref, batch["forget"])
+        ratio = _log_ratio(model, ref, batch["forget"])
         return plus_retain_nll(-(2.0 / p.beta) * F.logsigmoid(-p.beta * ratio).mean(), model, batch, p.alpha)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from statistics import mean
 
 from pistol_data import PistolDataset, general_knowledge
@@ -40,7 +40,6 @@ class ModelEval:
     qa: list[dict]
     utility: list[dict]
     seconds: float = 0.0
-    by_key: dict = field(default_factory=dict, repr=False)
 
     def select(self, edges, forms=("direct",)) -> list[dict]:
         es, fs = set(edges), set(forms)

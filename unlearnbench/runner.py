@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import torch
+import yaml
 
 import methods as methods_pkg
 from pistol_data import PistolDataset, generate, load as load_data, refusal_sentences, scenarios
@@ -158,7 +159,7 @@ class Runner:
         entries = cfg.method_entries()
         specs = cfg.scenarios
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(__import__("yaml").safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         ctx = self.prepare()
         resolved = {s.label(): scenarios.resolve(ctx.ds, s) for s in specs}  # fail early on bad scenarios
         t0 = time.perf_counter()
@@ -171,8 +172,7 @@ class Runner:
                 if self._done(cid):
                     continue
                 rec = self._base_record(ctx, "none", "none", "reference", {}, spec, splits, seed)
-                first = splits[-1]
-                rec.update(status="ok", metrics=_metrics_record(score(base_eval, first)),
+                rec.update(status="ok", metrics=_metrics_record(score(base_eval, splits[-1])),
                            cost={"apply_seconds": 0.0, "peak_rss_mb": None, "peak_cuda_mb": None,
                                  "eval_seconds": base_eval.seconds},
                            per_example=_per_example(base_eval))
@@ -204,9 +204,9 @@ class Runner:
                 before = model
                 ref_holder = {}
 
-                def reference(before=before, ref_holder=ref_holder):
+                def reference(before=before, ref_holder=ref_holder, first_step=(i == 0)):
                     if "m" not in ref_holder:
-                        ref_holder["m"] = ctx.model.model if i == 0 else copy.deepcopy(before)
+                        ref_holder["m"] = ctx.model.model if first_step else copy.deepcopy(before)
                     return ref_holder["m"]
 
                 request = methods_pkg.UnlearnRequest(
