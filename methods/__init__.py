@@ -4,7 +4,7 @@
 >>> cls = get_method("gd"); params = cls.Params(lr=1e-5)
 """
 
-from . import gradient, lunar, preference  # noqa: F401  (registration side effects)
+from . import blur, gradient, lunar, preference, rmu  # noqa: F401  (registration side effects)
 from .base import (REGISTRY, Method, MethodParams, UnknownMethodError, UnlearnRequest, get_method,
                    list_methods, register_method, validate_params)
 

@@ -55,6 +55,11 @@ class Method:
     def apply(self, model, tokenizer, request: UnlearnRequest, params: MethodParams):  # pragma: no cover
         raise NotImplementedError
 
+    def report(self) -> dict | None:
+        """JSON-able facts about the last ``apply`` worth keeping with the result (chosen layer,
+        final loss, ...). The runner stores it as ``method_info``."""
+        return None
+
     def attack_info(self) -> dict | None:
         """What inference-time attacks may use after ``apply``: ``layers`` modified and, for
         steering methods, ``directions`` (layer → vector added). ``None``: nothing to expose."""

@@ -15,7 +15,8 @@ Algorithm, as the public code does it:
    Several layers ⇒ the losses are summed (one optimiser over all of them).
 4. **Layer selection** (automatic unless ``layers`` is given): the paper sweeps layers and keeps
    the one where forget answers turn into refusals while retain answers survive. We fit the
-   edit at each candidate layer and score the *trained* edit with one teacher-forced pass on a
+   edit at each candidate layer (on at most ``select_max_retain`` retain rows; the winner is
+   then refitted on all rows) and score the *trained* edit with one teacher-forced pass on a
    few questions: ``gain(l) = Δ log p(refusal | forget q) − Δ NLL(true answer | retain q)``;
    the arg-max wins. Candidates: every second layer from a third of the depth up to the second-last layer. (Scoring
    by steering with +coeff·r instead picked layers 11–13 of SmolLM2, where the trained edit
@@ -31,7 +32,14 @@ Deviations from the public code:
   so the shared template prefix is dropped (the issue asks for question tokens).
 * The direction is taken at the last prompt token (the code's ``positions=-1``).
 * float32 instead of bfloat16 (CPU).
-* Optional (``general_retain``): everyday prompts as extra retain rows, to hold general ability.
+* ``general_retain`` (default 120): everyday prompts, with the model's own greedy answers
+  (``general_answer_tokens``), as extra retain rows — question *and* answer tokens, since
+  generation runs through the edited layer too. Without them SmolLM2 lost 0.11 of its
+  general-knowledge utility (the edit spreads to every prompt); the paper's retain set is the
+  retain QA alone.
+* Forget rows are repeated until they are ≥ ``forget_share`` (25%) of the rows: with the
+  everyday retain rows they would otherwise be ~2% of the MSE and the redirection too weak
+  (SmolLM2 hub edge: refusal 0.5). Batch 128 rows instead of 64 (same epochs; 2× fewer steps).
 * Layer selection scores trained edits with a teacher-forced proxy instead of generating and
   judging answers, so a method never needs the evaluator.
 """
@@ -39,13 +47,14 @@ Deviations from the public code:
 from __future__ import annotations
 
 import logging
+import math
 import random
 
 import torch
 from pydantic import Field
 
 from pistol_data.side_sets import anchor_questions
-from unlearnbench.prompts import collate, encode_qa, prompt
+from unlearnbench.prompts import collate, encode_qa, prompt, template_prefix_len
 
 from .arch import blocks, mlp_out
 from .base import Method, MethodParams, UnlearnRequest, register_method
@@ -58,30 +67,28 @@ class LunarParams(MethodParams):
     coeff: float = Field(2.0, description="redirection strength: forget targets = MLP output + coeff·r")
     lr: float = Field(1e-2, gt=0, description="AdamW learning rate (public code default)")
     epochs: int = Field(20, ge=1, description="passes over the activation rows")
-    batch_size: int = Field(64, ge=1, description="activation rows per step")
+    batch_size: int = Field(128, ge=1, description="activation rows per step")
     gamma: float = Field(0.9, gt=0, le=1, description="exponential LR decay per epoch")
     candidate_layers: list[int] | None = Field(None, description="layers the automatic selection sweeps "
                                                "(None: every `layer_stride`-th from a third of the depth to the second-last)")
     layer_stride: int = Field(2, ge=1, description="stride of the default candidate layers")
     select_questions: int = Field(8, ge=1, description="forget and retain questions used to score each candidate")
     max_reference: int = Field(64, ge=1, description="reference (refused) prompts used for the direction")
-    general_retain: int = Field(0, ge=0, description="also keep the MLP output unchanged on this many everyday "
-                                "prompts (pistol_data anchor questions): guards general ability")
+    general_retain: int = Field(120, ge=0, description="also keep the MLP output unchanged on this many everyday "
+                                "prompts (pistol_data anchor questions): guards general ability (0 = the "
+                                "public code's retain set only; on SmolLM2 that cost 0.11 utility)")
+    forget_share: float = Field(0.25, ge=0, lt=1, description="forget rows are repeated until they are at least "
+                                "this share of the rows (0 = the public code's plain mix)")
+    select_max_retain: int = Field(2000, ge=1, description="layer search: retain rows per candidate fit (subsample); "
+                                   "the chosen layer is then refitted on all rows")
+    general_answer_tokens: int = Field(32, ge=0, description="greedy answer tokens of each everyday prompt "
+                                       "kept as retain rows too (0 = question tokens only)")
 
 
 # ---- activations -------------------------------------------------------------------------
 
 def _prompt_ids(tokenizer, questions: list[str]) -> list[list[int]]:
     return [tokenizer(prompt(tokenizer, q), add_special_tokens=False)["input_ids"] for q in questions]
-
-
-def template_prefix_len(tokenizer) -> int:
-    """Tokens every prompt shares before the question (system prompt, role markers)."""
-    a, b = _prompt_ids(tokenizer, ["Alpha question here?", "Zebra query there?"])
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def _left_pad(ids: list[list[int]], pad: int, device):
@@ -112,26 +119,36 @@ def directions(model, tokenizer, reference: list[str], forget: list[str]) -> tor
 
 
 @torch.no_grad()
-def down_proj_rows(model, tokenizer, layer: int, questions: list[str], skip: int, batch_size: int = 32):
-    """(inputs, outputs) of the layer's down-projection at every question token (template prefix skipped)."""
+def down_proj_rows(model, tokenizer, layers: list[int], questions: list[str], skip: int,
+                   batch_size: int = 32, answers: list[str] | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, (inputs, outputs) of its down-projection at every question token (template prefix
+    skipped) and, when ``answers`` are given, at every answer token after it. One forward pass
+    serves every layer, so a layer sweep costs one pass, not one per layer."""
     device = next(model.parameters()).device
-    module = mlp_out(model, layer)
     ids = _prompt_ids(tokenizer, questions)
-    xs, ys, cap = [], [], {}
-    h = module.register_forward_hook(lambda mod, inp, out: cap.update(x=inp[0], y=out))
+    if answers is not None:
+        ids = [p + tokenizer(a, add_special_tokens=False)["input_ids"] for p, a in zip(ids, answers)]
+    xs = {l: [] for l in layers}
+    ys = {l: [] for l in layers}
+    cap: dict[int, tuple] = {}
+    hooks = [mlp_out(model, l).register_forward_hook(lambda mod, inp, out, l=l: cap.__setitem__(l, (inp[0], out)))
+             for l in layers]
     try:
         for i in range(0, len(ids), batch_size):
             chunk = ids[i:i + batch_size]
             t, m = _left_pad(chunk, tokenizer.pad_token_id, device)
             model(input_ids=t, attention_mask=m)
             n = t.shape[1]
-            for j, x in enumerate(chunk):
-                start = n - len(x) + skip
-                xs.append(cap["x"][j, start:].float())
-                ys.append(cap["y"][j, start:].float())
+            for l in layers:
+                x, y = cap[l]
+                for j, q in enumerate(chunk):
+                    start = n - len(q) + skip
+                    xs[l].append(x[j, start:].float())
+                    ys[l].append(y[j, start:].float())
     finally:
-        h.remove()
-    return torch.cat(xs), torch.cat(ys)
+        for h in hooks:
+            h.remove()
+    return {l: (torch.cat(xs[l]), torch.cat(ys[l])) for l in layers}
 
 
 # ---- steering (selection and attacks) ----------------------------------------------------------
@@ -210,15 +227,42 @@ def _fit(weights, data, params: LunarParams, seed: int, progress: bool = False) 
     return history
 
 
-def _rows(model, tokenizer, layer, forget_q, retain_q, r, coeff, skip):
-    fx, fy = down_proj_rows(model, tokenizer, layer, forget_q, skip)
-    fy = fy + coeff * r[layer]
-    rx, ry = down_proj_rows(model, tokenizer, layer, retain_q, skip) if retain_q else (fx[:0], fy[:0])
-    return torch.cat([fx, rx]), torch.cat([fy, ry])
+def _rows(model, tokenizer, layers, forget_q, retain_q, r, coeff, skip, general=()) -> dict[int, tuple]:
+    """Training rows per layer: forget rows target output + coeff·r_l; retain rows (retain questions,
+    and everyday prompts with the model's own answers) their own output."""
+    f = down_proj_rows(model, tokenizer, layers, forget_q, skip)
+    parts = [f]
+    if retain_q:
+        parts.append(down_proj_rows(model, tokenizer, layers, retain_q, skip))
+    if general:
+        qs, answers = zip(*general)
+        parts.append(down_proj_rows(model, tokenizer, layers, list(qs), skip, answers=list(answers)))
+    out = {}
+    for l in layers:
+        fx, fy = f[l]
+        rx = torch.cat([fx[:0]] + [p[l][0] for p in parts[1:]])
+        ry = torch.cat([fy[:0]] + [p[l][1] for p in parts[1:]])
+        out[l] = (fx, fy + coeff * r[l], rx, ry)
+    return out
+
+
+def _mix(rows: tuple, forget_share: float, seed: int, max_retain: int | None = None) -> tuple:
+    """One (X, Y) table from forget and retain rows. Forget rows are repeated until they make up
+    at least ``forget_share`` of the table; ``max_retain`` subsamples the retain rows."""
+    fx, fy, rx, ry = rows
+    g = torch.Generator().manual_seed(seed)
+    if max_retain is not None and rx.shape[0] > max_retain:
+        keep = torch.randperm(rx.shape[0], generator=g)[:max_retain]
+        rx, ry = rx[keep], ry[keep]
+    reps = 1
+    if forget_share > 0 and fx.shape[0]:
+        need = forget_share / (1 - forget_share) * rx.shape[0]
+        reps = max(1, int(math.ceil(need / fx.shape[0])))
+    return torch.cat([fx.repeat(reps, 1), rx]), torch.cat([fy.repeat(reps, 1), ry])
 
 
 def select_layer(model, tokenizer, request: UnlearnRequest, r: torch.Tensor, params: LunarParams, skip: int,
-                 general: list[str] = ()):
+                 general: list[tuple[str, str]] = ()):
     """Fit the edit at each candidate layer and keep the one whose *trained* edit best turns forget
     answers into refusals while keeping retain answers: arg-max over layers of
     Δ log p(refusal | forget q) − Δ NLL(true answer | retain q), one teacher-forced pass each."""
@@ -233,21 +277,22 @@ def select_layer(model, tokenizer, request: UnlearnRequest, r: torch.Tensor, par
     base_f = _answer_nll(model, tokenizer, f_ref, skip).mean()
     base_r = _answer_nll(model, tokenizer, r_true, skip).mean() if r_true else torch.tensor(0.0)
     forget_q = [x.question for x in request.forget]
-    retain_q = [x.question for x in request.retain] + list(general)
-    scores, fitted = {}, {}
+    retain_q = [x.question for x in request.retain]
+    rows = _rows(model, tokenizer, cands, forget_q, retain_q, r, params.coeff, skip, general)
+    scores = {}
     for layer in cands:
         w = mlp_out(model, layer).weight
         original = w.detach().clone()
-        _fit([w], [_rows(model, tokenizer, layer, forget_q, retain_q, r, params.coeff, skip)], params, request.seed)
+        _fit([w], [_mix(rows[layer], params.forget_share, request.seed, params.select_max_retain)], params,
+             request.seed)
         d_ref = base_f - _answer_nll(model, tokenizer, f_ref, skip).mean()
         d_ret = (_answer_nll(model, tokenizer, r_true, skip).mean() - base_r) if r_true else 0.0
         scores[layer] = float(d_ref - d_ret)
-        fitted[layer] = w.detach().clone()
         with torch.no_grad():
             w.copy_(original)
     best = max(scores, key=scores.get)
     log.info("LUNAR layer scores %s → layer %d", {k: round(v, 3) for k, v in scores.items()}, best)
-    return best, scores, fitted[best]
+    return best, scores, rows[best]
 
 
 @register_method("lunar")
@@ -271,25 +316,43 @@ class Lunar(Method):
             raise ValueError(f"LUNAR layers {bad} out of range 0..{n_layers - 1}")
         skip = template_prefix_len(tokenizer)
         forget_q = [x.question for x in request.forget]
-        general = list(anchor_questions())[: params.general_retain]
+        general = self._general(model, tokenizer, params)
         reference = [x.question for x in request.refusal_questions[: params.max_reference]]
         r = directions(model, tokenizer, reference, forget_q)
         model.requires_grad_(False)
         if params.layers:
             layers = list(params.layers)
-            retain_q = [x.question for x in request.retain] + general
-            data = [_rows(model, tokenizer, l, forget_q, retain_q, r, params.coeff, skip) for l in layers]
-            self.history = _fit([mlp_out(model, l).weight for l in layers], data, params, request.seed,
-                                request.progress)
+            retain_q = [x.question for x in request.retain]
+            rows = _rows(model, tokenizer, layers, forget_q, retain_q, r, params.coeff, skip, general)
             self.layer_scores = None
-        else:
-            best, self.layer_scores, weight = select_layer(model, tokenizer, request, r, params, skip, general)
-            layers = [best]
-            with torch.no_grad():
-                mlp_out(model, best).weight.copy_(weight)
+        else:  # the search fits on subsampled retain rows; the winner is refitted on all of them
+            best, self.layer_scores, best_rows = select_layer(model, tokenizer, request, r, params, skip, general)
+            layers, rows = [best], {best: best_rows}
+        data = [_mix(rows[l], params.forget_share, request.seed) for l in layers]
+        self.history = _fit([mlp_out(model, l).weight for l in layers], data, params, request.seed, request.progress)
         self.layers, self.direction = layers, {l: r[l].clone() for l in layers}
         self.coeff = params.coeff
         return model
+
+    def report(self) -> dict | None:
+        if not getattr(self, "layers", None):
+            return None
+        return {"layers": list(self.layers), "layer_scores": self.layer_scores,
+                "direction_norm": {l: float(v.norm()) for l, v in self.direction.items()}}
+
+    @staticmethod
+    def _general(model, tokenizer, params: LunarParams) -> list[tuple[str, str]]:
+        """Everyday prompts with the model's own greedy answers: the edit must leave the MLP output
+        unchanged on them, answer tokens included (generation runs through the edited layer too)."""
+        qs = list(anchor_questions())[: params.general_retain]
+        if not qs:
+            return []
+        if params.general_answer_tokens == 0:
+            return [(q, "") for q in qs]
+        from unlearnbench.generation import generate_answers
+
+        answers = generate_answers(model, tokenizer, qs, batch_size=128, max_new_tokens=params.general_answer_tokens)
+        return list(zip(qs, answers))
 
     def attack_info(self) -> dict | None:
         if not getattr(self, "layers", None):

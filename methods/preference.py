@@ -31,6 +31,11 @@ def _log_ratio(model, ref, b):
     return sequence_logprob(model, b) - ref_lp
 
 
+def npo_loss(model, ref, b, beta: float) -> torch.Tensor:
+    """NPO's forget loss −(2/β)·mean log σ(−β·log-ratio), per sequence."""
+    return -(2.0 / beta) * F.logsigmoid(-beta * _log_ratio(model, ref, b)).mean()
+
+
 class DPOParams(PrefParams):
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate (2e-5 over-refused retain questions on SmolLM2)")
 
@@ -57,6 +62,5 @@ class NPO(GradientMethod):
     needs_reference = True
 
     def loss(self, model, batch, ctx):
-        p, ref = ctx["params"], ctx["ref"]
-        ratio = _log_ratio(model, ref, batch["forget"])
-        return plus_retain_nll(-(2.0 / p.beta) * F.logsigmoid(-p.beta * ratio).mean(), model, batch, p.alpha)
+        p = ctx["params"]
+        return plus_retain_nll(npo_loss(model, ctx["ref"], batch["forget"], p.beta), model, batch, p.alpha)

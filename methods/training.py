@@ -93,6 +93,16 @@ def sequence_logprob(model, b: dict) -> torch.Tensor:
     return (lp * mask).sum(-1)
 
 
+def sequence_mean_nll(model, b: dict) -> torch.Tensor:
+    """Mean over sequences of each sequence's mean answer-token NLL. Unlike the batch token mean,
+    accumulating equal-sized micro-batches gives exactly the large-batch value."""
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+    labels = b["labels"][:, 1:]
+    mask = (labels != IGNORE).float()
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+    return (-(lp * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+
 def plus_retain_nll(loss: torch.Tensor, model, batch: dict, alpha: float) -> torch.Tensor:
     """``loss + alpha · NLL(retain)`` when the step has a retain batch (the usual retain term)."""
     return loss + alpha * nll(model, batch["retain"]) if "retain" in batch and alpha else loss
@@ -149,7 +159,7 @@ class GradientMethod(Method):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / params.warmup_steps) if params.warmup_steps else 1.0)
         model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
-        ctx = {"ref": ref, "params": params, "accelerator": accelerator}
+        ctx = {"ref": ref, "params": params, "accelerator": accelerator, "tokenizer": tokenizer, "seed": request.seed}
         total = params.epochs * len(loader)
         bar = tqdm(total=total, desc=f"{self.name}", disable=not request.progress or not accelerator.is_main_process,
                    leave=False)
@@ -174,6 +184,10 @@ class GradientMethod(Method):
         model.eval()
         self.history = history
         return model
+
+    def report(self) -> dict | None:
+        h = getattr(self, "history", None)
+        return {"steps": len(h), "first_loss": h[0], "last_loss": h[-1]} if h else None
 
     def backward(self, accelerator, model, loss, batch, ctx) -> None:
         """Hook for methods that shape the update (e.g. bi-level projection); default: plain backward."""

@@ -1,9 +1,11 @@
 """Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` (2 CPU processes).
 
-Each process runs the shared unlearning loop on the tiny model and writes a digest of its final
-weights; DDP must keep the two replicas identical.
+Each process runs the shared unlearning loop on the tiny model (method: argv[2], default gd) and
+writes a digest of its final weights; the replicas must stay identical (DDP for ordinary methods,
+BLUR's own all-reduce of g_f and g_r for the bi-level ones).
 """
 
+import copy
 import hashlib
 import json
 import sys
@@ -15,7 +17,7 @@ from pistol_data import generate, scenarios
 from unlearnbench.models import load
 
 
-def main(out_prefix: str) -> None:
+def main(out_prefix: str, method: str = "gd") -> None:
     from accelerate import PartialState
 
     state = PartialState(cpu=True)
@@ -23,8 +25,10 @@ def main(out_prefix: str) -> None:
     [split] = scenarios.resolve(ds, {"type": "edge", "edge": "A_B"})
     lm = load("tiny-random-llama")
     before = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in lm.model.parameters())).hexdigest()
-    req = methods.UnlearnRequest(forget=split.request(ds), retain=split.retain(ds), seed=0, progress=False)
-    cls = methods.get_method("gd")
+    frozen = copy.deepcopy(lm.model).eval()
+    req = methods.UnlearnRequest(forget=split.request(ds), retain=split.retain(ds), seed=0, progress=False,
+                                 reference_model=lambda: frozen)
+    cls = methods.get_method(method)
     model = cls().apply(lm.model, lm.tokenizer, req, cls.Params(lr=1e-3, epochs=2, batch_size=2))
     after = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
     with open(f"{out_prefix}.{state.process_index}.json", "w") as f:
@@ -34,4 +38,4 @@ def main(out_prefix: str) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -119,6 +119,11 @@ def test_evaluator_scores_per_example(tiny, mini):
     f = [r["rouge1"] for r in ev.qa if r["edge"] == "A_B" and r["form"] == "direct"]
     assert s["forget_rouge1"] == pytest.approx(sum(f) / len(f))
     assert s["ds"] == pytest.approx(deviation_score(s["forget_rouge1"], s["retain_rouge1"]))
+    # scoring one scenario needs held-out forms of its forgotten edges only: same scores, fewer QA
+    small = Evaluator(mini, EvalParams(max_new_tokens=4, utility_limit=10, progress=False)).run(
+        tiny.model, tiny.tokenizer, heldout_edges=["A_B"])
+    assert len(small.qa) == len(mini.direct()) + len([r for r in mini.qa if r.edge == "A_B" and r.form != "direct"])
+    assert score(small, split) == pytest.approx(s, nan_ok=True)
 
 
 def test_batched_generation_equals_one_at_a_time(tiny):

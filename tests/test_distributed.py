@@ -12,12 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
-def test_accelerate_launch_two_processes(tmp_path):
+
+@pytest.mark.parametrize("method,port", [("gd", 29517), ("blur-npo", 29519)])
+def test_accelerate_launch_two_processes(tmp_path, method, port):
     script = Path(__file__).with_name("ddp_unlearn.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(script), str(tmp_path / "rank")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(script), str(tmp_path / "rank"), method]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank.{i}.json").read_text()) for i in (0, 1)]

@@ -53,13 +53,13 @@ def test_direction_is_difference_of_means(setup):
 def test_forget_rows_move_along_direction(setup):
     lm, req, _ = setup
     lunar = Lunar()
-    m = lunar.apply(copy.deepcopy(lm.model), lm.tokenizer, req, Lunar.Params(layers=[1], epochs=20, lr=1e-2))
+    m = lunar.apply(copy.deepcopy(lm.model), lm.tokenizer, req, Lunar.Params(layers=[1], epochs=20, lr=1e-2, general_retain=0))
     from methods.lunar import down_proj_rows
 
     skip = template_prefix_len(lm.tokenizer)
     fq = [x.question for x in req.forget]
-    _, y0 = down_proj_rows(lm.model, lm.tokenizer, 1, fq, skip)
-    _, y1 = down_proj_rows(m, lm.tokenizer, 1, fq, skip)
+    _, y0 = down_proj_rows(lm.model, lm.tokenizer, [1], fq, skip)[1]
+    _, y1 = down_proj_rows(m, lm.tokenizer, [1], fq, skip)[1]
     r = lunar.direction[1]
     shift = ((y1 - y0) @ r / r.norm() ** 2).mean()
     assert shift > 0.5  # forget outputs moved most of the way (coeff 2) along r

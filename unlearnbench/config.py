@@ -37,9 +37,10 @@ class DataConfig(BaseModel):
 
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    batch_size: int = Field(32, ge=1)
-    tf_batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(128, ge=1, description="generation batch size")
+    tf_batch_size: int = Field(16, ge=1, description="teacher-forced batch size (logits are vocab-sized)")
+    max_new_tokens: int = Field(32, ge=1, description="answer budget on general-knowledge questions")
+    qa_max_new_tokens: int = Field(16, ge=1, description="answer budget on PISTOL questions (gold answers ≤ 11 tokens)")
     utility_limit: int | None = Field(None, ge=1, description="score utility on this many GK items")
 
 

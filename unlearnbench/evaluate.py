@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvalParams:
-    batch_size: int = 32          # generation batch size
+    batch_size: int = 128         # generation batch size (128 was fastest for SmolLM2 on 2 CPU cores)
     tf_batch_size: int = 16       # teacher-forced batch size (logits are vocab-sized)
-    max_new_tokens: int = 32
+    max_new_tokens: int = 32      # answer budget on general-knowledge questions (free-form sentences)
+    qa_max_new_tokens: int = 16   # answer budget on PISTOL questions: gold answers are ≤ 11 tokens
     utility_limit: int | None = None  # score utility on a stratified prefix of the GK set
     forms: tuple[str, ...] = ("direct", "paraphrase", "reverse")
     progress: bool = True
@@ -58,23 +59,30 @@ class Evaluator:
         self.qa = [r for r in ds.qa if r.form in self.params.forms]
         self.gk = general_knowledge(self.params.utility_limit)
 
-    def run(self, model, tokenizer, desc: str = "evaluate") -> ModelEval:
+    def run(self, model, tokenizer, desc: str = "evaluate", heldout_edges=None) -> ModelEval:
+        """Evaluate every direct question, general knowledge, and the held-out forms (paraphrase,
+        reverse) of every edge — or, with ``heldout_edges``, only of those edges: metrics read
+        held-out forms on forgotten edges alone, so a model scored on one scenario skips the rest
+        (on pistol-mini: 56 instead of 140 QA)."""
         import time
 
         p = self.params
         t0 = time.perf_counter()
-        questions = [r.question for r in self.qa] + [r.question for r in self.gk]
-        gens = generate_answers(model, tokenizer, questions, batch_size=p.batch_size,
-                                max_new_tokens=p.max_new_tokens, progress=p.progress, desc=desc)
-        tf = teacher_forced_stats(model, tokenizer, [(r.question, r.answer) for r in self.qa],
+        keep = None if heldout_edges is None else set(heldout_edges)
+        qa = [r for r in self.qa if keep is None or r.form == "direct" or r.edge in keep]
+        gens = generate_answers(model, tokenizer, [r.question for r in qa], batch_size=p.batch_size,
+                                max_new_tokens=p.qa_max_new_tokens, progress=p.progress, desc=desc)
+        util_gens = generate_answers(model, tokenizer, [r.question for r in self.gk], batch_size=p.batch_size,
+                                     max_new_tokens=p.max_new_tokens, progress=p.progress, desc=f"{desc} (utility)")
+        tf = teacher_forced_stats(model, tokenizer, [(r.question, r.answer) for r in qa],
                                   batch_size=p.tf_batch_size, progress=p.progress)
         qa_rows = []
-        for r, g, t in zip(self.qa, gens, tf):
+        for r, g, t in zip(qa, gens, tf):
             r1, rl = rouge_recall(g, r.answer)
             qa_rows.append({**r.to_dict(), "generation": g, "rouge1": r1, "rougeL": rl,
                             "refusal": is_refusal(g), **t})
         util_rows = []
-        for r, g in zip(self.gk, gens[len(self.qa):]):
+        for r, g in zip(self.gk, util_gens):
             r1, rl = rouge_recall(g, r.answer)
             util_rows.append({"question": r.question, "answer": r.answer, "category": r.attribute,
                               "generation": g, "rouge1": r1, "rougeL": rl})
@@ -94,7 +102,7 @@ def attack_scores(evaluator: "Evaluator", model, tokenizer, split: Split, info: 
         with ctx:
             gens = generate_answers(model, tokenizer, [r.question for r in forget],
                                     batch_size=evaluator.params.batch_size,
-                                    max_new_tokens=evaluator.params.max_new_tokens)
+                                    max_new_tokens=evaluator.params.qa_max_new_tokens)
         vals = [rouge_recall(g, r.answer)[0] for g, r in zip(gens, forget)]
         out[name] = {"forget_rouge1": float(mean(vals)) if vals else float("nan"), "meaning": att.meaning,
                      "examples": [{"question": r.question, "generation": g} for r, g in zip(forget[:3], gens[:3])]}

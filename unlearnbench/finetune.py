@@ -43,11 +43,13 @@ class FinetuneParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     mode: Literal["full", "lora"] = Field("full", description="full fine-tuning or LoRA merged afterwards")
-    epochs: int = Field(10, ge=1, description="passes over the training rows")
+    epochs: int = Field(6, ge=1, description="passes over the training rows")
     lr: float = Field(1e-4, gt=0, description="peak learning rate (linear decay, 10% warm-up)")
     batch_size: int = Field(16, ge=1)
     weight_decay: float = Field(0.0, ge=0)
-    n_refusal: int | None = Field(24, ge=0, description="refusal rows to mix in; None = as many as direct QA")
+    direct_repeats: int = Field(3, ge=1, description="copies of each direct QA per epoch: the facts get more "
+                                "gradient than the anchors without more passes over the anchors")
+    n_refusal: int | None = Field(16, ge=0, description="refusal rows to mix in; None = as many as direct QA")
     n_anchor: int = Field(120, ge=0, description="self-distillation rows (base model's own answers to anchor questions)")
     freeze_embeddings: bool = Field(True, description="full mode: keep the (tied) token embeddings fixed — "
                                     "less drift on general knowledge and a smaller optimiser")
@@ -85,7 +87,8 @@ def training_rows(base: LoadedModel, ds: PistolDataset, params: FinetuneParams) 
     refusal = list(ds.refusal)
     n = len(ds.direct()) if params.n_refusal is None else params.n_refusal
     refusal = refusal[: min(n, len(refusal))]
-    pairs = [(r.question, r.answer) for r in ds.direct() + refusal]
+    pairs = [(r.question, r.answer) for r in ds.direct()] * params.direct_repeats
+    pairs += [(r.question, r.answer) for r in refusal]
     anchors = list(anchor_questions())[: params.n_anchor]
     if anchors:
         answers = generate_answers(base.model, tokenizer, anchors, max_new_tokens=params.anchor_max_tokens,

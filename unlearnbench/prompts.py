@@ -14,6 +14,17 @@ def prompt(tokenizer, question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
+def template_prefix_len(tokenizer) -> int:
+    """Tokens every prompt shares before the question (system prompt, role markers): steering
+    methods leave them out, since their activations are the same for every question."""
+    a, b = (tokenizer(prompt(tokenizer, q), add_special_tokens=False)["input_ids"]
+            for q in ("Alpha question here?", "Zebra query there?"))
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def encode_qa(tokenizer, question: str, answer: str, max_length: int = 256) -> dict:
     """Token ids of prompt + answer + EOS, with labels only on the answer and EOS."""
     p = tokenizer(prompt(tokenizer, question), add_special_tokens=False)["input_ids"]

@@ -200,6 +200,7 @@ class Runner:
             model = copy.deepcopy(ctx.model.model)
             apply_s, peak_rss, peak_cuda, steps = 0.0, 0, None, []
             method = cls()
+            heldout = sorted({e for sp in splits for e in sp.forget_edges})
             for i, split in enumerate(splits):
                 before = model
                 ref_holder = {}
@@ -221,13 +222,14 @@ class Runner:
                 if mem.peak_cuda is not None:
                     peak_cuda = max(peak_cuda or 0, mem.peak_cuda)
                 if len(splits) > 1:
-                    ev = ctx.evaluator.run(model, ctx.model.tokenizer, desc=f"evaluate {cid} step {i + 1}")
+                    ev = ctx.evaluator.run(model, ctx.model.tokenizer, desc=f"evaluate {cid} step {i + 1}",
+                                           heldout_edges=heldout)
                     steps.append({"split": split.name, "metrics": _metrics_record(score(ev, split))})
             if len(splits) == 1:
-                ev = ctx.evaluator.run(model, ctx.model.tokenizer, desc=f"evaluate {cid}")
+                ev = ctx.evaluator.run(model, ctx.model.tokenizer, desc=f"evaluate {cid}", heldout_edges=heldout)
             attacks = attack_scores(ctx.evaluator, model, ctx.model.tokenizer, splits[-1], method.attack_info())
             rec.update(status="ok", metrics=_metrics_record(score(ev, splits[-1])), steps=steps or None,
-                       attacks=attacks or None,
+                       attacks=attacks or None, method_info=method.report(),
                        cost={"apply_seconds": apply_s, "peak_rss_mb": peak_rss / 2**20,
                              "peak_cuda_mb": peak_cuda / 2**20 if peak_cuda else None, "eval_seconds": ev.seconds},
                        per_example=_per_example(ev))

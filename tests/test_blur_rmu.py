@@ -1,0 +1,154 @@
+"""BLUR's bi-level direction and RMU's footprint, on the tiny model."""
+
+import copy
+
+import pytest
+import torch
+
+import methods
+from methods.blur import BlurNPO, bilevel_direction
+from methods.preference import npo_loss
+from methods.rmu import RMU
+from methods.training import build_batches
+from pistol_data import scenarios
+from unlearnbench.models import load
+
+
+class _OneProcess:
+    """The bits of an Accelerator the bi-level backward uses, for driving it by hand."""
+
+    num_processes = 1
+
+    def __init__(self, sync=True):
+        self.sync_gradients = sync
+
+    def unwrap_model(self, m):
+        return m
+
+
+@pytest.fixture(scope="module")
+def setup(mini):
+    lm = load("tiny-random-llama")
+    [split] = scenarios.resolve(mini, {"type": "edge", "edge": "A_B"})
+    frozen = copy.deepcopy(lm.model).eval()
+    req = methods.UnlearnRequest(forget=split.request(mini), retain=split.retain(mini), progress=False,
+                                 refusal_targets=["I don't know."], reference_model=lambda: frozen)
+    return lm, req, frozen
+
+
+def _perturbed(model):
+    """A copy whose weights differ from the reference, so NPO's gradient is not degenerate."""
+    m = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    return m
+
+
+def _direction(method, model, batches, ctx, acc_sync_last=True):
+    """Run loss+backward over micro-batches; return the gradient the optimiser would see."""
+    params = [p for p in model.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+        p.grad = None
+    for i, b in enumerate(batches):
+        acc = _OneProcess(sync=(i == len(batches) - 1) and acc_sync_last)
+        ctx["accelerator"] = acc
+        loss = method.loss(model, b, ctx)
+        method.backward(acc, model, loss, b, ctx)
+    return [p.grad.clone() for p in params]
+
+
+def _slice(batch, sl):
+    return {k: {kk: vv[sl] for kk, vv in v.items()} for k, v in batch.items()}
+
+
+def test_direction_keeps_forget_descent_rate(setup):
+    lm, req, frozen = setup
+    model = _perturbed(lm.model)
+    batch = next(iter(build_batches(lm.tokenizer, req, 4)))
+    params = BlurNPO.Params(gamma=0.7)
+    d = _direction(BlurNPO(), model, [batch], {"ref": frozen, "params": params})
+    # g_f and g_r computed independently of BLUR's code
+    gf = torch.autograd.grad(npo_loss(model, frozen, batch["forget"], params.beta), list(model.parameters()),
+                             allow_unused=True)
+    gf = [torch.zeros_like(p) if g is None else g for p, g in zip(model.parameters(), gf)]
+    from methods.training import sequence_mean_nll
+
+    gr = torch.autograd.grad(sequence_mean_nll(model, batch["retain"]), list(model.parameters()))
+    dot = lambda a, b: sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))  # noqa: E731
+    ff = dot(gf, gf)
+    assert ff > 0
+    assert dot(d, gf) == pytest.approx(params.gamma * ff, rel=1e-4)
+    assert abs(dot(gr, gf) - params.gamma * ff) > 1e-3 * ff  # the projection had work to do
+    # d − g_r is parallel to g_f
+    resid = [a - b for a, b in zip(d, gr)]
+    c = dot(resid, gf) / ff
+    assert max(float((r - c * f).abs().max()) for r, f in zip(resid, gf)) < 1e-5
+
+
+def test_zero_forget_gradient_falls_back_to_retain():
+    gr = [torch.tensor([1.0, 2.0])]
+    assert torch.equal(bilevel_direction([torch.zeros(2)], gr, 1.0)[0], gr[0])
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(setup):
+    lm, req, frozen = setup
+    model = _perturbed(lm.model)
+    batch = next(iter(build_batches(lm.tokenizer, req, 4)))
+    params = BlurNPO.Params()
+    big = _direction(BlurNPO(), model, [batch], {"ref": frozen, "params": params})
+    micro = _direction(BlurNPO(), model, [_slice(batch, slice(0, 2)), _slice(batch, slice(2, 4))],
+                       {"ref": frozen, "params": params})
+    for a, b in zip(big, micro):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    # projecting each micro-batch separately and averaging is NOT the same thing
+    halves = [_direction(BlurNPO(), model, [_slice(batch, sl)], {"ref": frozen, "params": params})
+              for sl in (slice(0, 2), slice(2, 4))]
+    naive = [(a + b) / 2 for a, b in zip(*halves)]
+    assert max(float((a - b).abs().max()) for a, b in zip(big, naive)) > 1e-4
+
+
+def _forget_nll(model, tok, recs):
+    from methods.training import nll
+    from unlearnbench.prompts import collate, encode_qa
+
+    b = collate([{k: v for k, v in encode_qa(tok, r.question, r.answer).items() if k != "prompt_len"} for r in recs],
+                tok.pad_token_id)
+    with torch.no_grad():
+        return nll(model, b).item()
+
+
+def test_blur_npo_runs_in_the_loop_and_forgets(setup):
+    lm, req, frozen = setup
+    before = _forget_nll(lm.model, lm.tokenizer, req.forget)
+    out = BlurNPO().apply(copy.deepcopy(lm.model), lm.tokenizer, req,
+                          BlurNPO.Params(lr=1e-3, epochs=3, batch_size=2, grad_accum=2))
+    assert _forget_nll(out, lm.tokenizer, req.forget) > before + 0.05
+
+
+def test_rmu_changes_only_its_down_projections(setup):
+    lm, req, frozen = setup
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    rmu = RMU()
+    out = rmu.apply(copy.deepcopy(lm.model), lm.tokenizer, req, RMU.Params(layer=2, n_update_layers=2, lr=3e-2,
+                                                                             epochs=5, alpha=0.0))
+    changed = sorted(k for k, v in out.state_dict().items() if not torch.equal(before[k], v))
+    assert changed == ["model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"]
+    # forget activations at the steered layer moved toward c·u
+    from unlearnbench.prompts import template_prefix_len
+
+    b = next(iter(build_batches(lm.tokenizer, req, 64)))["forget"]
+    mask = b["attention_mask"].clone()
+    mask[:, :template_prefix_len(lm.tokenizer)] = 0
+
+    def dist(m):
+        with torch.no_grad():
+            h = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
+            return float(((h.hidden_states[3] - rmu.target).norm(dim=-1) * mask).sum() / mask.sum())
+
+    assert dist(out) < 0.9 * dist(lm.model)
+    assert rmu.attack_info() == {"layers": [1, 2]}
+    with pytest.raises(ValueError, match="out of range"):
+        RMU().apply(copy.deepcopy(lm.model), lm.tokenizer, req, RMU.Params(layer=9))
