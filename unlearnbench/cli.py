@@ -107,9 +107,24 @@ def _cmd_run(a):
 def _cmd_leaderboard(a):
     from .leaderboard import write_leaderboard
 
-    paths = write_leaderboard(a.results_dir)
+    paths = write_leaderboard(a.results_dir, out_dir=a.out, plots=not a.no_plots)
     print(paths["markdown"].read_text())
-    print(f"wrote {paths['markdown']} and {paths['csv']}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _cmd_validate(a):
+    from .schema import validate_dir
+
+    bad = 0
+    for d in a.results_dir:
+        problems = validate_dir(d)
+        for p in problems:
+            print(p, file=sys.stderr)
+        bad += len(problems)
+        if not problems:
+            print(f"{d}: valid")
+    if bad:
+        raise SystemExit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,9 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed")
     s.set_defaults(fn=_cmd_run)
 
-    s = sub.add_parser("leaderboard", help="rank a results folder (Markdown + CSV)")
-    s.add_argument("results_dir")
+    s = sub.add_parser("leaderboard", help="rank results folders: Markdown, CSV, HTML and plots")
+    s.add_argument("results_dir", nargs="+", help="one or more results folders (merged)")
+    s.add_argument("--out", help="where to write (default: the first results folder)")
+    s.add_argument("--no-plots", action="store_true")
     s.set_defaults(fn=_cmd_leaderboard)
+
+    s = sub.add_parser("validate", help="check results folders against the results schema")
+    s.add_argument("results_dir", nargs="+")
+    s.set_defaults(fn=_cmd_validate)
     return p
 
 

@@ -1,18 +1,24 @@
-"""Leaderboard: a results folder → ranked Markdown and CSV tables (mean ± std over seeds).
+"""Leaderboard: results folders → ranked Markdown, CSV and a self-contained HTML page, plus plots.
 
 Rows are (method row, scenario); within each scenario they are ranked by Deviation Score
-(lower is better). The implanted model appears as row ``none``; failed cells as ``failed``.
+(lower is better), mean ± std over seeds. Reference rows: ``base`` (the model before the
+implant) and ``none`` (the implanted model, before unlearning); failed cells show as failed.
+Several folders are merged (a cell seen twice — same row, scenario, seed, dataset and model —
+counts once, the newest wins).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean, pstdev
 
 from .results import load_results
+
+REFERENCE_ROWS = ("base", "none")
 
 COLUMNS = [("ds", "DS"), ("forget_rouge1", "forget R1"), ("retain_rouge1", "retain R1"),
            ("forget_paraphrase_rouge1", "para forget R1"), ("forget_mrr", "forget MRR"),
@@ -26,6 +32,28 @@ def _agg(vals: list[float]) -> tuple[float, float]:
     return mean(vals), pstdev(vals) if len(vals) > 1 else 0.0
 
 
+def metric_keys(records: list[dict]) -> list[str]:
+    """Every metric in the records, DS first, then in the order they were written."""
+    keys = dict.fromkeys(k for r in records for k in r.get("metrics", {}))
+    return sorted(keys, key=lambda k: k != "ds")
+
+
+def directions(records: list[dict]) -> dict[str, bool]:
+    return {k: v["higher_is_better"] for r in records for k, v in r.get("metrics", {}).items()}
+
+
+def merge(dirs) -> list[dict]:
+    """Records of several results folders; duplicates of one cell count once (newest wins)."""
+    seen: dict[tuple, dict] = {}
+    for d in dirs:
+        for r in load_results(d):
+            key = (r.get("row", r.get("method")), r["scenario"]["label"], r.get("seed"),
+                   r.get("dataset", {}).get("fingerprint"), r.get("model", {}).get("spec"))
+            if key not in seen or str(r.get("created", "")) >= str(seen[key].get("created", "")):
+                seen[key] = r
+    return list(seen.values())
+
+
 def table(records: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
@@ -36,14 +64,14 @@ def table(records: list[dict]) -> list[dict]:
         out = {"scenario": scen, "method": row, "kind": recs[0].get("kind", ""), "n_seeds": len(ok),
                "n_failed": len(recs) - len(ok), "status": "ok" if ok else "failed",
                "error": next((r.get("error") for r in recs if r.get("status") != "ok"), None)}
-        for key, _ in COLUMNS:
+        for key in metric_keys(records):
             out[key], out[key + "_std"] = _agg([r["metrics"][key]["value"] for r in ok if key in r.get("metrics", {})])
         out["apply_seconds"], out["apply_seconds_std"] = _agg([r["cost"]["apply_seconds"] for r in ok])
         rows.append(out)
     rows.sort(key=lambda r: (r["scenario"], r["status"] != "ok", r["ds"] if not math.isnan(r["ds"]) else 1e9))
     rank: dict[str, int] = defaultdict(int)
     for r in rows:
-        if r["status"] == "ok":
+        if r["status"] == "ok" and r["kind"] != "reference":
             rank[r["scenario"]] += 1
             r["rank"] = rank[r["scenario"]]
         else:
@@ -62,15 +90,17 @@ def markdown(rows: list[dict]) -> str:
                                         for key, label in COLUMNS] + ["apply s", "seeds"]
     out = ["# Leaderboard", "",
            "Ranked by Deviation Score (DS = 100·√(forget R1² + (1 − retain R1)²), lower is better) within each "
-           "scenario; mean ± std over seeds. `none` is the implanted model before unlearning.", ""]
+           "scenario; mean ± std over seeds. Reference rows: `base` is the model before the implant, `none` "
+           "the implanted model before unlearning.", ""]
     for scen in dict.fromkeys(r["scenario"] for r in rows):
         out += [f"## {scen}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in (x for x in rows if x["scenario"] == scen):
             if r["status"] != "ok":
                 cells = ["–", r["method"], r["kind"]] + ["failed"] * len(COLUMNS) + ["–", f"0 ({r['n_failed']} failed)"]
             else:
-                cells = [str(r["rank"]), r["method"], r["kind"]] + \
-                        [_fmt(r[k], r[k + "_std"], r["n_seeds"], 1 if k == "ds" else 3) for k, _ in COLUMNS] + \
+                cells = [str(r["rank"] or "ref"), r["method"], r["kind"]] + \
+                        [_fmt(r.get(k, math.nan), r.get(k + "_std", 0.0), r["n_seeds"], 1 if k == "ds" else 3)
+                         for k, _ in COLUMNS] + \
                         [_fmt(r["apply_seconds"], r["apply_seconds_std"], r["n_seeds"], 1), str(r["n_seeds"])]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
@@ -80,18 +110,35 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def write_leaderboard(results_dir: str | Path) -> dict[str, Path]:
-    d = Path(results_dir)
-    records = load_results(d)
+def write_leaderboard(results_dirs, out_dir: str | Path | None = None, plots: bool = True) -> dict[str, Path]:
+    """Merge one or more results folders and write ``leaderboard.{md,csv,html}`` (and the plots)
+    into ``out_dir`` (default: the first folder). Files are written whole or not at all."""
+    from .html import leaderboard_html
+    from .results import write_text_atomic
+
+    dirs = [Path(results_dirs)] if isinstance(results_dirs, (str, Path)) else [Path(d) for d in results_dirs]
+    if not dirs:
+        raise ValueError("no results folder given")
+    records = merge(dirs)
     if not records:
-        raise ValueError(f"{d} holds no result cells (expected {d}/cells/*.json from `unlearnbench run`)")
+        raise ValueError(f"{', '.join(map(str, dirs))}: no result cells (expected DIR/cells/*.json from `unlearnbench run`)")
+    out = Path(out_dir) if out_dir else dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
     rows = table(records)
-    md, cs = d / "leaderboard.md", d / "leaderboard.csv"
-    md.write_text(markdown(rows), encoding="utf-8")
+    md, cs, ht = out / "leaderboard.md", out / "leaderboard.csv", out / "leaderboard.html"
+    write_text_atomic(md, markdown(rows))
+    keys = metric_keys(records)
     fields = ["scenario", "rank", "method", "kind", "status", "n_seeds", "n_failed"] + \
-             [x for k, _ in COLUMNS for x in (k, k + "_std")] + ["apply_seconds", "apply_seconds_std", "error"]
-    with cs.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return {"markdown": md, "csv": cs}
+             [x for k in keys for x in (k, k + "_std")] + ["apply_seconds", "apply_seconds_std", "error"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(cs, buf.getvalue())
+    write_text_atomic(ht, leaderboard_html(rows, keys, directions(records), sources=[str(d) for d in dirs]))
+    paths = {"markdown": md, "csv": cs, "html": ht}
+    if plots:
+        from .plots import write_plots
+
+        paths.update(write_plots(records, rows, out / "plots"))
+    return paths

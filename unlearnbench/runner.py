@@ -5,7 +5,7 @@ calls the method's ``apply`` (timed, with peak RSS and peak CUDA memory), scores
 with the common evaluator and writes ``cells/<cell>.json`` atomically. A rerun skips cells
 whose file exists, so an interrupted run resumes. A cell that raises is recorded as failed
 with its error, and the grid goes on. The implanted model itself is scored once and written
-as method ``none`` for every scenario and seed.
+as method ``none`` for every scenario and seed, and the model before the implant as ``base``.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class Context:
     finetune_info: dict
     evaluator: Evaluator
     device: str
+    base_eval: ModelEval | None = None  # the model before the implant (reference row ``base``)
 
 
 def _metrics_record(values: dict[str, float]) -> dict:
@@ -123,11 +124,14 @@ class Runner:
         base = load(cfg.model, device=device)
         info: dict = {"key": None}
         model = base
+        evaluator = Evaluator(ds, EvalParams(**cfg.eval.model_dump(), progress=self.progress))
+        base_eval = None
         if cfg.finetune is not None:
+            if not all(self._done(cell_id("base", s.label(), seed)) for s in cfg.scenarios for seed in cfg.seeds):
+                base_eval = evaluator.run(base.model, base.tokenizer, desc="evaluate base model")
             model, info = finetune(base, ds, cfg.finetune, progress=self.progress)
             model.model.to(device)
-        evaluator = Evaluator(ds, EvalParams(**cfg.eval.model_dump(), progress=self.progress))
-        return Context(cfg, ds, model, info, evaluator, device)
+        return Context(cfg, ds, model, info, evaluator, device, base_eval)
 
     # ---- records -------------------------------------------------------------------------
     def _base_record(self, ctx: Context, row: str, method: str, kind: str, params: dict, split_spec, splits, seed):
@@ -163,20 +167,26 @@ class Runner:
         ctx = self.prepare()
         resolved = {s.label(): scenarios.resolve(ctx.ds, s) for s in specs}  # fail early on bad scenarios
         t0 = time.perf_counter()
-        base_eval = ctx.evaluator.run(ctx.model.model, ctx.model.tokenizer, desc="evaluate implanted model")
-        log.info("implanted model evaluated in %.1fs", time.perf_counter() - t0)
-        for spec in specs:
-            splits = resolved[spec.label()]
-            for seed in cfg.seeds:
-                cid = cell_id("none", spec.label(), seed)
-                if self._done(cid):
-                    continue
-                rec = self._base_record(ctx, "none", "none", "reference", {}, spec, splits, seed)
-                rec.update(status="ok", metrics=_metrics_record(score(base_eval, splits[-1])),
-                           cost={"apply_seconds": 0.0, "peak_rss_mb": None, "peak_cuda_mb": None,
-                                 "eval_seconds": base_eval.seconds},
-                           per_example=_per_example(base_eval))
-                write_atomic(self._path(cid), rec)
+        references = {}
+        if ctx.base_eval is not None:
+            references["base"] = ctx.base_eval
+        if not all(self._done(cell_id("none", s.label(), seed)) for s in specs for seed in cfg.seeds):
+            references["none"] = ctx.evaluator.run(ctx.model.model, ctx.model.tokenizer,
+                                                   desc="evaluate implanted model")
+            log.info("implanted model evaluated in %.1fs", time.perf_counter() - t0)
+        for row, ref_eval in references.items():
+            for spec in specs:
+                splits = resolved[spec.label()]
+                for seed in cfg.seeds:
+                    cid = cell_id(row, spec.label(), seed)
+                    if self._done(cid):
+                        continue
+                    rec = self._base_record(ctx, row, row, "reference", {}, spec, splits, seed)
+                    rec.update(status="ok", metrics=_metrics_record(score(ref_eval, splits[-1])),
+                               cost={"apply_seconds": 0.0, "peak_rss_mb": None, "peak_cuda_mb": None,
+                                     "eval_seconds": ref_eval.seconds},
+                               per_example=_per_example(ref_eval))
+                    write_atomic(self._path(cid), rec)
         cells = [(e, s, seed) for e in entries for s in specs for seed in cfg.seeds]
         from tqdm.auto import tqdm
 

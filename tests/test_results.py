@@ -1,0 +1,143 @@
+"""Results you can look at and submit: schema + validate, merged leaderboard (MD/CSV/HTML), plots,
+the headless-browser check of the HTML page, and the notebooks."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unlearnbench.config import load_config
+from unlearnbench.leaderboard import write_leaderboard
+from unlearnbench.runner import Runner
+from unlearnbench.schema import validate_dir
+
+CFG = {
+    "name": "t", "model": "tiny-random-llama", "device": "cpu",
+    "data": {"preset": "pistol-mini", "seed": 0},
+    "finetune": {"epochs": 1, "lr": 1e-3, "n_anchor": 4, "n_refusal": 8},
+    "eval": {"batch_size": 64, "max_new_tokens": 4, "qa_max_new_tokens": 4, "utility_limit": 5},
+    "methods": [{"name": "ga", "params": {"epochs": 1, "lr": 1e-4}},
+                {"name": "gd", "params": {"epochs": 1, "lr": 1e-4}},
+                {"name": "ga", "label": "broken", "params": {"epochs": 1, "lr": 1e-4}}],
+    "scenarios": [{"type": "edge", "edge": "A_B", "name": "hub"}],
+    "seeds": [0, 1],
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A small grid, two seeds, with one row whose cells failed."""
+    tmp = tmp_path_factory.mktemp("res")
+    p = tmp / "c.yaml"
+    p.write_text(yaml.safe_dump(CFG))
+    out = Runner(load_config(p), out_dir=tmp / "run", progress=False).run()
+    # failed cells, as the runner writes them when a method raises
+    for seed in (0, 1):
+        f = out / "cells" / f"broken__hub__seed{seed}.json"
+        rec = json.loads(f.read_text())
+        rec.update(status="failed", error="ValueError: boom")
+        for k in ("metrics", "cost", "per_example", "attacks", "steps", "method_info"):
+            rec.pop(k, None)
+        f.write_text(json.dumps(rec))
+    return out
+
+
+def test_results_validate(results):
+    assert validate_dir(results) == []
+    r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "validate", str(results)], capture_output=True, text=True)
+    assert r.returncode == 0 and "valid" in r.stdout
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda r: r.pop("dataset"), "(top level): 'dataset' is a required property"),
+    (lambda r: r.__setitem__("seed", "zero"), "seed: 'zero' is not of type 'integer'"),
+    (lambda r: r["metrics"]["ds"].pop("higher_is_better"), "metrics.ds: 'higher_is_better' is a required property"),
+    (lambda r: r["dataset"].__setitem__("fingerprint", "abc"), "dataset.fingerprint: 'abc' does not match"),
+])
+def test_validate_names_file_and_field(results, tmp_path, mutate, expect):
+    bad = tmp_path / "bad"
+    shutil.copytree(results, bad)
+    f = bad / "cells" / "ga__hub__seed0.json"
+    rec = json.loads(f.read_text())
+    mutate(rec)
+    f.write_text(json.dumps(rec))
+    problems = validate_dir(bad)
+    assert len(problems) == 1 and problems[0].startswith(str(f)) and expect in problems[0], problems
+    r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "validate", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1 and expect in r.stderr
+
+
+def test_leaderboard_merges_and_writes_everything(results, tmp_path):
+    # a second folder: the same grid under another experiment with one more seed of `gd`
+    other = tmp_path / "other"
+    (other / "cells").mkdir(parents=True)
+    rec = json.loads((results / "cells" / "gd__hub__seed1.json").read_text())
+    rec.update(seed=7, created="2099-01-01T00:00:00")
+    (other / "cells" / "gd__hub__seed7.json").write_text(json.dumps(rec))
+    out = tmp_path / "board"
+    paths = write_leaderboard([results, other], out_dir=out)
+    for name in ("markdown", "csv", "html", "forget_vs_retain", "ds_bars", "leak_heatmap", "graph_hub", "cost_vs_ds"):
+        assert paths[name].exists() and paths[name].stat().st_size > 0, name
+    for png in (out / "plots").glob("*.png"):
+        assert png.with_suffix(".svg").exists()
+    csv_rows = (out / "leaderboard.csv").read_text().splitlines()
+    gd_hub = next(line for line in csv_rows if line.startswith("hub,") and ",gd," in line)
+    assert ",3,0," in gd_hub  # three seeds merged (0, 1 and 7), none failed
+    page = (out / "leaderboard.html").read_text()
+    assert "<script src" not in page and "http" not in page.split("<script>")[1]  # self-contained
+    for key in ("ds", "forget_rouge1", "retain_rouge1", "utility", "forget_mrr"):
+        assert f'data-key="{key}"' in page
+    assert page.count('class="arrow"') >= 18  # one per metric (and apply time)
+    assert 'class="reference" data-method="base"' in page and 'class="reference" data-method="none"' in page
+    assert 'class="failed" data-method="broken"' in page and "ValueError: boom" in page
+    assert "±" in page  # mean ± std over seeds
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium (Debian: apt-get install chromium)")
+def test_html_in_headless_chromium(results, tmp_path):
+    out = tmp_path / "board"
+    write_leaderboard(results, out_dir=out, plots=False)
+    page = (out / "leaderboard.html").resolve()
+    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=" + str(tmp_path / "prof")]
+    shot = tmp_path / "shot.png"
+    r = subprocess.run(base + [f"--screenshot={shot}", "--window-size=1400,900", page.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000, r.stderr[-2000:]
+
+    def order(sort):
+        r = subprocess.run(base + ["--dump-dom", page.as_uri() + sort], capture_output=True, text=True, timeout=120)
+        dom = r.stdout
+        table = dom[dom.index('data-scenario="hub"'):]
+        table = table[:table.index("</table>")]
+        import re
+
+        return re.findall(r'<tr class="[^"]*" data-method="([^"]+)"', table), table
+
+    rows_asc, table = order("#sort=ds")
+    assert "<td" in table and set(rows_asc) >= {"ga", "gd", "none", "base"}  # the table rendered
+    rows_desc, _ = order("#sort=ds:desc")
+    assert rows_desc != rows_asc  # sorting changed the order ...
+    ok = [m for m in rows_asc if m != "broken"]
+    assert [m for m in rows_desc if m != "broken"] == ok[::-1]  # ... and reversing it reverses it
+    assert rows_asc[-1] == rows_desc[-1] == "broken"  # failed cells (no value) sort last either way
+
+
+@pytest.mark.parametrize("name", ["01_quickstart", "02_structure_matters", "03_bring_your_own_method"])
+def test_notebook_runs(name, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    assert (tmp_path / "results" / "notebooks").is_dir()

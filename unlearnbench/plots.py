@@ -1,0 +1,209 @@
+"""Leaderboard plots (matplotlib, each as PNG and SVG), written next to the leaderboard.
+
+* ``forget_vs_retain`` — forget ROUGE-1 against retain ROUGE-1 per method, with DS iso-curves
+  (quarter circles around the ideal corner: forget 0, retain 1) and that corner marked.
+* ``ds_bars`` — DS per method and scenario, error bars = std over seeds.
+* ``leak_heatmap`` — what still leaks after unlearning: forget ROUGE-1 per attribute (direct
+  questions on the forgotten edges), methods × attributes, one panel per scenario.
+* ``graph_<scenario>`` — the knowledge graph with the forgotten edges highlighted, coloured by how
+  much of each edge the model still knows (mean ROUGE-1 of its direct questions), one panel per method.
+* ``cost_vs_ds`` — wall time of ``apply`` against DS.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "svg"):
+        p = out / f"{name}.{ext}"
+        fig.savefig(p, dpi=130, bbox_inches="tight")
+        paths.append(p)
+    _plt().close(fig)
+    return paths
+
+
+def _scenarios(rows):
+    return list(dict.fromkeys(r["scenario"] for r in rows))
+
+
+def _ok(rows):
+    return [r for r in rows if r["status"] == "ok" and not math.isnan(r.get("ds", math.nan))]
+
+
+def forget_vs_retain(rows, out: Path) -> list[Path]:
+    plt = _plt()
+    scens = _scenarios(rows)
+    fig, axes = plt.subplots(1, len(scens), figsize=(5.2 * len(scens), 4.8), squeeze=False)
+    for ax, scen in zip(axes[0], scens):
+        for ds_level in (10, 25, 50, 75, 100):
+            t = [i * math.pi / 2 / 60 for i in range(61)]
+            rad = ds_level / 100
+            ax.plot([rad * math.cos(a) for a in t], [1 - rad * math.sin(a) for a in t], color="#bbb", lw=0.8, zorder=0)
+            ax.annotate(f"DS {ds_level}", (rad * math.cos(0.6), 1 - rad * math.sin(0.6)), fontsize=7, color="#999")
+        ax.scatter([0], [1], marker="*", s=260, color="gold", edgecolor="k", zorder=3, label="ideal (forget 0, retain 1)")
+        for r in _ok(x for x in rows if x["scenario"] == scen):
+            ref = r["kind"] == "reference"
+            ax.errorbar(r["forget_rouge1"], r["retain_rouge1"], xerr=r.get("forget_rouge1_std") or None,
+                        yerr=r.get("retain_rouge1_std") or None, fmt="s" if ref else "o", ms=7,
+                        color="#888" if ref else None, zorder=2)
+            ax.annotate(r["method"], (r["forget_rouge1"], r["retain_rouge1"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+        ax.set(xlim=(-0.05, 1.08), ylim=(-0.05, 1.08), xlabel="forget ROUGE-1 (lower is better)",
+               ylabel="retain ROUGE-1 (higher is better)", title=scen, aspect="equal")
+        ax.legend(loc="lower left", fontsize=7)
+    return _save(fig, out, "forget_vs_retain")
+
+
+def ds_bars(rows, out: Path) -> list[Path]:
+    plt = _plt()
+    scens = _scenarios(rows)
+    methods = list(dict.fromkeys(r["method"] for r in _ok(rows)))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(methods) * len(scens) / 1.5), 4.2))
+    width = 0.8 / max(1, len(scens))
+    for j, scen in enumerate(scens):
+        by = {r["method"]: r for r in _ok(rows) if r["scenario"] == scen}
+        xs = [i + j * width for i, m in enumerate(methods) if m in by]
+        ax.bar(xs, [by[m]["ds"] for m in methods if m in by], width,
+               yerr=[by[m].get("ds_std", 0.0) for m in methods if m in by], capsize=3, label=scen)
+    ax.set_xticks([i + width * (len(scens) - 1) / 2 for i in range(len(methods))], methods, rotation=30, ha="right")
+    ax.set_ylabel("Deviation Score (lower is better)")
+    ax.set_title("DS per method (error bars: std over seeds)")
+    ax.legend(fontsize=8)
+    return _save(fig, out, "ds_bars")
+
+
+def leak_heatmap(records, out: Path) -> list[Path]:
+    """Forget ROUGE-1 per attribute, from the per-example values kept in each result."""
+    plt = _plt()
+    cells = defaultdict(lambda: defaultdict(list))  # (scenario) -> (method, attribute) -> values
+    attrs_all: dict[str, None] = {}
+    for r in records:
+        if r.get("status") != "ok" or not r.get("per_example"):
+            continue
+        forget = set(r["scenario"]["splits"][-1]["forget_edges"])
+        for q in r["per_example"].get("qa", []):
+            if q["edge"] in forget and q["form"] == "direct":
+                cells[r["scenario"]["label"]][(r.get("row", r["method"]), q["attribute"])].append(q["rouge1"])
+                attrs_all[q["attribute"]] = None
+    scens = list(cells)
+    if not scens:
+        return []
+    fig, axes = plt.subplots(1, len(scens), figsize=(0.7 * len(attrs_all) * len(scens) + 4, 5), squeeze=False)
+    im = None
+    for ax, scen in zip(axes[0], scens):
+        methods = sorted(dict.fromkeys(m for m, _ in cells[scen]), key=lambda m: m not in ("base", "none"))
+        attrs = list(dict.fromkeys(a for _, a in cells[scen]))
+        grid = [[mean(cells[scen][(m, a)]) if cells[scen].get((m, a)) else math.nan for a in attrs] for m in methods]
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="Reds", aspect="auto")
+        ax.set_xticks(range(len(attrs)), attrs, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(methods)), methods, fontsize=8)
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6,
+                            color="white" if v > 0.6 else "black")
+        ax.set_title(scen)
+    fig.suptitle("What still leaks: forget ROUGE-1 per attribute (direct questions on forgotten edges)")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="still known (ROUGE-1)")
+    return _save(fig, out, "leak_heatmap")
+
+
+def knowledge_graphs(records, out: Path) -> list[Path]:
+    """One figure per scenario: the graph, forgotten edges coloured by what the model still knows."""
+    import networkx as nx
+
+    from pistol_data import generate
+
+    plt = _plt()
+    paths: list[Path] = []
+    by_scen = defaultdict(list)
+    for r in records:
+        if r.get("status") == "ok" and r.get("per_example"):
+            by_scen[r["scenario"]["label"]].append(r)
+    for scen, recs in by_scen.items():
+        d = recs[0].get("dataset", {})
+        if not d.get("preset"):
+            continue
+        ds = generate(d["preset"], d.get("seed", 0))
+        if ds.fingerprint != d.get("fingerprint"):
+            continue  # not the dataset the results came from: do not draw a wrong picture
+        g, simple = ds.graph, nx.Graph(ds.graph)
+        pos = nx.kamada_kawai_layout(simple)
+        methods = sorted(dict.fromkeys(r.get("row", r["method"]) for r in recs), key=lambda m: m not in ("base", "none"))
+        ncol = min(4, len(methods))
+        nrow = math.ceil(len(methods) / ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.3 * nrow), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, m in zip(axes.flat, methods):
+            rs = [r for r in recs if r.get("row", r["method"]) == m]
+            forget = set(rs[0]["scenario"]["splits"][-1]["forget_edges"])
+            known = defaultdict(list)
+            for r in rs:
+                for q in r["per_example"].get("qa", []):
+                    if q["edge"] in forget and q["form"] == "direct":
+                        known[q["edge"]].append(q["rouge1"])
+            nx.draw_networkx_nodes(g, pos, node_size=80, node_color="#4C72B0", ax=ax)
+            for u, v, k, data in g.edges(keys=True, data=True):
+                if k in forget:
+                    val = mean(known[k]) if known[k] else 0.0
+                    nx.draw_networkx_edges(g, pos, edgelist=[(u, v)], width=4, ax=ax,
+                                           edge_color=[plt.cm.RdYlGn_r(val)])
+                else:
+                    nx.draw_networkx_edges(g, pos, edgelist=[(u, v)], width=1, edge_color="#bbb", ax=ax,
+                                           style="solid" if data.get("type") == "sales" else "dashed")
+            nx.draw_networkx_labels(g, pos, font_size=6, ax=ax)
+            still = mean(v for vals in known.values() for v in vals) if known else 0.0
+            ax.set_title(f"{m}: still knows {still:.2f}", fontsize=9)
+        sm = plt.cm.ScalarMappable(cmap="RdYlGn_r", norm=plt.Normalize(0, 1))
+        fig.colorbar(sm, ax=axes.ravel().tolist(), shrink=0.6, label="forgotten edge: ROUGE-1 still recalled")
+        fig.suptitle(f"{scen}: forgotten edges (thick) coloured by what the model still knows")
+        paths += _save(fig, out, "graph_" + re.sub(r"[^A-Za-z0-9_.-]+", "-", scen))
+    return paths
+
+
+def cost_vs_ds(rows, out: Path) -> list[Path]:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for scen in _scenarios(rows):
+        rs = [r for r in _ok(rows) if r["scenario"] == scen and r["kind"] != "reference"]
+        if not rs:
+            continue
+        ax.scatter([max(r["apply_seconds"], 0.1) for r in rs], [r["ds"] for r in rs], label=scen)
+        for r in rs:
+            ax.annotate(r["method"], (max(r["apply_seconds"], 0.1), r["ds"]), textcoords="offset points",
+                        xytext=(4, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.set(xlabel="apply wall time, s (log)", ylabel="Deviation Score (lower is better)",
+           title="cost vs DS (bottom left is best)")
+    ax.legend(fontsize=8)
+    return _save(fig, out, "cost_vs_ds")
+
+
+def write_plots(records, rows, out: Path) -> dict[str, Path]:
+    """Every plot, PNG and SVG, into ``out``; returns name → PNG path."""
+    out = Path(out)
+    made: dict[str, Path] = {}
+    for fn, arg in ((forget_vs_retain, rows), (ds_bars, rows), (leak_heatmap, records),
+                    (knowledge_graphs, records), (cost_vs_ds, rows)):
+        for p in fn(arg, out):
+            if p.suffix == ".png":
+                made[p.stem] = p
+    return made
