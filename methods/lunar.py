@@ -17,14 +17,16 @@ Algorithm, as the public code does it:
    the one where forget answers turn into refusals while retain answers survive. We fit the
    edit at each candidate layer (on at most ``select_max_retain`` retain rows; the winner is
    then refitted on all rows) and score the *trained* edit with one teacher-forced pass on a
-   few questions: ``gain(l) = Δ log p(refusal | forget q) − Δ NLL(true answer | retain q)``;
+   few questions: ``gain(l) = Δ log p(refusal | forget q) − Δ NLL(true answer | retain q)
+   − Δ NLL(own answer | everyday q)``;
    the arg-max wins. Candidates: every second layer from a third of the depth up to the second-last layer. (Scoring
    by steering with +coeff·r instead picked layers 11–13 of SmolLM2, where the trained edit
    did not forget at all: PISTOL questions share most tokens, so the fit is a compromise.)
 5. **Sequential requests**: ``apply`` again on the already-unlearned model; it starts from the
    current weights and recomputes the direction on that model.
 
-Attacks (``reverse_direction``, ``layer_skip``) live in :mod:`methods.lunar_attacks`.
+Attacks (``reverse_direction``, ``layer_skip``) live in :mod:`unlearnbench.attacks`; they read the
+layer and direction from :meth:`Lunar.attack_info`.
 
 Deviations from the public code:
 * Rows are the *question* tokens only: SmolLM2's chat template prepends a system prompt shared
@@ -264,8 +266,9 @@ def _mix(rows: tuple, forget_share: float, seed: int, max_retain: int | None = N
 def select_layer(model, tokenizer, request: UnlearnRequest, r: torch.Tensor, params: LunarParams, skip: int,
                  general: list[tuple[str, str]] = ()):
     """Fit the edit at each candidate layer and keep the one whose *trained* edit best turns forget
-    answers into refusals while keeping retain answers: arg-max over layers of
-    Δ log p(refusal | forget q) − Δ NLL(true answer | retain q), one teacher-forced pass each."""
+    answers into refusals while keeping retain answers and everyday answers: arg-max over layers of
+    Δ log p(refusal | forget q) − Δ NLL(true answer | retain q) − Δ NLL(own answer | everyday q),
+    one teacher-forced pass each."""
     n = r.shape[0]
     cands = params.candidate_layers or list(range(n - 2, n // 3 - 1, -params.layer_stride))[::-1]
     rng = random.Random(request.seed)
@@ -274,8 +277,10 @@ def select_layer(model, tokenizer, request: UnlearnRequest, r: torch.Tensor, par
     refusal = (request.refusal_targets or ["I don't know."])[0]
     f_ref = [(x.question, refusal) for x in fq]
     r_true = [(x.question, x.answer) for x in rq]
+    g_own = [(q, a) for q, a in rng.sample(list(general), min(params.select_questions, len(general))) if a]
     base_f = _answer_nll(model, tokenizer, f_ref, skip).mean()
     base_r = _answer_nll(model, tokenizer, r_true, skip).mean() if r_true else torch.tensor(0.0)
+    base_g = _answer_nll(model, tokenizer, g_own, skip).mean() if g_own else torch.tensor(0.0)
     forget_q = [x.question for x in request.forget]
     retain_q = [x.question for x in request.retain]
     rows = _rows(model, tokenizer, cands, forget_q, retain_q, r, params.coeff, skip, general)
@@ -287,7 +292,8 @@ def select_layer(model, tokenizer, request: UnlearnRequest, r: torch.Tensor, par
              request.seed)
         d_ref = base_f - _answer_nll(model, tokenizer, f_ref, skip).mean()
         d_ret = (_answer_nll(model, tokenizer, r_true, skip).mean() - base_r) if r_true else 0.0
-        scores[layer] = float(d_ref - d_ret)
+        d_gen = (_answer_nll(model, tokenizer, g_own, skip).mean() - base_g) if g_own else 0.0
+        scores[layer] = float(d_ref - d_ret - d_gen)
         with torch.no_grad():
             w.copy_(original)
     best = max(scores, key=scores.get)

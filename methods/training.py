@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,8 @@ class TrainParams(MethodParams):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     warmup_steps: int = Field(0, ge=0)
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast for the forward passes "
+                                                       "(fp32 weights and optimiser): auto = where bf16 is native")
 
 
 class DivergenceError(RuntimeError):
@@ -147,7 +150,10 @@ class GradientMethod(Method):
         if not request.forget:
             raise ValueError("the request has an empty forget set")
         torch.manual_seed(request.seed)
-        accelerator = Accelerator(cpu=request.device == "cpu", gradient_accumulation_steps=params.grad_accum)
+        from unlearnbench.models import use_bf16
+
+        accelerator = Accelerator(cpu=request.device == "cpu", gradient_accumulation_steps=params.grad_accum,
+                                  mixed_precision="bf16" if use_bf16(params.precision, request.device) else "no")
         ref = None
         if self.needs_reference:
             if request.reference_model is None:
@@ -167,7 +173,8 @@ class GradientMethod(Method):
         for epoch in range(params.epochs):
             for batch in loader:
                 with accelerator.accumulate(model):
-                    loss = self.loss(model, batch, ctx)
+                    with accelerator.autocast():  # covers the reference model's forward passes too
+                        loss = self.loss(model, batch, ctx)
                     if not torch.isfinite(loss):
                         raise DivergenceError(f"{self.name}: loss became {loss.item()} at epoch {epoch}")
                     self.backward(accelerator, model, loss, batch, ctx)

@@ -32,7 +32,7 @@ from pistol_data.side_sets import anchor_questions
 
 from .cache import cache_dir, stable_hash
 from .generation import generate_answers
-from .models import LoadedModel, load
+from .models import LoadedModel, load, use_bf16
 from .prompts import collate, encode_qa
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class FinetuneParams(BaseModel):
     train_modules: Literal["all", "mlp"] = Field("all", description="full mode: update every weight, or only the "
                                                  "MLP blocks (where factual associations are stored)")
     anchor_max_tokens: int = Field(64, ge=8, description="anchor answers: greedy tokens, cut after the last full sentence")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast (fp32 master weights): "
+                                                       "auto = where the hardware runs bf16 natively")
     lora_r: int = Field(32, ge=1)
     lora_alpha: int = Field(64, ge=1)
     seed: int = 0
@@ -142,7 +144,8 @@ def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None
             per_device_train_batch_size=params.batch_size, weight_decay=params.weight_decay,
             lr_scheduler_type="linear", warmup_steps=0.1, logging_steps=10, save_strategy="no",
             report_to=[], seed=params.seed, disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(),
-            dataloader_num_workers=0, remove_unused_columns=False, train_sampling_strategy="group_by_length")
+            dataloader_num_workers=0, remove_unused_columns=False, train_sampling_strategy="group_by_length",
+            bf16=use_bf16(params.precision, str(next(model.parameters()).device)))
         trainer = Trainer(model=model, args=args, train_dataset=_Rows(rows),
                           data_collator=lambda b: collate(b, tok.pad_token_id))
         t0 = time.perf_counter()
