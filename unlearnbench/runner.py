@@ -128,7 +128,8 @@ class Runner:
         base_eval = None
         if cfg.finetune is not None:
             if not all(self._done(cell_id("base", s.label(), seed)) for s in cfg.scenarios for seed in cfg.seeds):
-                base_eval = evaluator.run(base.model, base.tokenizer, desc="evaluate base model")
+                base_eval = evaluator.run(base.model, base.tokenizer, desc="evaluate base model",
+                                          heldout_edges=self._heldout(ds))
             model, info = finetune(base, ds, cfg.finetune, progress=self.progress)
             model.model.to(device)
         return Context(cfg, ds, model, info, evaluator, device, base_eval)
@@ -143,6 +144,10 @@ class Runner:
                 "model": {"spec": ctx.cfg.model, "finetune_key": ctx.finetune_info.get("key"),
                           "finetune_seconds": ctx.finetune_info.get("seconds")},
                 "versions": package_versions(), "hardware": hardware(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+    def _heldout(self, ds) -> list[str]:
+        """Every edge some scenario of the grid forgets: reference rows need held-out forms of these only."""
+        return sorted({e for s in self.cfg.scenarios for sp in scenarios.resolve(ds, s) for e in sp.forget_edges})
 
     def _path(self, cid: str) -> Path:
         return self.out / "cells" / f"{cid}.json"
@@ -172,7 +177,7 @@ class Runner:
             references["base"] = ctx.base_eval
         if not all(self._done(cell_id("none", s.label(), seed)) for s in specs for seed in cfg.seeds):
             references["none"] = ctx.evaluator.run(ctx.model.model, ctx.model.tokenizer,
-                                                   desc="evaluate implanted model")
+                                                   desc="evaluate implanted model", heldout_edges=self._heldout(ctx.ds))
             log.info("implanted model evaluated in %.1fs", time.perf_counter() - t0)
         for row, ref_eval in references.items():
             for spec in specs:
