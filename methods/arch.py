@@ -45,3 +45,29 @@ def mlp_out(model, layer: int) -> torch.nn.Module:
 def mlp_out_name(model, layer: int) -> str:
     a = arch_of(model)
     return f"{a.layers}.{layer}.{a.mlp_out}"
+
+
+class _StopForward(Exception):
+    pass
+
+
+def run_until(model, layer: int, **inputs) -> None:
+    """Run the forward pass only up to block ``layer`` (inclusive), for callers that read
+    activations with hooks: the later blocks and the vocabulary-sized LM head are skipped."""
+    def stop(mod, inp, out):
+        raise _StopForward
+
+    h = blocks(model)[layer].register_forward_hook(stop)
+    try:
+        model(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        h.remove()
+
+
+def answer_logits(model, input_ids, attention_mask, positions: torch.Tensor) -> torch.Tensor:
+    """Logits only where they are needed (``positions``: a boolean [batch, seq] mask): the base
+    model's hidden states, then the LM head on the selected positions — not on every token."""
+    h = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return model.get_output_embeddings()(h[positions])

@@ -58,7 +58,7 @@ from pydantic import Field
 from pistol_data.side_sets import anchor_questions
 from unlearnbench.prompts import collate, encode_qa, prompt, template_prefix_len
 
-from .arch import blocks, mlp_out
+from .arch import answer_logits, blocks, mlp_out, run_until
 from .base import Method, MethodParams, UnlearnRequest, register_method
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def down_proj_rows(model, tokenizer, layers: list[int], questions: list[str], sk
         for i in range(0, len(ids), batch_size):
             chunk = ids[i:i + batch_size]
             t, m = _left_pad(chunk, tokenizer.pad_token_id, device)
-            model(input_ids=t, attention_mask=m)
+            run_until(model, max(layers), input_ids=t, attention_mask=m)
             n = t.shape[1]
             for l in layers:
                 x, y = cap[l]
@@ -190,15 +190,18 @@ def _answer_nll(model, tokenizer, pairs, skip, steer_layer=None, vec=None) -> to
     ctx = steer(model, steer_layer, vec, start) if steer_layer is not None else None
     if ctx:
         ctx.__enter__()
+    labels = b["labels"][:, 1:]
+    mask = labels != -100
+    pos = torch.nn.functional.pad(mask, (0, 1))  # logits at position t predict token t + 1
     try:
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+        logits = answer_logits(model, b["input_ids"], b["attention_mask"], pos).float()
     finally:
         if ctx:
             ctx.__exit__()
-    labels = b["labels"][:, 1:]
-    mask = labels != -100
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
-    return (nll * mask).sum(1) / mask.sum(1)
+    nll = torch.nn.functional.cross_entropy(logits, labels[mask], reduction="none")
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
+    per_row = torch.zeros(mask.shape[0], device=nll.device).index_add_(0, rows, nll)
+    return per_row / mask.sum(1)
 
 
 def _fit(weights, data, params: LunarParams, seed: int, progress: bool = False) -> list[float]:
