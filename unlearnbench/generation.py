@@ -9,23 +9,12 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .prompts import IGNORE, collate, encode_qa, prompt
+from .prompts import IGNORE, collate, encode_qa, prompt, shared_prefix_len
 
 
 def _batches(order: list[int], size: int):
     for i in range(0, len(order), size):
         yield order[i:i + size]
-
-
-def shared_prefix_len(seqs: list[list[int]]) -> int:
-    """Length of the token prefix every sequence shares (e.g. a chat template's system prompt)."""
-    if not seqs:
-        return 0
-    first, n = seqs[0], min(len(s) for s in seqs)
-    k = 0
-    while k < n and all(s[k] == first[k] for s in seqs):
-        k += 1
-    return k
 
 
 @torch.inference_mode()

@@ -14,15 +14,22 @@ def prompt(tokenizer, question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
+def shared_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the token prefix every sequence shares (e.g. a chat template's system prompt)."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs)
+    k = 0
+    while k < n and all(s[k] == first[k] for s in seqs):
+        k += 1
+    return k
+
+
 def template_prefix_len(tokenizer) -> int:
     """Tokens every prompt shares before the question (system prompt, role markers): steering
     methods leave them out, since their activations are the same for every question."""
-    a, b = (tokenizer(prompt(tokenizer, q), add_special_tokens=False)["input_ids"]
-            for q in ("Alpha question here?", "Zebra query there?"))
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
+    return shared_prefix_len([tokenizer(prompt(tokenizer, q), add_special_tokens=False)["input_ids"]
+                              for q in ("Alpha question here?", "Zebra query there?")])
 
 
 def encode_qa(tokenizer, question: str, answer: str, max_length: int = 256) -> dict:
