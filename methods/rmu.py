@@ -61,14 +61,10 @@ class RMU(GradientMethod):
             raise ValueError(f"RMU layer {layer} out of range 0..{n - 1}")
         return layer
 
-    def trainable_parameters(self, model):
-        layer = self._layer(model, self._params)
-        self.layers = list(range(max(0, layer - self._params.n_update_layers + 1), layer + 1))
+    def trainable_parameters(self, model, params: RMUParams):
+        self.layer = self._layer(model, params)
+        self.layers = list(range(max(0, self.layer - params.n_update_layers + 1), self.layer + 1))
         return [mlp_out(model, l).weight for l in self.layers]
-
-    def make_optimizer(self, model, params):
-        self._params = params
-        return super().make_optimizer(model, params)
 
     def _acts(self, model, b, layer):
         """Block ℓ's output. The forward pass stops there: the later blocks and the 49k-way LM head
@@ -90,10 +86,10 @@ class RMU(GradientMethod):
     def loss(self, model, batch, ctx):
         p, ref = ctx["params"], ctx["ref"]
         net = ctx["accelerator"].unwrap_model(model)
-        layer = self._layer(net, p)
+        layer = self.layer  # set with the trainable parameters, before the first step
         if "_target" not in ctx:
-            ctx["_skip"] = template_prefix_len(ctx["tokenizer"]) if ctx.get("tokenizer") is not None else 0
-            g = torch.Generator().manual_seed(ctx.get("seed", 0))
+            ctx["_skip"] = template_prefix_len(ctx["tokenizer"])
+            g = torch.Generator().manual_seed(ctx["seed"])
             u = torch.rand(net.config.hidden_size, generator=g)
             u = u / u.norm()
             c = p.steering_coeff

@@ -87,22 +87,24 @@ def nll(model, b: dict) -> torch.Tensor:
     return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
 
 
-def sequence_logprob(model, b: dict) -> torch.Tensor:
-    """Sum of answer-token log-probabilities, one value per sequence."""
+def _answer_logprobs(model, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities of the gold next tokens and the answer-token mask, [batch, seq-1]."""
     logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
     labels = b["labels"][:, 1:]
-    mask = labels != IGNORE
     lp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+    return lp, (labels != IGNORE).float()
+
+
+def sequence_logprob(model, b: dict) -> torch.Tensor:
+    """Sum of answer-token log-probabilities, one value per sequence."""
+    lp, mask = _answer_logprobs(model, b)
     return (lp * mask).sum(-1)
 
 
 def sequence_mean_nll(model, b: dict) -> torch.Tensor:
     """Mean over sequences of each sequence's mean answer-token NLL. Unlike the batch token mean,
     accumulating equal-sized micro-batches gives exactly the large-batch value."""
-    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
-    labels = b["labels"][:, 1:]
-    mask = (labels != IGNORE).float()
-    lp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+    lp, mask = _answer_logprobs(model, b)
     return (-(lp * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
 
 
@@ -132,13 +134,13 @@ class GradientMethod(Method):
     def loss(self, model, batch: dict, ctx: dict) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def trainable_parameters(self, model) -> list[torch.nn.Parameter]:
+    def trainable_parameters(self, model, params: TrainParams) -> list[torch.nn.Parameter]:
         """What the method updates (default: every weight). Everything else is frozen."""
         return list(model.parameters())
 
     def make_optimizer(self, model, params: TrainParams):
         model.requires_grad_(False)
-        trainable = self.trainable_parameters(model)
+        trainable = self.trainable_parameters(model, params)
         for p in trainable:
             p.requires_grad_(True)
         return torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)

@@ -89,6 +89,12 @@ def ds_bars(rows, out: Path) -> list[Path]:
     return _save(fig, out, "ds_bars")
 
 
+def _forgotten_qa(record: dict) -> list[dict]:
+    """The per-example values of the direct questions on the edges a result's last step forgot."""
+    forget = set(record["scenario"]["splits"][-1]["forget_edges"])
+    return [q for q in (record.get("per_example") or {}).get("qa", []) if q["edge"] in forget and q["form"] == "direct"]
+
+
 def leak_heatmap(records, out: Path) -> list[Path]:
     """Forget ROUGE-1 per attribute, from the per-example values kept in each result."""
     plt = _plt()
@@ -97,11 +103,9 @@ def leak_heatmap(records, out: Path) -> list[Path]:
     for r in records:
         if r.get("status") != "ok" or not r.get("per_example"):
             continue
-        forget = set(r["scenario"]["splits"][-1]["forget_edges"])
-        for q in r["per_example"].get("qa", []):
-            if q["edge"] in forget and q["form"] == "direct":
-                cells[r["scenario"]["label"]][(r.get("row", r["method"]), q["attribute"])].append(q["rouge1"])
-                attrs_all[q["attribute"]] = None
+        for q in _forgotten_qa(r):
+            cells[r["scenario"]["label"]][(r.get("row", r["method"]), q["attribute"])].append(q["rouge1"])
+            attrs_all[q["attribute"]] = None
     scens = list(cells)
     if not scens:
         return []
@@ -157,9 +161,8 @@ def knowledge_graphs(records, out: Path) -> list[Path]:
             forget = set(rs[0]["scenario"]["splits"][-1]["forget_edges"])
             known = defaultdict(list)
             for r in rs:
-                for q in r["per_example"].get("qa", []):
-                    if q["edge"] in forget and q["form"] == "direct":
-                        known[q["edge"]].append(q["rouge1"])
+                for q in _forgotten_qa(r):
+                    known[q["edge"]].append(q["rouge1"])
             nx.draw_networkx_nodes(g, pos, node_size=80, node_color="#4C72B0", ax=ax)
             for u, v, k, data in g.edges(keys=True, data=True):
                 if k in forget:

@@ -103,6 +103,11 @@ def _metrics_record(values: dict[str, float]) -> dict:
     return {k: {"value": v, "higher_is_better": dirs[k]} for k, v in values.items()}
 
 
+def forgotten_edges(splits) -> list[str]:
+    """Every edge the given splits forget: the only edges whose held-out forms the scores read."""
+    return sorted({e for sp in splits for e in sp.forget_edges})
+
+
 def _per_example(ev: ModelEval) -> dict:
     return {"qa": [{k: r.get(k) for k in _PER_EXAMPLE_FIELDS} for r in ev.qa],
             "utility": [{k: r.get(k) for k in ("question", "answer", "generation", "rouge1")} for r in ev.utility]}
@@ -127,7 +132,7 @@ class Runner:
         evaluator = Evaluator(ds, EvalParams(**cfg.eval.model_dump(), progress=self.progress))
         base_eval = None
         if cfg.finetune is not None:
-            if not all(self._done(cell_id("base", s.label(), seed)) for s in cfg.scenarios for seed in cfg.seeds):
+            if not self._all_done("base"):
                 base_eval = evaluator.run(base.model, base.tokenizer, desc="evaluate base model",
                                           heldout_edges=self._heldout(ds))
             model, info = finetune(base, ds, cfg.finetune, progress=self.progress)
@@ -147,7 +152,10 @@ class Runner:
 
     def _heldout(self, ds) -> list[str]:
         """Every edge some scenario of the grid forgets: reference rows need held-out forms of these only."""
-        return sorted({e for s in self.cfg.scenarios for sp in scenarios.resolve(ds, s) for e in sp.forget_edges})
+        return forgotten_edges(sp for s in self.cfg.scenarios for sp in scenarios.resolve(ds, s))
+
+    def _all_done(self, row: str) -> bool:
+        return all(self._done(cell_id(row, s.label(), seed)) for s in self.cfg.scenarios for seed in self.cfg.seeds)
 
     def _path(self, cid: str) -> Path:
         return self.out / "cells" / f"{cid}.json"
@@ -175,7 +183,7 @@ class Runner:
         references = {}
         if ctx.base_eval is not None:
             references["base"] = ctx.base_eval
-        if not all(self._done(cell_id("none", s.label(), seed)) for s in specs for seed in cfg.seeds):
+        if not self._all_done("none"):
             references["none"] = ctx.evaluator.run(ctx.model.model, ctx.model.tokenizer,
                                                    desc="evaluate implanted model", heldout_edges=self._heldout(ctx.ds))
             log.info("implanted model evaluated in %.1fs", time.perf_counter() - t0)
@@ -215,7 +223,7 @@ class Runner:
             model = copy.deepcopy(ctx.model.model)
             apply_s, peak_rss, peak_cuda, steps = 0.0, 0, None, []
             method = cls()
-            heldout = sorted({e for sp in splits for e in sp.forget_edges})
+            heldout = forgotten_edges(splits)
             for i, split in enumerate(splits):
                 before = model
                 ref_holder = {}
