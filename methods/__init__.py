@@ -4,7 +4,7 @@
 >>> cls = get_method("gd"); params = cls.Params(lr=1e-5)
 """
 
-from . import blur, gradient, lunar, preference, rmu  # noqa: F401  (registration side effects)
+from . import alphaedit, blur, gradient, lunar, memit, preference, rmu, rome  # noqa: F401  (registration side effects)
 from .base import (REGISTRY, Method, MethodParams, UnknownMethodError, UnlearnRequest, get_method,
                    list_methods, register_method, validate_params)
 

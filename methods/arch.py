@@ -6,6 +6,7 @@ matrices) look them up here, so a new architecture is one entry.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -16,14 +17,16 @@ class ArchMap:
     layers: str        # the ModuleList of transformer blocks
     mlp_out: str       # within a block: the MLP's output projection (rows = hidden size)
     mlp_out_transposed: bool = False  # GPT-2's Conv1D stores weight as (in, out)
+    embeds_enter_residual: bool = True  # inputs_embeds *are* the residual stream entering block 0
+    # (False for GPT-2, which adds position embeddings, and Gemma, which scales them)
 
 
 ARCH: dict[str, ArchMap] = {
     "llama": ArchMap("model.layers", "mlp.down_proj"),
     "mistral": ArchMap("model.layers", "mlp.down_proj"),
     "qwen2": ArchMap("model.layers", "mlp.down_proj"),
-    "gemma": ArchMap("model.layers", "mlp.down_proj"),
-    "gpt2": ArchMap("transformer.h", "mlp.c_proj", mlp_out_transposed=True),
+    "gemma": ArchMap("model.layers", "mlp.down_proj", embeds_enter_residual=False),
+    "gpt2": ArchMap("transformer.h", "mlp.c_proj", mlp_out_transposed=True, embeds_enter_residual=False),
 }
 
 
@@ -57,13 +60,48 @@ def run_until(model, layer: int, **inputs) -> None:
     def stop(mod, inp, out):
         raise _StopForward
 
-    h = blocks(model)[layer].register_forward_hook(stop)
+    _forward_until_stopped(model, blocks(model)[layer].register_forward_hook(stop), inputs)
+
+
+def _forward_until_stopped(model, handle, inputs: dict) -> None:
+    """Run ``model`` until the hook behind ``handle`` raises :class:`_StopForward`, then remove it."""
     try:
         model(**inputs)
     except _StopForward:
         pass
     finally:
-        h.remove()
+        handle.remove()
+
+
+@torch.no_grad()
+def residual_before(model, layer: int, **inputs) -> torch.Tensor:
+    """The residual stream entering block ``layer`` (blocks from ``layer`` on are not run)."""
+    cap = {}
+
+    def grab(mod, args, kwargs):
+        cap["h"] = args[0] if args else kwargs["hidden_states"]
+        raise _StopForward
+
+    _forward_until_stopped(model, blocks(model)[layer].register_forward_pre_hook(grab, with_kwargs=True), inputs)
+    return cap["h"]
+
+
+@contextmanager
+def starting_at(model, layer: int):
+    """Within the block, the base model runs blocks ``layer``.. only, fed ``inputs_embeds`` =
+    :func:`residual_before` — for loops that re-run a model whose first blocks do not change
+    (the editing family's value optimisation). Needs ``embeds_enter_residual``."""
+    a = arch_of(model)
+    if not a.embeds_enter_residual:
+        raise ValueError(f"{model.config.model_type}: inputs_embeds are not the residual stream")
+    parent_name, _, attr = a.layers.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    full = getattr(parent, attr)
+    setattr(parent, attr, torch.nn.ModuleList(list(full)[layer:]))
+    try:
+        yield
+    finally:
+        setattr(parent, attr, full)
 
 
 def answer_logits(model, input_ids, attention_mask, positions: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,10 @@ class UnlearnRequest:
     ``forget``/``retain``: the scenario's direct QA. ``refusal_targets``: refusal sentences
     (DPO's preferred answer, editing's target). ``refusal_questions``: questions the model
     refuses (LUNAR's reference set). ``reference_model``: a lazy handle to a frozen copy of the
-    model before this request (for KL, NPO, DPO); call it to get the model.
+    model before this request (for KL, NPO, DPO); call it to get the model. ``entities``: the
+    dataset's entity names (editing methods find a question's subject among them). ``edits``:
+    editing mode — rewrite each record's question to its answer (a new attribute value)
+    instead of forgetting; only methods of kind ``edit`` support it.
     """
 
     forget: list[QARecord]
@@ -45,6 +48,8 @@ class UnlearnRequest:
     device: str = "cpu"
     reference_model: Callable[[], object] | None = None
     progress: bool = True
+    entities: list[str] = field(default_factory=list)
+    edits: list[QARecord] = field(default_factory=list)
 
 
 class Method:

@@ -104,6 +104,17 @@ def _cmd_run(a):
     print((out / "leaderboard.md").read_text())
 
 
+def _cmd_edit(a):
+    from .config import load_config
+    from .runner import Runner
+
+    cfg = load_config(a.config)
+    cfg = cfg.model_validate({**cfg.model_dump(), "mode": "edit", **({"edits": {"n": a.n}} if a.n else {})})
+    out = Runner(cfg, out_dir=a.out, retry_failed=a.retry_failed).run()
+    print(f"results in {out / 'edits'}")
+    print((out / "edits.md").read_text())
+
+
 def _cmd_leaderboard(a):
     from .leaderboard import write_leaderboard
 
@@ -171,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out")
     s.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed")
     s.set_defaults(fn=_cmd_run)
+
+    s = sub.add_parser("edit", help="write counterfactual attribute values with the editing methods "
+                       "(a config's model, data and implant; its methods must be editing methods or 'all')")
+    s.add_argument("config")
+    s.add_argument("--n", type=int, help="number of edits (default: the config's edits.n, 10)")
+    s.add_argument("--out")
+    s.add_argument("--retry-failed", action="store_true")
+    s.set_defaults(fn=_cmd_edit)
 
     s = sub.add_parser("leaderboard", help="rank results folders: Markdown, CSV, HTML and plots")
     s.add_argument("results_dir", nargs="+", help="one or more results folders (merged)")

@@ -55,6 +55,12 @@ class MethodEntry(BaseModel):
         return self.label or self.name
 
 
+class EditConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(10, ge=1, description="counterfactual edits (new attribute values) per seed, applied as one request")
+    per_edge: int = Field(2, ge=1, description="at most this many edits on one contract (the rest measure specificity)")
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "experiment"
@@ -65,8 +71,11 @@ class RunConfig(BaseModel):
     finetune: FinetuneParams | None = Field(default_factory=FinetuneParams,
                                             description="knowledge implant; null = use the model as is")
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    mode: Literal["unlearn", "edit"] = Field("unlearn", description="unlearn: forget scenarios; edit: write new "
+                                             "attribute values with the editing methods (see `edits`)")
+    edits: EditConfig = Field(default_factory=EditConfig)
     methods: list[MethodEntry] | Literal["all"] = "all"
-    scenarios: list[ScenarioSpec]
+    scenarios: list[ScenarioSpec] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=lambda: [0])
 
     @field_validator("methods", mode="before")
@@ -87,10 +96,13 @@ class RunConfig(BaseModel):
                 except KeyError as e:  # pydantic reports ValueErrors with their field
                     raise ValueError(str(e)) from None
                 validate_params(m.name, m.params)
+                if self.mode == "edit" and get_method(m.name).kind != "edit":
+                    raise ValueError(f"method {m.name!r} (kind {get_method(m.name).kind!r}) cannot run in "
+                                     "mode 'edit'; only editing methods can (rome, memit, alphaedit, ...)")
             rows = [m.row for m in self.methods]
             if len(rows) != len(set(rows)):
                 raise ValueError(f"duplicate method rows {rows}; give repeated methods a distinct 'label'")
-        if not self.scenarios:
+        if self.mode == "unlearn" and not self.scenarios:
             raise ValueError("scenarios: at least one scenario is needed")
         if not self.seeds:
             raise ValueError("seeds: at least one seed is needed")
@@ -101,7 +113,8 @@ class RunConfig(BaseModel):
 
         if self.methods == "all":
             get_method("ga")  # loads plugins
-            return [MethodEntry(name=n) for n in sorted(REGISTRY)]
+            return [MethodEntry(name=n) for n, cls in sorted(REGISTRY.items())
+                    if self.mode == "unlearn" or cls.kind == "edit"]
         return list(self.methods)
 
 

@@ -155,7 +155,8 @@ def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None
         model = model.merge_and_unload()
     model.eval()
     info = {"key": key, "model": base.spec, "dataset_fingerprint": ds.fingerprint, "params": params.model_dump(),
-            "seconds": seconds, "train_loss": result.training_loss, "n_rows": len(rows)}
+            "seconds": seconds, "train_loss": result.training_loss, "n_rows": len(rows),
+            "train_tokens": sum(len(r["input_ids"]) for r in rows) * params.epochs}
     if trainer.is_world_process_zero():
         with atomic_dir(path) as tmp:
             model.save_pretrained(tmp)

@@ -33,6 +33,17 @@ def register_metric(name: str, meaning: str, higher_is_better: bool):
     return deco
 
 
+EDIT_METRICS: dict[str, MetricInfo] = {}
+
+
+def register_edit_metric(name: str, meaning: str, higher_is_better: bool):
+    """An editing-mode metric: a function of an :class:`~unlearnbench.edit_eval.EditEval`."""
+    def deco(fn):
+        EDIT_METRICS[name] = MetricInfo(name, meaning, higher_is_better, fn)
+        return fn
+    return deco
+
+
 def deviation_score(forget_rouge1: float, retain_rouge1: float) -> float:
     """LUNAR's Deviation Score: 100·√(f² + (1−r)²), the distance from the ideal (0 forget, 1 retain)."""
     return 100.0 * math.sqrt(forget_rouge1 ** 2 + (1.0 - retain_rouge1) ** 2)

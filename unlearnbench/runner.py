@@ -178,6 +178,10 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         ctx = self.prepare()
+        if cfg.mode == "edit":
+            from .edit_runner import run_edit_grid
+
+            return run_edit_grid(self, ctx)
         resolved = {s.label(): scenarios.resolve(ctx.ds, s) for s in specs}  # fail early on bad scenarios
         t0 = time.perf_counter()
         references = {}
@@ -236,7 +240,8 @@ class Runner:
                 request = methods_pkg.UnlearnRequest(
                     forget=split.request(ctx.ds), retain=split.retain(ctx.ds),
                     refusal_targets=list(refusal_sentences()), refusal_questions=list(ctx.ds.refusal),
-                    seed=seed, device=ctx.device, reference_model=reference, progress=self.progress)
+                    seed=seed, device=ctx.device, reference_model=reference, progress=self.progress,
+                    entities=sorted(ctx.ds.entity_names()))
                 with PeakMemory() as mem:
                     t = time.perf_counter()
                     model = method.apply(model, ctx.model.tokenizer, request, params)

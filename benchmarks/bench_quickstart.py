@@ -1,0 +1,103 @@
+"""End to end and per-method cost: the quickstart benchmark, cold and warm.
+
+* cold — an empty cache (``UNLEARNBENCH_CACHE`` in a scratch directory): the GGUF is
+  dequantized, the implant trained, every cell run;
+* warm — the same cache again, a fresh results folder: the implant is loaded, every cell run.
+
+Both run ``unlearnbench run configs/quickstart.yaml`` as a subprocess (what ``make demo`` runs,
+without the one-off ``pip install``). The per-method table (``apply`` wall time and peak RSS on
+each scenario, evaluation time) comes from the warm run's result cells, which the runner
+measures for every cell.
+
+    python benchmarks/bench_quickstart.py            # cold + warm (~35 min on 2 cores)
+    python benchmarks/bench_quickstart.py --warm-only  # warm, with the user's cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from common import HERE, write
+
+ROOT = HERE.parent
+
+
+def run(cache: str | None, out: Path) -> float:
+    env = dict(os.environ)
+    if cache:
+        env["UNLEARNBENCH_CACHE"] = cache
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "unlearnbench.cli", "run", "configs/quickstart.yaml", "--out", str(out)],
+                   cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def cells(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--warm-only", action="store_true")
+    a = ap.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="ub-bench-"))
+    times = {}
+    cache = None
+    if not a.warm_only:
+        cache = str(scratch / "cache")
+        times["cold"] = run(cache, scratch / "cold")
+    times["warm"] = run(cache, scratch / "warm")
+    recs = cells(scratch / "warm")
+    by = defaultdict(dict)
+    for r in recs:
+        by[r["row"]][r["scenario"]["label"]] = r
+    scen = sorted({r["scenario"]["label"] for r in recs})
+    lines = ["## 3. Per-method cost", "",
+             "`apply` wall time and peak resident memory of the process during `apply` (the runner samples RSS "
+             "every 50 ms; it includes the loaded models), and the evaluation of the result, per scenario of "
+             "the quickstart (warm run).", "",
+             "| method | kind | " + " | ".join(f"{s} apply s | {s} peak RSS MiB" for s in scen) + " | eval s (mean) |",
+             "|---|---|" + "---|---|" * len(scen) + "---|"]
+    total_apply = total_eval = 0.0
+    for row in sorted(by, key=lambda m: -sum(c["cost"]["apply_seconds"] for c in by[m].values())):
+        cs = by[row]
+        kind = next(iter(cs.values()))["kind"]
+        if kind == "reference":
+            continue
+        parts = []
+        for s in scen:
+            c = cs.get(s, {}).get("cost", {})
+            parts += [f"{c.get('apply_seconds', float('nan')):.1f}", f"{c.get('peak_rss_mb') or float('nan'):.0f}"]
+        ev = [c["cost"]["eval_seconds"] for c in cs.values()]
+        total_apply += sum(c["cost"]["apply_seconds"] for c in cs.values())
+        total_eval += sum(ev)
+        lines.append(f"| {row} | {kind} | " + " | ".join(parts) + f" | {sum(ev) / len(ev):.1f} |")
+    ft = next((r["model"].get("finetune_seconds") for r in recs if r["model"].get("finetune_seconds")), None)
+    n_cells = sum(1 for r in recs if r["kind"] != "reference")
+    e2e = ["## 4. End to end", "",
+           "`unlearnbench run configs/quickstart.yaml` (= `make demo` after its one-off install), "
+           f"{n_cells} method cells (every registered method × 2 scenarios) plus the reference rows.", "",
+           "| run | wall time | target |", "|---|---|---|"]
+    if "cold" in times:
+        e2e.append(f"| cold (empty cache: dequantize + implant + grid) | {times['cold'] / 60:.1f} min | ≤ 15 min |")
+    e2e.append(f"| warm (implant cached) | {times['warm'] / 60:.1f} min | ≤ 6 min |")
+    e2e += ["", "Where the warm run's time goes (from the result cells): "
+            f"`apply` {total_apply / 60:.1f} min, evaluation of the unlearned models {total_eval / 60:.1f} min, "
+            f"the rest (loading, the two reference evaluations, attacks, leaderboard and plots) "
+            f"{(times['warm'] - total_apply - total_eval) / 60:.1f} min."
+            + (f" The implant trained in {ft / 60:.1f} min of the cold run." if ft else "")]
+    write("method_cost", "\n".join(lines), {"cells": [{k: r[k] for k in ("row", "kind", "cost")} | {
+        "scenario": r["scenario"]["label"]} for r in recs]})
+    write("end_to_end", "\n".join(e2e), {"seconds": times, "apply_total_s": total_apply, "eval_total_s": total_eval})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""ROME, MEMIT and AlphaEdit on the tiny model; subjects; statistics cache; editing mode."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+import methods
+from methods import editing
+from methods.alphaedit import AlphaEdit, null_space_projector
+from methods.editing import SubjectError, find_subject, key_second_moment
+from methods.memit import Memit
+from methods.rome import Rome, ridge
+from pistol_data import QARecord, scenarios
+from pistol_data.edits import counterfactual_edits
+from unlearnbench.models import load
+
+FAST = {"v_steps": 3, "n_prefixes": 2, "stats_samples": 4}
+
+
+@pytest.fixture(scope="module")
+def setup(mini):
+    lm = load("tiny-random-llama")
+    [split] = scenarios.resolve(mini, {"type": "edge", "edge": "A_B"})
+    req = methods.UnlearnRequest(forget=split.request(mini), retain=split.retain(mini),
+                                 refusal_targets=["I don't know."], entities=sorted(mini.entity_names()),
+                                 progress=False)
+    return lm, req, mini
+
+
+def _changed(before, after):
+    return [k for k in before if not torch.equal(before[k], after[k])]
+
+
+def test_subject_rule():
+    names = ["Bumun Inc", "Jugu Inc", "Preatous Grijound"]
+    q = "What was the effective date of the contract between Bumun Inc and Jugu Inc?"
+    assert find_subject(q, names) == "Bumun Inc and Jugu Inc"
+    assert find_subject("What job did Preatous Grijound hold?", names) == "Preatous Grijound"
+    assert find_subject("Which company bought paint from Bumun Inc?", names) == "Bumun Inc"
+    with pytest.raises(SubjectError, match="no subject in question 'Who wrote Hamlet\\?'"):
+        find_subject("Who wrote Hamlet?", names)
+
+
+def test_question_without_subject_is_a_clear_error(setup):
+    lm, req, _ = setup
+    bad = copy.copy(req)
+    bad.forget = [QARecord(question="What is the capital of France?", answer="Paris.", edge="A_B")]
+    with pytest.raises(SubjectError, match="capital of France"):
+        Memit().apply(copy.deepcopy(lm.model), lm.tokenizer, bad, Memit.Params(**FAST))
+
+
+def test_rome_update_is_rank_one_on_its_layer(setup):
+    lm, req, _ = setup
+    one = copy.copy(req)
+    one.forget = req.forget[:1]
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    m = Rome().apply(copy.deepcopy(lm.model), lm.tokenizer, one, Rome.Params(layer=1, **FAST))
+    after = m.state_dict()
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert _changed(before, after) == [name]
+    dw = (after[name] - before[name]).double()
+    s = torch.linalg.svdvals(dw)
+    assert s[0] > 0 and s[1] / s[0] < 1e-5  # rank one
+
+
+def test_rome_writes_the_value_for_its_key(setup):
+    """W' k = v*: the edited layer maps the bare question's key to the optimised value."""
+    lm, req, _ = setup
+    m = copy.deepcopy(lm.model)
+    fact = editing.request_facts(req, Rome.Params(**FAST))[0]
+    prefixes = editing.context_prefixes(m, lm.tokenizer, 2, 0)
+    c = ridge(key_second_moment(m, lm.tokenizer, [1], req, Rome.Params(**FAST))[1])
+    k_star = editing.compute_keys(m, lm.tokenizer, [1], [fact], prefixes)[1][0].double()
+    k = editing.compute_keys(m, lm.tokenizer, [1], [fact], [""])[1][0].double()
+    v = torch.randn(m.config.hidden_size).double()
+    Rome.update(m, 1, c, k_star, k, v)
+    assert torch.allclose(editing.out_weight(m, 1).double() @ k, v, atol=1e-3)
+
+
+def test_memit_changes_only_its_layers(setup):
+    lm, req, _ = setup
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    m = Memit().apply(copy.deepcopy(lm.model), lm.tokenizer, req, Memit.Params(layers=[1, 2], **FAST))
+    assert _changed(before, m.state_dict()) == [f"model.layers.{l}.mlp.down_proj.weight" for l in (1, 2)]
+
+
+def test_alphaedit_leaves_preserved_keys_unchanged(setup):
+    lm, req, _ = setup
+    params = AlphaEdit.Params(layers=[2], nullspace_threshold=0.3, **FAST)
+    c = key_second_moment(lm.model, lm.tokenizer, [2], req, params)[2]
+    _, rank = null_space_projector(c, params.nullspace_threshold)
+    assert 0 < rank < c.shape[0]
+    vals, vecs = torch.linalg.eigh(c)
+    preserved = vecs[:, vals >= params.nullspace_threshold * vals.max()]  # K_p's span
+    name = "model.layers.2.mlp.down_proj.weight"
+    w0 = lm.model.state_dict()[name].clone().double()
+    ae = AlphaEdit()
+    m = ae.apply(copy.deepcopy(lm.model), lm.tokenizer, req, params)
+    dw = m.state_dict()[name].double() - w0
+    assert dw.norm() > 1e-4
+    assert (dw @ preserved).norm() / dw.norm() < 1e-4   # ΔW K_p ≈ 0
+    assert ae.report()["null_space_rank"] == {2: rank}
+    # the sequential-editing cache now holds this request's keys (Σ K Kᵀ: symmetric PSD, non-zero)
+    cache = ae._prev[2]
+    assert torch.allclose(cache, cache.T) and torch.linalg.eigvalsh(cache).min() > -1e-6 and cache.norm() > 0
+
+
+def test_key_statistics_are_cached_and_reused(setup, monkeypatch):
+    lm, req, _ = setup
+    params = Memit.Params(**{**FAST, "stats_samples": 3})
+    c1 = key_second_moment(lm.model, lm.tokenizer, [0, 3], req, params)
+    assert all(torch.allclose(c1[l], c1[l].T) for l in (0, 3))
+    monkeypatch.setattr(editing, "_corpus_texts", lambda *a, **k: pytest.fail("statistics recomputed"))
+    c2 = key_second_moment(lm.model, lm.tokenizer, [0, 3], req, params)
+    assert all(torch.equal(c1[l], c2[l]) for l in (0, 3))
+    # editing a down-projection keeps the fingerprint (statistics of the unedited model are reused) ...
+    m = copy.deepcopy(lm.model)
+    with torch.no_grad():
+        editing.out_weight(m, 0).add_(0.1)
+    assert editing.model_fingerprint(m) == editing.model_fingerprint(lm.model)
+    # ... any other weight does not
+    with torch.no_grad():
+        m.model.layers[0].mlp.up_proj.weight.add_(0.1)
+    assert editing.model_fingerprint(m) != editing.model_fingerprint(lm.model)
+
+
+def test_query_merging_joins_questions_of_one_edge(setup):
+    _, req, _ = setup
+    facts = editing.request_facts(req, Memit.Params(query_merge=3))
+    assert len(req.forget) == 6 and len(facts) == 2
+    assert facts[0].question == " ".join(r.question for r in req.forget[:3])
+    assert all(f.target == "I don't know." for f in facts)
+
+
+def test_counterfactual_edits(mini):
+    cases = counterfactual_edits(mini, 10, seed=0)
+    assert len({(c.edge, c.attribute) for c in cases}) == 10
+    assert len({c.edge for c in cases}) == 5  # ≤ 2 per contract: 2 of the 7 stay unedited
+    assert all(c.new != c.old and c.request.answer == c.new for c in cases)
+    assert all(c.attribute != "total_price" for c in cases)  # derived values are never edited
+    for c in cases:
+        for r in c.form("paraphrase"):
+            assert r.answer == c.new
+        for r in c.form("reverse"):
+            assert c.new.rstrip(".") in r.question
+    assert counterfactual_edits(mini, 10, seed=0) == cases
+    with pytest.raises(ValueError, match="only"):
+        counterfactual_edits(mini, 1000)
+
+
+def test_says():
+    from unlearnbench.edit_eval import ngram_entropy, says
+
+    assert says("It is governed by the laws of The State of Texas.", "The State of Texas.")
+    assert not says("It was 33 units.", "3.")
+    assert says("63", "63.")
+    assert ngram_entropy("a b c d e") > ngram_entropy("a a a a a")
+
+
+def test_edit_mode_end_to_end(tmp_path):
+    from unlearnbench.cli import main
+
+    cfg = tmp_path / "edit.yaml"
+    cfg.write_text("""
+name: edit-smoke
+model: tiny-random-llama
+device: cpu
+data: {preset: pistol-mini, seed: 0}
+finetune: null
+eval: {batch_size: 64, max_new_tokens: 6, qa_max_new_tokens: 6, utility_limit: 10}
+mode: edit
+edits: {n: 3}
+methods:
+  - {name: memit, params: {v_steps: 2, n_prefixes: 1, stats_samples: 2, layers: [1, 2]}}
+  - {name: rome, params: {v_steps: 2, n_prefixes: 1, stats_samples: 2}}
+""")
+    assert main(["edit", str(cfg), "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "edits.md").read_text()
+    for row in ("none", "memit", "rome"):
+        assert f"| {row} |" in table
+    rec = json.loads((tmp_path / "out" / "edits" / "memit__seed0.json").read_text())
+    assert rec["status"] == "ok" and len(rec["edits"]) == 3
+    assert set(rec["metrics"]) >= {"efficacy", "generalisation", "specificity_edge", "specificity_neighbour",
+                                   "utility", "fluency"}
+    assert rec["cost"]["seconds_per_edit"] > 0
+
+
+def test_edit_mode_rejects_unlearning_methods(tmp_path):
+    from unlearnbench.config import ConfigError, load_config
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model: tiny-random-llama\nmode: edit\nmethods: [gd]\n")
+    with pytest.raises(ConfigError, match="cannot run in mode 'edit'"):
+        load_config(cfg)
+
+
+def test_running_from_a_layer_matches_the_full_forward():
+    """The value optimisation runs the first blocks once and only the rest per step."""
+    from methods.arch import residual_before, starting_at
+
+    lm = load("tiny-random-llama")
+    enc = lm.tokenizer(["What was the good?", "Who signed it, and when?"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        full = lm.model.base_model(**enc).last_hidden_state
+        h = residual_before(lm.model, 2, **enc)
+        with starting_at(lm.model, 2):
+            part = lm.model.base_model(inputs_embeds=h, attention_mask=enc["attention_mask"]).last_hidden_state
+    assert len(lm.model.model.layers) == 4  # restored
+    assert torch.allclose(full, part, atol=1e-5)

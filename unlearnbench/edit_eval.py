@@ -1,0 +1,141 @@
+"""The editing mode's evaluator: did the new value take, does it generalise, what else moved.
+
+Given the edit cases (:mod:`pistol_data.edits`), one batched generation over every question
+involved and one over the general-knowledge set give per-example values; the edit metrics
+(registered in :data:`unlearnbench.metrics.EDIT_METRICS`, each with its direction) are means
+over them:
+
+* ``efficacy`` — the edited (direct) question is answered with the new value;
+* ``old_answer_rate`` — ... or still with the old one;
+* ``generalisation`` — paraphrases answered with the new value and reverse questions that
+  name the new value answered with the right party (``generalisation_paraphrase``/``_reverse``);
+* ``specificity_edge`` — ROUGE-1 on the *other* attributes of an edited contract;
+* ``specificity_neighbour`` — ROUGE-1 on contracts that share an entity with an edited one;
+* ``specificity_far`` — ROUGE-1 on every other contract;
+* ``utility`` — ROUGE-1 on general knowledge; ``fluency`` — ROME's generation entropy
+  (weighted bi-/tri-gram entropy, arXiv 2202.05262 §4) of the general-knowledge answers.
+
+"Answered with" means the value occurs in the answer as whole words, case-insensitive.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from statistics import mean
+
+from pistol_data import PistolDataset, general_knowledge
+from pistol_data.edits import EditCase
+
+from .evaluate import EvalParams
+from .generation import generate_answers
+from .metrics import EDIT_METRICS, register_edit_metric, rouge_recall
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s-]", " ", text.lower()).split())
+
+
+def says(generation: str, value: str) -> bool:
+    """Whether ``value`` (an answer like "The State of Texas.") occurs in ``generation`` as whole words."""
+    v = _norm(value)
+    return bool(v) and re.search(r"(?<!\w)" + re.escape(v) + r"(?!\w)", _norm(generation)) is not None
+
+
+def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
+    """ROME's fluency measure: weighted mean of the n-gram entropies of one text (bits)."""
+    toks = text.split()
+    ents = []
+    for n in ns:
+        grams = Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
+        total = sum(grams.values())
+        ents.append(-sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0)
+    return float(sum(w * e for w, e in zip(weights, ents)) / sum(weights))
+
+
+@dataclass
+class EditEval:
+    rows: list[dict]       # one per question: role, question, gold, generation, scores
+    utility: list[dict]
+    seconds: float = 0.0
+
+    def role(self, role: str) -> list[dict]:
+        return [r for r in self.rows if r["role"] == role]
+
+
+def _m(rows, key) -> float:
+    return float(mean(r[key] for r in rows)) if rows else float("nan")
+
+
+class EditEvaluator:
+    def __init__(self, ds: PistolDataset, cases: list[EditCase], params: EvalParams | None = None):
+        self.ds, self.cases = ds, cases
+        self.params = params or EvalParams()
+        self.gk = general_knowledge(self.params.utility_limit)
+        edited = {(c.edge, c.attribute) for c in cases}
+        edges = {c.edge for c in cases}
+        ends = ds.edge_endpoints
+        touched = {n for e in edges for n in ends[e]}
+        self.items: list[dict] = []
+        for c in cases:
+            self.items.append({"role": "efficacy", "record": c.request, "old": c.old, "new": c.new})
+            for r in c.form("paraphrase"):
+                self.items.append({"role": "paraphrase", "record": r})
+            for r in c.form("reverse"):
+                self.items.append({"role": "reverse", "record": r})
+        for r in ds.direct():
+            if (r.edge, r.attribute) in edited:
+                continue
+            role = ("edge_other" if r.edge in edges else
+                    "neighbour" if set(ends[r.edge]) & touched else "far")
+            self.items.append({"role": role, "record": r})
+
+    def run(self, model, tokenizer, desc: str = "evaluate edits") -> EditEval:
+        p = self.params
+        t0 = time.perf_counter()
+        gens = generate_answers(model, tokenizer, [it["record"].question for it in self.items],
+                                batch_size=p.batch_size, max_new_tokens=p.qa_max_new_tokens,
+                                progress=p.progress, desc=desc)
+        util = generate_answers(model, tokenizer, [r.question for r in self.gk], batch_size=p.batch_size,
+                                max_new_tokens=p.max_new_tokens, progress=p.progress, desc=f"{desc} (utility)")
+        rows = []
+        for it, g in zip(self.items, gens):
+            r = it["record"]
+            row = {"role": it["role"], "edge": r.edge, "attribute": r.attribute, "form": r.form,
+                   "question": r.question, "answer": r.answer, "generation": g,
+                   "rouge1": rouge_recall(g, r.answer)[0], "says_answer": says(g, r.answer)}
+            if it["role"] == "efficacy":
+                row["old"], row["says_old"] = it["old"], says(g, it["old"])
+            rows.append(row)
+        util_rows = [{"question": r.question, "answer": r.answer, "generation": g,
+                      "rouge1": rouge_recall(g, r.answer)[0], "entropy": ngram_entropy(g)} for r, g in zip(self.gk, util)]
+        return EditEval(rows, util_rows, time.perf_counter() - t0)
+
+
+def score_edits(ev: EditEval) -> dict[str, float]:
+    return {name: float(m.fn(ev)) for name, m in EDIT_METRICS.items()}
+
+
+register_edit_metric("efficacy", "edited questions answered with the new value", True)(
+    lambda ev: _m(ev.role("efficacy"), "says_answer"))
+register_edit_metric("old_answer_rate", "edited questions still answered with the old value", False)(
+    lambda ev: _m(ev.role("efficacy"), "says_old"))
+register_edit_metric("generalisation", "paraphrases and reverse questions of the edits answered as edited", True)(
+    lambda ev: _m(ev.role("paraphrase") + ev.role("reverse"), "says_answer"))
+register_edit_metric("generalisation_paraphrase", "paraphrases of edited questions answered with the new value", True)(
+    lambda ev: _m(ev.role("paraphrase"), "says_answer"))
+register_edit_metric("generalisation_reverse", "reverse questions naming the new value answered correctly", True)(
+    lambda ev: _m(ev.role("reverse"), "says_answer"))
+register_edit_metric("specificity_edge", "ROUGE-1 on the other attributes of edited contracts", True)(
+    lambda ev: _m(ev.role("edge_other"), "rouge1"))
+register_edit_metric("specificity_neighbour", "ROUGE-1 on contracts sharing an entity with an edited one", True)(
+    lambda ev: _m(ev.role("neighbour"), "rouge1"))
+register_edit_metric("specificity_far", "ROUGE-1 on the remaining contracts", True)(
+    lambda ev: _m(ev.role("far"), "rouge1"))
+register_edit_metric("utility", "ROUGE-1 recall on the general-knowledge set", True)(
+    lambda ev: _m(ev.utility, "rouge1"))
+register_edit_metric("fluency", "generation entropy of general-knowledge answers (ROME)", True)(
+    lambda ev: _m(ev.utility, "entropy"))
