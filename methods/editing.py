@@ -108,6 +108,12 @@ class EditMethod(Method):
     def report(self) -> dict | None:
         return self._info
 
+    def attack_info(self) -> dict | None:
+        """The edited layers (LUNAR's layer-skip attack applies to any weight edit)."""
+        if not self._info:
+            return None
+        return {"layers": self._info.get("layers") or [self._info["layer"]]}
+
 
 # ---- subjects and facts --------------------------------------------------------------------
 

@@ -93,7 +93,7 @@ def test_automatic_layer_selection(setup):
 
 
 def test_attacks_run_and_change_outputs(setup):
-    from unlearnbench.attacks import ATTACKS
+    from unlearnbench.attacks import ATTACKS, Target
     from unlearnbench.evaluate import EvalParams, Evaluator, attack_scores
 
     lm, req, mini = setup
@@ -105,7 +105,8 @@ def test_attacks_run_and_change_outputs(setup):
     with torch.no_grad():
         plain = m(ids).logits
         for name in ("reverse_direction", "layer_skip"):
-            with ATTACKS[name].factory(m, info):
+            with ATTACKS[name].factory(m, info, Target(m, lm.tokenizer)) as t:
+                assert t.model is m
                 attacked = m(ids).logits
             assert not torch.allclose(plain, attacked), name
         assert torch.equal(m(ids).logits, plain)  # hooks are removed afterwards

@@ -1,22 +1,38 @@
-"""Inference-time attacks: ways to pull forgotten knowledge back out of an unlearned model.
+"""Attacks: ways to pull forgotten knowledge back out of an unlearned model.
 
-An attack is a registered factory ``(model, info) -> context manager | None``. ``info`` is what
-the method chose to expose about its edit (``Method.attack_info()``): ``layers`` it modified and,
-for steering methods, the ``directions`` (layer → vector it added). An attack that does not
-apply to what a method exposes returns ``None`` and is not reported. The evaluator scores the
-forget set under each attack; it never knows which method ran.
+An attack is a registered factory ``(model, info, target) -> context manager | None``. ``info``
+is what the method chose to expose about its edit (``Method.attack_info()``): ``layers`` it
+modified and, for steering methods, the ``directions`` (layer → vector it added). ``target``
+(:class:`Target`) holds the tokenizer, the forget questions and the retain questions. The
+context manager yields the :class:`Target` to score — the model to ask (the same one with hooks,
+or an attacked copy) and the forget questions to score on. An attack that does not apply
+returns ``None`` and is not reported. The evaluator scores forget ROUGE-1 under each attack; it
+never knows which method ran. ``EvalParams.attacks`` picks which attacks run.
 
 * ``reverse_direction`` (LUNAR's code): subtract the method's direction at the output of each
   modified layer, at every position.
 * ``layer_skip`` (LUNAR's code): skip the two blocks on each side of each modified layer
   (identity blocks), so a redirection that later layers rely on is bypassed.
+* ``quantization``: int8 dynamic quantization of every linear layer (CPU, ``torch.ao``): an
+  unlearning that only nudged weights by less than the quantization step can come back.
+  (torch 2.13 warns that its quantized tensors are deprecated; torchao is the successor.)
+* ``relearn_forget``: a few fine-tuning steps on half of the forget questions (split by
+  attribute), then score the *other* half: knowledge that was hidden rather than removed
+  returns faster than it could be learnt (compare with the same attack on the base model).
+* ``relearn_neighbour``: the same steps on the retain questions of neighbouring contracts
+  (sharing an entity), then score the whole forget set.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import copy
+import random
+import warnings
+from dataclasses import dataclass, field, replace
 from typing import Callable
+
+import torch
 
 ATTACKS: dict[str, "AttackInfo"] = {}
 
@@ -35,12 +51,23 @@ def register_attack(name: str, meaning: str):
     return deco
 
 
+@dataclass
+class Target:
+    """What an attack works with and what is scored: ``model`` answers ``forget``."""
+
+    model: object
+    tokenizer: object
+    forget: list = field(default_factory=list)     # direct forget QA (QARecord)
+    neighbour: list = field(default_factory=list)  # direct QA of neighbouring contracts
+    seed: int = 0
+
+
 @contextlib.contextmanager
-def _hooked(registrations):
+def _hooked(registrations, target: Target):
     """Register forward hooks for the duration of the block: ``[(module, hook, with_kwargs)]``."""
     handles = [m.register_forward_hook(h, with_kwargs=kw) for m, h, kw in registrations]
     try:
-        yield
+        yield target
     finally:
         for h in handles:
             h.remove()
@@ -53,7 +80,7 @@ def _blocks(model):
 
 
 @register_attack("reverse_direction", "forget ROUGE-1 after subtracting the method's steering direction at inference")
-def reverse_direction(model, info: dict | None):
+def reverse_direction(model, info: dict | None, target: Target):
     if not info or not info.get("directions"):
         return None
     bl = _blocks(model)
@@ -65,11 +92,11 @@ def reverse_direction(model, info: dict | None):
             return (hs, *out[1:]) if isinstance(out, tuple) else hs
         return hook
 
-    return _hooked([(bl[layer], make(vec), False) for layer, vec in info["directions"].items()])
+    return _hooked([(bl[layer], make(vec), False) for layer, vec in info["directions"].items()], target)
 
 
 @register_attack("layer_skip", "forget ROUGE-1 when the blocks around the modified layers are skipped")
-def layer_skip(model, info: dict | None):
+def layer_skip(model, info: dict | None, target: Target):
     if not info or not info.get("layers"):
         return None
     bl = _blocks(model)
@@ -82,4 +109,85 @@ def layer_skip(model, info: dict | None):
         hidden = args[0] if args else kwargs["hidden_states"]
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
-    return _hooked([(bl[l], identity, True) for l in skip])
+    return _hooked([(bl[l], identity, True) for l in skip], target)
+
+
+@register_attack("quantization", "forget ROUGE-1 after int8 dynamic quantization of every linear layer (CPU)")
+def quantization(model, info: dict | None, target: Target):
+    @contextlib.contextmanager
+    def run():
+        with warnings.catch_warnings():  # torch.ao's quantized tensors are deprecated (see above)
+            warnings.simplefilter("ignore", UserWarning)
+            q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).float().cpu(), {torch.nn.Linear},
+                                                       dtype=torch.qint8)
+        try:
+            yield replace(target, model=q)
+        finally:
+            del q
+    return run()
+
+
+def relearn(model, tokenizer, records, steps: int, lr: float, batch_size: int, seed: int):
+    """A copy of ``model`` fine-tuned for ``steps`` AdamW steps on ``records`` (answer NLL)."""
+    from .prompts import collate, encode_qa
+
+    m = copy.deepcopy(model)
+    m.train()
+    device = next(m.parameters()).device
+    rows = [encode_qa(tokenizer, r.question, r.answer) for r in records]
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr)
+    rng = random.Random(seed)
+    for _ in range(steps):
+        b = collate(rng.sample(rows, min(batch_size, len(rows))), tokenizer.pad_token_id)
+        loss = m(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
+                 labels=b["labels"].to(device)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    return m
+
+
+RELEARN_STEPS, RELEARN_LR, RELEARN_BATCH = 10, 2e-5, 4
+
+
+def halves(forget: list, seed: int) -> tuple[list, list]:
+    """The forget QA split by attribute into a relearning half and a held-out half."""
+    attrs = sorted({r.attribute or r.question for r in forget})
+    random.Random(seed).shuffle(attrs)
+    first = set(attrs[: len(attrs) // 2])
+    return ([r for r in forget if (r.attribute or r.question) in first],
+            [r for r in forget if (r.attribute or r.question) not in first])
+
+
+@register_attack("relearn_forget", f"held-out forget ROUGE-1 after {RELEARN_STEPS} fine-tuning steps on the other half "
+                 "of the forget set")
+def relearn_forget(model, info: dict | None, target: Target):
+    train, held = halves(target.forget, target.seed)
+    if not train or not held:
+        return None
+
+    @contextlib.contextmanager
+    def run():
+        m = relearn(model, target.tokenizer, train, RELEARN_STEPS, RELEARN_LR, RELEARN_BATCH, target.seed)
+        try:
+            yield replace(target, model=m, forget=held)
+        finally:
+            del m
+    return run()
+
+
+@register_attack("relearn_neighbour", f"forget ROUGE-1 after {RELEARN_STEPS} fine-tuning steps on neighbouring "
+                 "contracts' retain questions")
+def relearn_neighbour(model, info: dict | None, target: Target):
+    if not target.neighbour:
+        return None
+
+    @contextlib.contextmanager
+    def run():
+        m = relearn(model, target.tokenizer, target.neighbour, RELEARN_STEPS, RELEARN_LR, RELEARN_BATCH, target.seed)
+        try:
+            yield replace(target, model=m)
+        finally:
+            del m
+    return run()

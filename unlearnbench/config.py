@@ -42,6 +42,19 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(32, ge=1, description="answer budget on general-knowledge questions")
     qa_max_new_tokens: int = Field(16, ge=1, description="answer budget on PISTOL questions (gold answers ≤ 11 tokens)")
     utility_limit: int | None = Field(None, ge=1, description="score utility on this many GK items")
+    attacks: list[str] = Field(["reverse_direction", "layer_skip"], description="attacks scored on every unlearned "
+                               "model where they apply (see unlearnbench.attacks; also: quantization, "
+                               "relearn_forget, relearn_neighbour)")
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, v):
+        from .attacks import ATTACKS
+
+        unknown = sorted(set(v) - set(ATTACKS))
+        if unknown:
+            raise ValueError(f"unknown attack(s) {unknown}; allowed: {sorted(ATTACKS)}")
+        return v
 
 
 class MethodEntry(BaseModel):

@@ -31,6 +31,9 @@ class EvalParams:
     qa_max_new_tokens: int = 16   # answer budget on PISTOL questions: gold answers are ≤ 11 tokens
     utility_limit: int | None = None  # score utility on a stratified prefix of the GK set
     forms: tuple[str, ...] = ("direct", "paraphrase", "reverse")
+    # attacks scored on every unlearned model (those that apply); the relearning and quantization
+    # attacks cost a model copy and some training each, so they are opt-in
+    attacks: tuple[str, ...] = ("reverse_direction", "layer_skip")
     progress: bool = True
 
 
@@ -89,23 +92,30 @@ class Evaluator:
         return ModelEval(qa_rows, util_rows, seconds=time.perf_counter() - t0)
 
 
-def attack_scores(evaluator: "Evaluator", model, tokenizer, split: Split, info: dict | None) -> dict:
-    """Forget ROUGE-1 (direct questions) under every registered attack that applies."""
-    from .attacks import ATTACKS
+def attack_scores(evaluator: "Evaluator", model, tokenizer, split: Split, info: dict | None, seed: int = 0) -> dict:
+    """Forget ROUGE-1 (direct questions) under every attack in ``EvalParams.attacks`` that applies."""
+    from .attacks import ATTACKS, Target
 
-    forget = [r for r in evaluator.ds.for_edges(split.forget_edges, ("direct",))]
+    names = evaluator.params.attacks
+    unknown = sorted(set(names) - set(ATTACKS))
+    if unknown:
+        raise ValueError(f"unknown attack(s) {unknown}; registered: {sorted(ATTACKS)}")
+    target = Target(model, tokenizer, evaluator.ds.for_edges(split.forget_edges, ("direct",)),
+                    evaluator.ds.for_edges(split.neighbour_edges, ("direct",)), seed)
     out = {}
-    for name, att in ATTACKS.items():
-        ctx = att.factory(model, info)
+    for name in names:
+        att = ATTACKS[name]
+        ctx = att.factory(model, info, target)
         if ctx is None:
             continue
-        with ctx:
-            gens = generate_answers(model, tokenizer, [r.question for r in forget],
+        with ctx as t:
+            gens = generate_answers(t.model, tokenizer, [r.question for r in t.forget],
                                     batch_size=evaluator.params.batch_size,
                                     max_new_tokens=evaluator.params.qa_max_new_tokens)
-        vals = [rouge_recall(g, r.answer)[0] for g, r in zip(gens, forget)]
+        vals = [rouge_recall(g, r.answer)[0] for g, r in zip(gens, t.forget)]
         out[name] = {"forget_rouge1": float(mean(vals)) if vals else float("nan"), "meaning": att.meaning,
-                     "examples": [{"question": r.question, "generation": g} for r, g in zip(forget[:3], gens[:3])]}
+                     "n": len(vals),
+                     "examples": [{"question": r.question, "generation": g} for r, g in zip(t.forget[:3], gens[:3])]}
     return out
 
 

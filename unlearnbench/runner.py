@@ -255,7 +255,8 @@ class Runner:
                     steps.append({"split": split.name, "metrics": _metrics_record(score(ev, split))})
             if len(splits) == 1:
                 ev = ctx.evaluator.run(model, ctx.model.tokenizer, desc=f"evaluate {cid}", heldout_edges=heldout)
-            attacks = attack_scores(ctx.evaluator, model, ctx.model.tokenizer, splits[-1], method.attack_info())
+            attacks = attack_scores(ctx.evaluator, model, ctx.model.tokenizer, splits[-1], method.attack_info(),
+                                    seed=seed)
             rec.update(status="ok", metrics=_metrics_record(score(ev, splits[-1])), steps=steps or None,
                        attacks=attacks or None, method_info=method.report(),
                        cost={"apply_seconds": apply_s, "peak_rss_mb": peak_rss / 2**20,

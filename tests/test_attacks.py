@@ -1,0 +1,75 @@
+"""The weight-level attacks (quantization, relearning) on the tiny model: each runs and changes what it should."""
+
+import copy
+
+import pytest
+import torch
+
+from pistol_data import scenarios
+from unlearnbench.attacks import ATTACKS, Target, halves, relearn
+from unlearnbench.evaluate import EvalParams, Evaluator, attack_scores
+from unlearnbench.models import load
+
+
+@pytest.fixture(scope="module")
+def setup(mini):
+    lm = load("tiny-random-llama")
+    [split] = scenarios.resolve(mini, {"type": "edge", "edge": "A_B"})
+    forget = mini.for_edges(split.forget_edges, ("direct",))
+    neighbour = mini.for_edges(split.neighbour_edges, ("direct",))
+    return lm, mini, split, Target(lm.model, lm.tokenizer, forget, neighbour, seed=0)
+
+
+def test_quantization_attack_uses_an_int8_copy(setup):
+    lm, _, _, target = setup
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    with ATTACKS["quantization"].factory(lm.model, None, target) as t:
+        assert t.model is not lm.model
+        qlinear = torch.ao.nn.quantized.dynamic.Linear
+        linears = [m for m in t.model.modules() if isinstance(m, (torch.nn.Linear, qlinear))]
+        assert linears and all(isinstance(m, qlinear) for m in linears)
+        ids = torch.tensor([[1, 30, 40, 50]])
+        with torch.no_grad():
+            diff = (t.model(ids).logits - lm.model(ids).logits).abs().max()
+        assert 0 < diff < 1.0  # close to the fp32 model, not equal
+    assert all(torch.equal(before[k], v) for k, v in lm.model.state_dict().items())  # the model is untouched
+
+
+def test_relearning_splits_and_trains_a_copy(setup):
+    lm, _, _, target = setup
+    train, held = halves(target.forget, seed=0)
+    assert train and held and not {r.attribute for r in train} & {r.attribute for r in held}
+    assert len(train) + len(held) == len(target.forget)
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    m = relearn(lm.model, lm.tokenizer, train, steps=5, lr=1e-3, batch_size=4, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in lm.model.state_dict().items())
+    from unlearnbench.prompts import collate, encode_qa
+
+    b = collate([encode_qa(lm.tokenizer, r.question, r.answer) for r in train], lm.tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert m(**b).loss < lm.model(**b).loss  # it learnt the half it trained on
+    with ATTACKS["relearn_forget"].factory(lm.model, None, target) as t:
+        assert [r.question for r in t.forget] == [r.question for r in held]  # scored on the other half
+    with ATTACKS["relearn_neighbour"].factory(lm.model, None, target) as t:
+        assert t.model is not lm.model and t.forget == target.forget
+
+
+def test_attack_scores_runs_the_configured_attacks(setup):
+    lm, mini, split, _ = setup
+    ev = Evaluator(mini, EvalParams(max_new_tokens=4, qa_max_new_tokens=4, progress=False,
+                                    attacks=("quantization", "relearn_forget", "relearn_neighbour", "layer_skip")))
+    res = attack_scores(ev, copy.deepcopy(lm.model), lm.tokenizer, split, None)
+    assert set(res) == {"quantization", "relearn_forget", "relearn_neighbour"}  # layer_skip needs layers
+    assert res["relearn_forget"]["n"] < res["quantization"]["n"] == 6
+    assert all(0 <= r["forget_rouge1"] <= 1 for r in res.values())
+    with pytest.raises(ValueError, match="unknown attack"):
+        attack_scores(Evaluator(mini, EvalParams(attacks=("nope",), progress=False)), lm.model, lm.tokenizer, split, None)
+
+
+def test_editing_methods_expose_their_layers():
+    from methods.memit import Memit
+
+    m = Memit()
+    assert m.attack_info() is None
+    m._info = {"layers": [4, 5]}
+    assert m.attack_info() == {"layers": [4, 5]}
