@@ -187,9 +187,8 @@ def context_prefixes(model, tokenizer, n: int, seed: int) -> list[str]:
     starters = ["The", "Therefore", "Because", "I", "You", "It", "When", "In", "We", "This"]
     out = [""]
     g = torch.Generator(device="cpu").manual_seed(seed)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-    try:
+    with torch.random.fork_rng(devices=[]):  # sampling must not move the caller's RNG
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
         for length, k in ((5, n - n // 2), (10, n // 2)):
             if k == 0:
                 continue
@@ -203,8 +202,6 @@ def context_prefixes(model, tokenizer, n: int, seed: int) -> list[str]:
             for row in gen:
                 text = tokenizer.decode(row, skip_special_tokens=True).replace("{", "").replace("}", "")
                 out.append(" ".join(text.split()) + ".")
-    finally:
-        torch.random.set_rng_state(state)
     return out
 
 
@@ -416,11 +413,12 @@ def _corpus_texts(model, tokenizer, request: UnlearnRequest, params: EditParams)
     texts = [prompt(tokenizer, q) + a for q, a in qa]
     if params.stats_samples:
         device = next(model.parameters()).device
-        torch.manual_seed(1234)
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         ids = torch.full((params.stats_samples, 1), bos, device=device)
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=48,
-                             do_sample=True, top_k=50, pad_token_id=tokenizer.pad_token_id, temperature=1.0)
+        with torch.random.fork_rng(devices=[]):  # a fixed corpus, and the caller's RNG untouched
+            torch.manual_seed(1234)
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=48,
+                                 do_sample=True, top_k=50, pad_token_id=tokenizer.pad_token_id, temperature=1.0)
         texts += [tokenizer.decode(g[1:], skip_special_tokens=True) for g in gen]
     return texts
 

@@ -209,3 +209,11 @@ def test_running_from_a_layer_matches_the_full_forward():
             part = lm.model.base_model(inputs_embeds=h, attention_mask=enc["attention_mask"]).last_hidden_state
     assert len(lm.model.model.layers) == 4  # restored
     assert torch.allclose(full, part, atol=1e-5)
+
+
+def test_sampling_is_seeded_and_leaves_the_callers_rng_alone(setup):
+    lm, _, _ = setup
+    state = torch.random.get_rng_state()
+    a = editing.context_prefixes(lm.model, lm.tokenizer, 4, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert a == editing.context_prefixes(lm.model, lm.tokenizer, 4, seed=3) and a[0] == "" and len(a) == 5
