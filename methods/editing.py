@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from pistol_data import general_knowledge
 from unlearnbench.cache import cache_dir, stable_hash
-from unlearnbench.prompts import prompt
+from unlearnbench.prompts import collate, prompt
 
 from .arch import arch_of, blocks, mlp_out, residual_before, run_until, starting_at
 from .base import Method, MethodParams, UnlearnRequest
@@ -171,10 +171,9 @@ def _lookup(tokenizer, text: str, subject: str, fact_token: str = "subject_last"
 
 
 def _pad_right(seqs: list[list[int]], pad: int, device):
-    n = max(len(s) for s in seqs)
-    ids = torch.tensor([s + [pad] * (n - len(s)) for s in seqs], device=device)
-    mask = torch.tensor([[1] * len(s) + [0] * (n - len(s)) for s in seqs], device=device)
-    return ids, mask
+    """(input_ids, attention_mask), right-padded: :func:`unlearnbench.prompts.collate` without labels."""
+    b = collate([{"input_ids": s, "labels": s} for s in seqs], pad)
+    return b["input_ids"].to(device), b["attention_mask"].to(device)
 
 
 @torch.no_grad()
@@ -272,16 +271,13 @@ def compute_values(model, tokenizer, facts: list[Fact], layer: int, where: str, 
     original output there on the bare question."""
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
+    targets = [tokenizer(f.target, add_special_tokens=False)["input_ids"] + [eos] for f in facts]
     seqs, lookup, fact_of, tgt_pos = [], [], [], []
-    for i, f in enumerate(facts):
-        tgt = tokenizer(f.target, add_special_tokens=False)["input_ids"] + [eos]
-        for c in prefixes:
-            text = _render(tokenizer, c, f.question)
-            p = tokenizer(text, add_special_tokens=False)["input_ids"]
-            seqs.append(p + tgt)
-            lookup.append(_lookup(tokenizer, text, f.subject, params.fact_token))
-            fact_of.append(i)
-            tgt_pos.append((len(p), tgt))
+    for i, p, pos in _subject_rows(tokenizer, facts, prefixes, params.fact_token):
+        seqs.append(p + targets[i])
+        lookup.append(pos)
+        fact_of.append(i)
+        tgt_pos.append((len(p), targets[i]))
     n_rw = len(seqs)
     for i, f in enumerate(facts):  # KL prompts: "{subject} is a"
         text = f"{f.subject} is a"
