@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo smoke test test-fast clean
+.PHONY: install demo smoke study study-gpu test test-fast clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ demo: install
 
 smoke: install
 	$(BIN)/unlearnbench run configs/smoke.yaml
+
+# the structural study: CPU size (pistol-mini, ~1 h on 2 cores) and full size (pistol-1, for a GPU)
+study: install
+	$(BIN)/unlearnbench run configs/structural.yaml && $(BIN)/unlearnbench report results/structural
+
+study-gpu: install
+	$(BIN)/unlearnbench run configs/structural-pistol1.yaml && $(BIN)/unlearnbench report results/structural-pistol1
 
 test: install
 	$(BIN)/python -m pytest -q

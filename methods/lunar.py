@@ -11,7 +11,8 @@ Algorithm, as the public code does it:
    every question token; the target is the original down-projection output, plus ``coeff · r``
    for forget rows.
 3. **Training**: only that layer's down-projection weight, MSE over shuffled forget+retain rows,
-   AdamW (lr 1e-2), exponential LR decay (γ = 0.9) per epoch, 20 epochs, coeff +2.0.
+   AdamW (lr 1e-2), exponential LR decay (γ = 0.9) per epoch, 20 epochs, coeff +2.0 (ours: 2.5,
+   see the deviations).
    Several layers ⇒ the losses are summed (one optimiser over all of them).
 4. **Layer selection** (automatic unless ``layers`` is given): the paper sweeps layers and keeps
    the one where forget answers turn into refusals while retain answers survive. We fit the
@@ -39,9 +40,16 @@ Deviations from the public code:
   generation runs through the edited layer too. Without them SmolLM2 lost 0.11 of its
   general-knowledge utility (the edit spreads to every prompt); the paper's retain set is the
   retain QA alone.
-* Forget rows are repeated until they are ≥ ``forget_share`` (25%) of the rows: with the
+* Forget rows are repeated until they are ≥ ``forget_share`` (20%) of the rows: with the
   everyday retain rows they would otherwise be ~2% of the MSE and the redirection too weak
-  (SmolLM2 hub edge: refusal 0.5). Batch 128 rows instead of 64 (same epochs; 2× fewer steps).
+  (SmolLM2 hub edge: refusal 0.5).
+* ``coeff`` 2.5 instead of the code's 2.0. SmolLM2 × pistol-mini, quickstart implant, one seed
+  (hub edge: refusal / utility Δ vs the implanted model / DS; independent edge the same):
+  coeff 2.0, share 25% → 0.67 / −0.029 / 18.6 and 1.00 / −0.045 / 6.5; 2.25, 25% → 0.67 /
+  −0.034 / 21.7; 2.5, 25% → 0.83 / −0.054 / 13.9 and 1.00 / −0.045 / 9.3; **2.5, 20% → 0.83 /
+  −0.049 / 13.9 and 1.00 / −0.035 / 9.3**; 2.5, 15% → 0.67 / −0.049 / 21.7. The refusal and
+  utility targets of the benchmark (≥ 0.8, within 0.05) are met by the bold setting only,
+  with a thin utility margin on the hub edge. Batch 128 rows instead of 64 (same epochs; 2× fewer steps).
 * Layer selection scores trained edits with a teacher-forced proxy instead of generating and
   judging answers, so a method never needs the evaluator.
 """
@@ -66,7 +74,8 @@ log = logging.getLogger(__name__)
 
 class LunarParams(MethodParams):
     layers: list[int] | None = Field(None, description="layers whose down-projection is trained; None = automatic selection")
-    coeff: float = Field(2.0, description="redirection strength: forget targets = MLP output + coeff·r")
+    coeff: float = Field(2.5, description="redirection strength: forget targets = MLP output + coeff·r "
+                         "(public code: 2.0; 2.5 chosen on SmolLM2, see the module docstring)")
     lr: float = Field(1e-2, gt=0, description="AdamW learning rate (public code default)")
     epochs: int = Field(20, ge=1, description="passes over the activation rows")
     batch_size: int = Field(128, ge=1, description="activation rows per step")
@@ -79,7 +88,7 @@ class LunarParams(MethodParams):
     general_retain: int = Field(120, ge=0, description="also keep the MLP output unchanged on this many everyday "
                                 "prompts (pistol_data anchor questions): guards general ability (0 = the "
                                 "public code's retain set only; on SmolLM2 that cost 0.11 utility)")
-    forget_share: float = Field(0.25, ge=0, lt=1, description="forget rows are repeated until they are at least "
+    forget_share: float = Field(0.2, ge=0, lt=1, description="forget rows are repeated until they are at least "
                                 "this share of the rows (0 = the public code's plain mix)")
     select_max_retain: int = Field(2000, ge=1, description="layer search: retain rows per candidate fit (subsample); "
                                    "the chosen layer is then refitted on all rows")

@@ -24,16 +24,18 @@ class PrefParams(TrainParams):
     alpha: float = Field(1.0, ge=0, description="weight of the retain NLL term")
 
 
-def _log_ratio(model, ref, b):
-    """log π(y|x) − log π_ref(y|x) per sequence (the reference is never differentiated)."""
+def _log_ratio(model, ref, b, per_token: bool = False):
+    """log π(y|x) − log π_ref(y|x) per sequence (``per_token``: averaged over its answer tokens);
+    the reference is never differentiated."""
     with torch.no_grad():
-        ref_lp = sequence_logprob(ref, b)
-    return sequence_logprob(model, b) - ref_lp
+        ref_lp = sequence_logprob(ref, b, per_token)
+    return sequence_logprob(model, b, per_token) - ref_lp
 
 
-def npo_loss(model, ref, b, beta: float) -> torch.Tensor:
-    """NPO's forget loss −(2/β)·mean log σ(−β·log-ratio), per sequence."""
-    return -(2.0 / beta) * F.logsigmoid(-beta * _log_ratio(model, ref, b)).mean()
+def npo_loss(model, ref, b, beta: float, per_token: bool = False) -> torch.Tensor:
+    """NPO's forget loss −(2/β)·mean log σ(−β·log-ratio), per sequence; ``per_token`` uses the
+    length-normalised log-ratio (the scale of a per-token NLL)."""
+    return -(2.0 / beta) * F.logsigmoid(-beta * _log_ratio(model, ref, b, per_token)).mean()
 
 
 class DPOParams(PrefParams):

@@ -95,10 +95,11 @@ def _answer_logprobs(model, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return lp, (labels != IGNORE).float()
 
 
-def sequence_logprob(model, b: dict) -> torch.Tensor:
-    """Sum of answer-token log-probabilities, one value per sequence."""
+def sequence_logprob(model, b: dict, per_token: bool = False) -> torch.Tensor:
+    """Sum of answer-token log-probabilities, one value per sequence (``per_token``: their mean)."""
     lp, mask = _answer_logprobs(model, b)
-    return (lp * mask).sum(-1)
+    total = (lp * mask).sum(-1)
+    return total / mask.sum(-1).clamp(min=1) if per_token else total
 
 
 def sequence_mean_nll(model, b: dict) -> torch.Tensor:
@@ -189,7 +190,7 @@ class GradientMethod(Method):
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.close()
-        model = accelerator.unwrap_model(model)
+        model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # drop the bf16 autocast forward
         model.eval()
         self.history = history
         return model

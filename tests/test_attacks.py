@@ -73,3 +73,24 @@ def test_editing_methods_expose_their_layers():
     assert m.attack_info() is None
     m._info = {"layers": [4, 5]}
     assert m.attack_info() == {"layers": [4, 5]}
+
+
+def test_model_after_bf16_training_runs_in_fp32_and_quantizes(setup, mini):
+    """A gradient method trained under bf16 autocast hands back a plain fp32 model: accelerate's
+    autocast forward wrapper would otherwise stay on it (evaluation in bf16, int8 attack failing)."""
+    import methods
+
+    lm, _, split, target = setup
+    model = copy.deepcopy(lm.model)
+    req = methods.UnlearnRequest(forget=split.request(mini), retain=split.retain(mini), progress=False)
+    cls = methods.get_method("ga")
+    model = cls().apply(model, lm.tokenizer, req, cls.Params(epochs=1, precision="bf16"))
+    dtypes = []
+    h = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    with torch.no_grad():
+        model(torch.tensor([[1, 30, 40, 50]]))
+    h.remove()
+    assert dtypes == [torch.float32]
+    quantized = ATTACKS["quantization"].factory(model, None, Target(model, lm.tokenizer, target.forget))
+    with quantized as t, torch.no_grad():
+        assert torch.isfinite(t.model(torch.tensor([[1, 30, 40, 50]])).logits).all()

@@ -71,7 +71,8 @@ def test_direction_keeps_forget_descent_rate(setup):
     params = BlurNPO.Params(gamma=0.7)
     d = _direction(BlurNPO(), model, [batch], {"ref": frozen, "params": params})
     # g_f and g_r computed independently of BLUR's code
-    gf = torch.autograd.grad(npo_loss(model, frozen, batch["forget"], params.beta), list(model.parameters()),
+    gf = torch.autograd.grad(npo_loss(model, frozen, batch["forget"], params.beta, params.forget_per_token),
+                             list(model.parameters()),
                              allow_unused=True)
     gf = [torch.zeros_like(p) if g is None else g for p, g in zip(model.parameters(), gf)]
     from methods.training import sequence_mean_nll

@@ -123,6 +123,14 @@ def _cmd_leaderboard(a):
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def _cmd_report(a):
+    from .report import write_report
+
+    out = write_report(a.results_dir, plots=not a.no_plots)
+    print(out.read_text())
+    print(f"wrote {out}")
+
+
 def _cmd_validate(a):
     from .schema import validate_dir
 
@@ -196,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="where to write (default: the first results folder)")
     s.add_argument("--no-plots", action="store_true")
     s.set_defaults(fn=_cmd_leaderboard)
+
+    s = sub.add_parser("report", help="the structural-study report of a results folder: report.md with tables, "
+                       "findings and plots")
+    s.add_argument("results_dir")
+    s.add_argument("--no-plots", action="store_true")
+    s.set_defaults(fn=_cmd_report)
 
     s = sub.add_parser("validate", help="check results folders against the results schema")
     s.add_argument("results_dir", nargs="+")

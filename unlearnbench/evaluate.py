@@ -92,8 +92,11 @@ class Evaluator:
         return ModelEval(qa_rows, util_rows, seconds=time.perf_counter() - t0)
 
 
-def attack_scores(evaluator: "Evaluator", model, tokenizer, split: Split, info: dict | None, seed: int = 0) -> dict:
-    """Forget ROUGE-1 (direct questions) under every attack in ``EvalParams.attacks`` that applies."""
+def attack_scores(evaluator: Evaluator, model, tokenizer, split: Split, info: dict | None, seed: int = 0,
+                  before: ModelEval | None = None) -> dict:
+    """Forget ROUGE-1 (direct questions) under every attack in ``EvalParams.attacks`` that applies.
+    With ``before`` (the unattacked model's evaluation), each attack also records the unattacked
+    ROUGE-1 on the same questions (``before_forget_rouge1``) and ``recovery`` = after − before."""
     from .attacks import ATTACKS, Target
 
     names = evaluator.params.attacks
@@ -116,6 +119,12 @@ def attack_scores(evaluator: "Evaluator", model, tokenizer, split: Split, info: 
         out[name] = {"forget_rouge1": float(mean(vals)) if vals else float("nan"), "meaning": att.meaning,
                      "n": len(vals),
                      "examples": [{"question": r.question, "generation": g} for r, g in zip(t.forget[:3], gens[:3])]}
+        if before is not None and vals:
+            unattacked = {(q["question"], q["answer"]): q["rouge1"] for q in before.qa}
+            prior = [unattacked[(r.question, r.answer)] for r in t.forget if (r.question, r.answer) in unattacked]
+            if len(prior) == len(vals):
+                out[name]["before_forget_rouge1"] = float(mean(prior))
+                out[name]["recovery"] = out[name]["forget_rouge1"] - out[name]["before_forget_rouge1"]
     return out
 
 

@@ -23,10 +23,18 @@ import torch
 import yaml
 
 import methods as methods_pkg
-from pistol_data import PistolDataset, generate, load as load_data, refusal_sentences, scenarios
+from pistol_data import PistolDataset, generate, refusal_sentences, scenarios
+from pistol_data import load as load_data
 
 from .config import RunConfig
-from .evaluate import EvalParams, Evaluator, ModelEval, attack_scores, metric_directions, score
+from .evaluate import (
+    EvalParams,
+    Evaluator,
+    ModelEval,
+    attack_scores,
+    metric_directions,
+    score,
+)
 from .finetune import finetune
 from .models import LoadedModel, load
 from .results import SCHEMA_VERSION, cell_id, hardware, package_versions, write_atomic
@@ -177,6 +185,7 @@ class Runner:
         specs = cfg.scenarios
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        started, wall0 = time.strftime("%Y-%m-%dT%H:%M:%S"), time.perf_counter()
         ctx = self.prepare()
         if cfg.mode == "edit":
             from .edit_runner import run_edit_grid
@@ -207,16 +216,29 @@ class Runner:
         cells = [(e, s, seed) for e in entries for s in specs for seed in cfg.seeds]
         from tqdm.auto import tqdm
 
+        ran = 0
         for entry, spec, seed in tqdm(cells, desc="grid", disable=not self.progress):
             cid = cell_id(entry.row, spec.label(), seed)
             if self._done(cid):
                 log.info("skip finished cell %s", cid)
                 continue
             self._run_cell(ctx, entry, spec, resolved[spec.label()], seed, cid)
+            ran += 1
+        self._log_run(started, time.perf_counter() - wall0, ran)
         from .leaderboard import write_leaderboard
 
         write_leaderboard(self.out)
         return self.out
+
+    def _log_run(self, started: str, seconds: float, cells_run: int) -> None:
+        """Append this invocation's wall time to ``run_log.jsonl`` (a resumed run adds a line)."""
+        import json
+
+        hw = hardware()
+        line = {"started": started, "seconds": round(seconds, 1), "cells_run": cells_run,
+                "hardware": f"{hw['cpu_count']} CPU cores, {hw.get('cuda_device', 'no GPU')}"}
+        with open(self.out / "run_log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
 
     def _run_cell(self, ctx: Context, entry, spec, splits, seed: int, cid: str) -> dict:
         cls = methods_pkg.get_method(entry.name)
@@ -256,7 +278,7 @@ class Runner:
             if len(splits) == 1:
                 ev = ctx.evaluator.run(model, ctx.model.tokenizer, desc=f"evaluate {cid}", heldout_edges=heldout)
             attacks = attack_scores(ctx.evaluator, model, ctx.model.tokenizer, splits[-1], method.attack_info(),
-                                    seed=seed)
+                                    seed=seed, before=ev)
             rec.update(status="ok", metrics=_metrics_record(score(ev, splits[-1])), steps=steps or None,
                        attacks=attacks or None, method_info=method.report(),
                        cost={"apply_seconds": apply_s, "peak_rss_mb": peak_rss / 2**20,

@@ -1,0 +1,154 @@
+"""The structural-study report over a real (tiny-model) grid: roles read off the graph, numbers
+that agree with the cells, attack recovery, sequential steps, clear errors."""
+
+import json
+import math
+import subprocess
+import sys
+from statistics import mean
+
+import pytest
+import yaml
+
+from unlearnbench.config import load_config
+from unlearnbench.report import Study, write_report
+from unlearnbench.runner import Runner
+
+CFG = {
+    "name": "study", "model": "tiny-random-llama", "device": "cpu",
+    "data": {"preset": "pistol-mini", "seed": 0}, "finetune": None,
+    "eval": {"batch_size": 64, "max_new_tokens": 4, "utility_limit": 5,
+             "attacks": ["quantization", "relearn_forget"]},
+    "methods": [{"name": "ga", "params": {"epochs": 1, "lr": 1e-3}}],
+    "scenarios": [{"type": "edge", "edge": "A_B", "name": "hub"},
+                  {"type": "independent_edge", "edge": "E1_F1", "name": "ind_sales"},
+                  {"type": "independent_edge", "edge": "E2_q2", "name": "ind_emp"},
+                  {"type": "edges", "edges": ["E1_F1", "E2_q2"], "name": "batch"},
+                  {"type": "sequence", "name": "seq", "steps": [{"type": "edge", "edge": "A_B"},
+                                                                {"type": "edge", "edge": "E1_F1"}]}],
+    "seeds": [0, 1],
+}
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("study")
+    p = d / "c.yaml"
+    p.write_text(yaml.safe_dump(CFG))
+    return Runner(load_config(p), out_dir=d / "r", progress=False).run()
+
+
+def _cells(d, row, scen):
+    return [json.loads(f.read_text()) for f in sorted((d / "cells").glob(f"{row}__{scen}__seed*.json"))]
+
+
+def test_attacks_record_recovery_on_the_same_questions(study_dir):
+    rec = _cells(study_dir, "ga", "hub")[0]
+    q = rec["attacks"]["quantization"]
+    # quantization scores every direct forget question: before = the cell's own forget ROUGE-1
+    assert q["before_forget_rouge1"] == pytest.approx(rec["metrics"]["forget_rouge1"]["value"])
+    assert q["recovery"] == pytest.approx(q["forget_rouge1"] - q["before_forget_rouge1"])
+    r = rec["attacks"]["relearn_forget"]  # scored on the held-out half only
+    held = {e["question"] for e in r["examples"]}
+    per_q = {x["question"]: x["rouge1"] for x in rec["per_example"]["qa"] if x["form"] == "direct"}
+    assert held <= set(per_q) and r["n"] < len([x for x in rec["per_example"]["qa"]
+                                                  if x["form"] == "direct" and x["edge"] == "A_B"])
+    assert (study_dir / "run_log.jsonl").read_text().count("seconds") == 1
+
+
+def test_report_roles_and_numbers_agree_with_cells(study_dir):
+    from pistol_data import generate
+    from unlearnbench.results import load_results
+
+    st = Study(load_results(study_dir), generate("pistol-mini", 0))
+    singles = st.single_edge()
+    # connectivity read off the graph: the hub edge (degree 4) last, the independent edges (degree 1) first
+    assert [s for s, _, _ in singles][-1] == "hub" and {d for _, _, d in singles} == {1, 4}
+    assert st.sequences() == ["seq"]
+    out = write_report(study_dir)
+    md = out.read_text()
+    for section in ("## Findings", "## DS per scenario", "## Connectivity", "## Domain", "## Batch size",
+                    "## Sequential requests", "## Attacks", "## Cost"):
+        assert section in md, section
+    ds = {s: mean(c["metrics"]["ds"]["value"] for c in _cells(study_dir, "ga", s)) for s in ("hub", "ind_sales", "ind_emp")}
+    delta = ds["hub"] - (ds["ind_sales"] + ds["ind_emp"]) / 2
+    conn = md.split("## Connectivity")[1].split("\n## ")[0]
+    row = next(line for line in conn.splitlines() if line.startswith("| ga |")).split("|")
+    assert row[2 + len(singles)].strip() == f"{delta:.1f}"  # after: '', method, one DS per single-edge scenario
+    verdict = "holds" if delta > 0 else "does not hold"
+    assert f"more connected knowledge is harder to unlearn** — {verdict}" in md
+    # sequence: one column per request, DS after request 1 = the mean of the cells' first step
+    seq = _cells(study_dir, "ga", "seq")
+    first = mean(c["steps"][0]["metrics"]["ds"]["value"] for c in seq)
+    seq_row = next(line for line in md.split("### seq")[1].splitlines() if line.startswith("| ga |"))
+    assert seq_row.split("|")[2].strip().startswith(f"{first:.1f}")
+    assert "after request 2" in md and "after request 3" not in md
+    for fig in ("ds_by_scenario", "connectivity", "sequence", "attack_recovery"):
+        assert (study_dir / "report" / f"{fig}.png").stat().st_size > 1000
+        assert f"report/{fig}.png" in md
+    assert not math.isnan(mean(c["attacks"]["quantization"]["recovery"] for c in _cells(study_dir, "ga", "batch")))
+
+
+def test_report_cli_errors(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "report", str(tmp_path / "nope")],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    (tmp_path / "empty" / "cells").mkdir(parents=True)
+    r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "report", str(tmp_path / "empty")],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and "no result cells" in r.stderr and not (tmp_path / "empty" / "report.md").exists()
+
+
+def _record(row, label, splits, seed, ds, qa, steps=None, attacks=None, kind="unlearn"):
+    return {"row": row, "method": row, "kind": "reference" if row == "none" else kind, "seed": seed,
+            "status": "ok", "experiment": "synthetic", "scenario": {"label": label, "splits": splits},
+            "dataset": {"preset": "pistol-mini", "seed": 0}, "model": {"spec": "x"},
+            "metrics": {"ds": {"value": ds}, "forget_rouge1": {"value": 0.0}, "retain_rouge1": {"value": 1 - ds / 100}},
+            "steps": steps, "attacks": attacks, "cost": {"apply_seconds": 1.0},
+            "per_example": {"qa": qa}}
+
+
+def test_report_findings_follow_the_numbers(tmp_path, mini):
+    """Hand-made cells where the hub edge is harder, same-domain retain drops more, a sequence
+    degrades and LUNAR beats the baseline 4×: every finding must read 'holds' with those counts."""
+    from pistol_data import scenarios
+
+    splits = {name: [s.to_dict() for s in scenarios.resolve(mini, spec)] for name, spec in
+              [("hub", {"type": "edge", "edge": "A_B"}), ("ind_sales", {"type": "edge", "edge": "E1_F1"}),
+               ("ind_emp", {"type": "edge", "edge": "E2_q2"}),
+               ("seq", {"type": "sequence", "steps": [{"type": "edge", "edge": "A_B"}, {"type": "edge", "edge": "E1_F1"}]})]}
+    types = mini.edge_types
+
+    def qa(forgot_type, same_drop, other_drop):
+        return [{"edge": e, "form": "direct", "question": e, "rouge1": 1.0 - (same_drop if t == forgot_type else other_drop)}
+                for e, t in types.items()]
+
+    cells = []
+    for seed in (0, 1):
+        for scen, ftype in (("hub", "sales"), ("ind_sales", "sales"), ("ind_emp", "employment")):
+            cells.append(_record("none", scen, splits[scen], seed, 90.0, qa(ftype, 0, 0)))
+            cells.append(_record("gd", scen, splits[scen], seed, 60.0 if scen == "hub" else 40.0 + seed,
+                                 qa(ftype, 0.4, 0.1),
+                                 attacks={"quantization": {"forget_rouge1": 0.3, "before_forget_rouge1": 0.1,
+                                                           "recovery": 0.2, "meaning": "int8"}}))
+            cells.append(_record("lunar", scen, splits[scen], seed, 15.0 if scen == "hub" else 10.0,
+                                 qa(ftype, 0.2, 0.0), kind="steer"))
+        for row, first, last in (("gd", 50.0, 70.0), ("lunar", 10.0, 12.0)):
+            steps = [{"metrics": {"ds": {"value": v}, "forget_rouge1": {"value": 0.0}, "retain_rouge1": {"value": 0.5}}}
+                     for v in (first, last)]
+            cells.append(_record(row, "seq", splits["seq"], seed, last, qa("sales", 0, 0), steps=steps))
+    from unlearnbench.results import write_atomic
+
+    for i, c in enumerate(cells):
+        write_atomic(tmp_path / "cells" / f"{i}.json", c)
+    md = write_report(tmp_path, plots=False).read_text()
+    assert "more connected knowledge is harder to unlearn** — holds: DS is higher on the most connected edge for " \
+           "2 of 2 methods" in md
+    assert "harms the same domain more** — holds: the retain drop is larger on same-type contracts in 6 of 6" in md
+    assert "for 2 of 2 methods" in md.split("Sequential requests degrade")[1]
+    # gd: hub 60 vs the independent edges' mean (40.5 + 40.5) / 2 → Δ 19.5; LUNAR ratio 40.5/10 .. 60/15 = 4.05..4.00
+    conn = md.split("## Connectivity")[1].split("\n## ")[0]
+    assert next(line for line in conn.splitlines() if line.startswith("| gd |")).split("|")[5].strip() == "19.5"
+    assert "ratio baseline/LUNAR 4.00–5.83×" in md  # seq: 70 / 12
+    assert "0.300 (+0.200)" in md and "| lunar | 0.000 | – | – | n/a |" in md
+    assert "0.400 / 0.100" in md  # gd's same / other domain drop

@@ -1,0 +1,461 @@
+"""The structural-study report: ``unlearnbench report RESULTS_DIR`` → ``report.md`` + plots.
+
+It reads the cells of one results folder and asks the questions the study exists for. Scenario
+roles are read off the graph, not off scenario names, so any config gets the sections it can
+support:
+
+* **DS per scenario** — every method row × every scenario, mean ± std over seeds.
+* **Connectivity** (PISTOL: more connected knowledge is harder to unlearn) — single-edge
+  scenarios ordered by their edge's connectivity (the larger endpoint degree): DS at the most
+  connected edge minus DS at the least connected one, per method.
+* **Domain** (PISTOL: domain-skewed forgetting harms the same domain more) — for single-edge
+  scenarios, the drop in retain ROUGE-1 (against the implanted model, ``none``) on the contracts
+  of the forgotten edge's type vs on the other type.
+* **Batch size** — DS by number of forgotten edges.
+* **Sequential requests** — DS, forget and retain ROUGE-1 after every request of a sequence.
+* **Attacks** — forget ROUGE-1 on held-out forms (paraphrase, reverse) and after every attack,
+  with the recovery (after − before on the same questions).
+* **LUNAR vs baselines** — the DS ratio gradient baseline / LUNAR per scenario (the paper: 2.9–11.7×).
+
+Each finding is stated as holds / does not hold with the counts behind it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean, pstdev
+
+from .leaderboard import REFERENCE_ROWS
+from .results import load_results, write_text_atomic
+
+GRADIENT_BASELINES = ("ga", "gd", "ukl", "npo", "dpo")  # LUNAR's comparison set
+
+
+def _m(rec: dict, key: str) -> float:
+    v = rec.get("metrics", {}).get(key, {})
+    v = v.get("value") if isinstance(v, dict) else v
+    return float("nan") if v is None else float(v)
+
+
+def _agg(vals) -> tuple[float, float, int]:
+    vals = [v for v in vals if v is not None and not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    return mean(vals), (pstdev(vals) if len(vals) > 1 else 0.0), len(vals)
+
+
+def _fmt(v: float, digits: int = 1) -> str:
+    return "–" if v is None or math.isnan(v) else f"{v:.{digits}f}"
+
+
+def _pm(vals, digits: int = 1) -> str:
+    m, s, n = _agg(vals)
+    if n == 0:
+        return "–"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _dataset(results_dir: Path, records: list[dict]):
+    """The dataset the cells were scored on and the config's scenario order (from the run's
+    config.yaml, else the records' preset/seed and file order)."""
+    import yaml
+
+    from pistol_data import generate
+    from pistol_data import load as load_data
+    from pistol_data.scenarios import ScenarioSpec
+
+    cfg = results_dir / "config.yaml"
+    if cfg.is_file():
+        raw = yaml.safe_load(cfg.read_text()) or {}
+        data = raw.get("data") or {}
+        order = [ScenarioSpec.model_validate(s).label() for s in raw.get("scenarios") or []]
+        if data.get("path"):
+            return load_data(data["path"]), order
+        return generate(data.get("preset") or "pistol-mini", int(data.get("seed") or 0)), order
+    d = records[0].get("dataset", {})
+    return generate(d.get("preset") or "pistol-mini", int(d.get("seed") or 0)), []
+
+
+class Study:
+    """The records of one results folder, grouped for the report's questions."""
+
+    def __init__(self, records: list[dict], ds, scenario_order: list[str] | None = None):
+        self.ds = ds
+        self.ok = [r for r in records if r.get("status") == "ok"]
+        self.failed = [r for r in records if r.get("status") != "ok"]
+        self.by: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        for r in self.ok:
+            self.by[(r["row"], r["scenario"]["label"])].append(r)
+        seen = list(dict.fromkeys(r["scenario"]["label"] for r in records))
+        order = [s for s in scenario_order or [] if s in seen]
+        self.scenarios = order + [s for s in seen if s not in order]  # the config's order first
+        rows = list(dict.fromkeys(r["row"] for r in records))
+        self.references = [r for r in REFERENCE_ROWS if r in rows]
+        self.methods = [r for r in rows if r not in REFERENCE_ROWS]
+        self.kind = {r["row"]: r.get("kind", "") for r in records}
+        self.splits = {r["scenario"]["label"]: r["scenario"]["splits"] for r in records}
+        self.seeds = sorted({r.get("seed") for r in records})
+
+    def vals(self, row: str, scenario: str, key: str) -> list[float]:
+        return [_m(r, key) for r in self.by.get((row, scenario), [])]
+
+    def mean(self, row: str, scenario: str, key: str) -> float:
+        return _agg(self.vals(row, scenario, key))[0]
+
+    # ---- scenario roles, read off the graph ----------------------------------------------
+    def single_edge(self) -> list[tuple[str, str, int]]:
+        """(scenario, edge, connectivity) for one-request, one-edge scenarios, least connected first."""
+        deg = self.ds.degree()
+        out = []
+        for s, splits in self.splits.items():
+            if len(splits) == 1 and len(splits[0]["forget_edges"]) == 1:
+                e = splits[0]["forget_edges"][0]
+                u, v = self.ds.edge_endpoints[e]
+                out.append((s, e, max(deg[u], deg[v])))
+        return sorted(out, key=lambda t: (t[2], t[0]))
+
+    def sequences(self) -> list[str]:
+        return [s for s, sp in self.splits.items() if len(sp) > 1]
+
+
+# ---- sections -------------------------------------------------------------------------------
+
+def ds_section(st: Study) -> tuple[str, dict]:
+    rows = []
+    for row in st.references + st.methods:
+        rows.append([row, st.kind.get(row, "")] + [_pm(st.vals(row, s, "ds")) for s in st.scenarios])
+    text = ("## DS per scenario\n\nDeviation Score (100·√(forget R1² + (1 − retain R1)²), lower is better), "
+            f"mean ± std over seeds {st.seeds}. `none` is the implanted model before unlearning.\n\n"
+            + _table(["method", "kind"] + st.scenarios, rows))
+    return text, {}
+
+
+def connectivity_section(st: Study) -> tuple[str, dict]:
+    singles = st.single_edge()
+    if len(singles) < 2 or singles[0][2] == singles[-1][2]:
+        return "## Connectivity\n\nNeeds two single-edge scenarios of different connectivity; not measurable here.", {}
+    lo = [s for s in singles if s[2] == singles[0][2]]
+    hi = [s for s in singles if s[2] == singles[-1][2]]
+    header = ["method"] + [f"{s} ({e}, degree {d})" for s, e, d in singles] + ["Δ DS most − least connected",
+                                                                              "Δ forget R1", "Δ retain R1"]
+    rows, deltas = [], {}
+    for row in st.references + st.methods:
+        def avg(group, key, row=row):
+            return _agg([st.mean(row, s, key) for s, _, _ in group])[0]
+        d_ds = avg(hi, "ds") - avg(lo, "ds")
+        d_f = avg(hi, "forget_rouge1") - avg(lo, "forget_rouge1")
+        d_r = avg(hi, "retain_rouge1") - avg(lo, "retain_rouge1")
+        if row in st.methods and not math.isnan(d_ds):
+            deltas[row] = d_ds
+        rows.append([row] + [_pm(st.vals(row, s, "ds")) for s, _, _ in singles]
+                    + [_fmt(d_ds), _fmt(d_f, 3), _fmt(d_r, 3)])
+    harder = sorted(r for r, d in deltas.items() if d > 0)
+    finding = {"name": "PISTOL: more connected knowledge is harder to unlearn",
+               "holds": len(harder) > len(deltas) / 2 if deltas else None,
+               "evidence": f"DS is higher on the most connected edge for {len(harder)} of {len(deltas)} methods "
+                           f"(mean Δ DS {_fmt(_agg(deltas.values())[0])})"}
+    text = ("## Connectivity: hub vs independent edge\n\nSingle-edge scenarios, least connected first "
+            "(connectivity = the larger degree of the edge's two entities). Δ columns: most minus least "
+            "connected (positive Δ DS = the connected edge is harder).\n\n" + _table(header, rows)
+            + f"\n\n**{finding['name']}**: {'holds' if finding['holds'] else 'does not hold'} — {finding['evidence']}.")
+    return text, {"connectivity": finding, "_deltas": deltas}
+
+
+def _retain_by_type(rec: dict, ds, etype: str, same: bool) -> float:
+    split = rec["scenario"]["splits"][-1]
+    edges = set(split["neighbour_edges"]) | set(split["far_edges"])
+    keep = {e for e in edges if (ds.edge_types[e] == etype) == same}
+    vals = [q["rouge1"] for q in rec.get("per_example", {}).get("qa", [])
+            if q.get("form") == "direct" and q.get("edge") in keep]
+    return mean(vals) if vals else float("nan")
+
+
+def domain_section(st: Study) -> tuple[str, dict]:
+    singles = st.single_edge()
+    types = sorted(set(st.ds.edge_types.values()))
+    if len(types) < 2 or not singles or "none" not in st.references:
+        return "## Domain\n\nNeeds single-edge scenarios, two contract types and the `none` row; not measurable.", {}
+    header = ["method"] + [f"{s} ({st.ds.edge_types[e]}): drop same / other" for s, e, _ in singles]
+    rows, wins, total = [], 0, 0
+    for row in st.methods:
+        cells = []
+        for s, e, _ in singles:
+            t = st.ds.edge_types[e]
+            ref = st.by.get(("none", s), [])
+            if not ref:
+                cells.append("–")
+                continue
+            drops = []
+            for same in (True, False):
+                before = _retain_by_type(ref[0], st.ds, t, same)
+                after = _agg([_retain_by_type(r, st.ds, t, same) for r in st.by.get((row, s), [])])[0]
+                drops.append(before - after)
+            if not any(math.isnan(x) for x in drops):
+                total += 1
+                wins += drops[0] > drops[1]
+            cells.append(f"{_fmt(drops[0], 3)} / {_fmt(drops[1], 3)}")
+        rows.append([row] + cells)
+    finding = {"name": "PISTOL: forgetting harms the same domain more",
+               "holds": wins > total / 2 if total else None,
+               "evidence": f"the retain drop is larger on same-type contracts in {wins} of {total} (method, scenario) "
+                           "pairs"}
+    text = ("## Domain: same vs other contract type\n\nDrop in retain ROUGE-1 (direct questions) against the "
+            "implanted model, on the retained contracts of the forgotten edge's type (*same*) and of the other "
+            "type (*other*); mean over seeds.\n\n" + _table(header, rows)
+            + f"\n\n**{finding['name']}**: {'holds' if finding['holds'] else 'does not hold'} — {finding['evidence']}.")
+    return text, {"domain": finding}
+
+
+def size_section(st: Study) -> tuple[str, dict]:
+    one = [s for s, sp in st.splits.items() if len(sp) == 1]
+    sizes = {s: len(st.splits[s][0]["forget_edges"]) for s in one}
+    if len(set(sizes.values())) < 2:
+        return "", {}
+    order = sorted(one, key=lambda s: (sizes[s], s))
+    header = ["method"] + [f"{s} ({sizes[s]} edge{'s' * (sizes[s] > 1)})" for s in order]
+    rows = [[row] + [f"{_fmt(st.mean(row, s, 'ds'))} ({_fmt(st.mean(row, s, 'forget_rouge1'), 2)} / "
+                     f"{_fmt(st.mean(row, s, 'retain_rouge1'), 2)})" for s in order]
+            for row in st.references + st.methods]
+    return ("## Batch size: one edge vs several\n\nDS (forget R1 / retain R1), mean over seeds, scenarios by "
+            "number of forgotten edges.\n\n" + _table(header, rows)), {}
+
+
+def sequence_section(st: Study) -> tuple[str, dict, dict]:
+    seqs = st.sequences()
+    if not seqs:
+        return "", {}, {}
+    parts, curves = [], {}
+    for s in seqs:
+        n = len(st.splits[s])
+        header = ["method"] + [f"after request {i + 1}: DS (forget / retain)" for i in range(n)] + ["Δ DS last − first"]
+        rows = []
+        for row in st.methods:
+            recs = st.by.get((row, s), [])
+            per_step = []
+            for i in range(n):
+                def step_vals(key, i=i, recs=recs):
+                    out = []
+                    for r in recs:
+                        steps = r.get("steps") or []
+                        if i < len(steps):
+                            v = steps[i]["metrics"].get(key, {})
+                            out.append(v.get("value") if isinstance(v, dict) else v)
+                    return [x for x in out if x is not None]
+                per_step.append((_agg(step_vals("ds"))[0], _agg(step_vals("forget_rouge1"))[0],
+                                 _agg(step_vals("retain_rouge1"))[0]))
+            curves[(s, row)] = [p[0] for p in per_step]
+            rows.append([row] + [f"{_fmt(d)} ({_fmt(f, 2)} / {_fmt(r, 2)})" for d, f, r in per_step]
+                        + [_fmt(per_step[-1][0] - per_step[0][0])])
+        parts.append(f"### {s}\n\n" + _table(header, rows))
+    deltas = [c[-1] - c[0] for c in curves.values() if c and not math.isnan(c[-1] - c[0])]
+    worse = sum(d > 0 for d in deltas)
+    text = ("## Sequential requests\n\nAfter each request the model is scored on everything forgotten so far. "
+            f"DS grows from the first to the last request for {worse} of {len(deltas)} methods.\n\n"
+            + "\n\n".join(parts))
+    return text, {"sequence": {"worse": worse, "total": len(deltas)}}, curves
+
+
+def attack_section(st: Study) -> tuple[str, dict, dict]:
+    names = sorted({a for r in st.ok for a in (r.get("attacks") or {})})
+    header = (["method", "forget R1 (direct)", "paraphrase", "reverse"]
+              + [f"{a}: after (recovery)" for a in names])
+    rows, grid = [], {}
+    for row in st.methods:
+        recs = [r for s in st.scenarios for r in st.by.get((row, s), [])]
+        if not recs:
+            continue
+        cells = [_fmt(_agg([_m(r, "forget_rouge1") for r in recs])[0], 3),
+                 _fmt(_agg([_m(r, "forget_paraphrase_rouge1") for r in recs])[0], 3),
+                 _fmt(_agg([_m(r, "forget_reverse_rouge1") for r in recs])[0], 3)]
+        for a in names:
+            got = [(r.get("attacks") or {}).get(a) for r in recs]
+            got = [g for g in got if g]
+            after = _agg([g["forget_rouge1"] for g in got])[0]
+            rec_ = _agg([g["recovery"] for g in got if "recovery" in g])[0]
+            grid[(row, a)] = rec_
+            cells.append("n/a" if not got else f"{_fmt(after, 3)} ({'+' if rec_ >= 0 else ''}{_fmt(rec_, 3)})"
+                         if not math.isnan(rec_) else _fmt(after, 3))
+        rows.append([row] + cells)
+    if not names:
+        return "## Attacks\n\nNo attack was scored in this run.", {}, grid
+    text = ("## Attacks: how much forgotten knowledge comes back\n\nForget ROUGE-1 on direct questions, on the "
+            "held-out paraphrased and reverse forms, and after each attack (recovery = after − before on the same "
+            "questions; relearn_forget scores the half it did not train on). Mean over every scenario and seed; "
+            "n/a = the attack does not apply to the method.\n\n" + _table(header, rows)
+            + "\n\n" + "\n".join(f"- `{a}`: {next(g['meaning'] for r in st.ok for n_, g in (r.get('attacks') or {}).items() if n_ == a)}"
+                                 for a in names))
+    return text, {}, grid
+
+
+def lunar_section(st: Study) -> tuple[str, dict]:
+    base = [b for b in GRADIENT_BASELINES if b in st.methods]
+    if "lunar" not in st.methods or not base:
+        return "", {}
+    rows, ratios = [], []
+    for s in st.scenarios:
+        lu = st.mean("lunar", s, "ds")
+        rs = [st.mean(b, s, "ds") / lu for b in base if lu > 0 and not math.isnan(st.mean(b, s, "ds"))]
+        ratios += rs
+        best = min((st.mean(b, s, "ds") for b in base), default=float("nan"))
+        rows.append([s, _fmt(lu), _fmt(best), _fmt(best / lu, 2) + "×" if lu > 0 else "–",
+                     (f"{min(rs):.2f}–{max(rs):.2f}×" if rs else "–")])
+    lower = sum(1 for s in st.scenarios
+                if st.mean("lunar", s, "ds") < min(st.mean(b, s, "ds") for b in base))
+    finding = {"name": "LUNAR: lower DS than the gradient baselines (paper: 2.9–11.7×)",
+               "holds": lower > len(st.scenarios) / 2,
+               "evidence": f"LUNAR's DS is below every baseline's in {lower} of {len(st.scenarios)} scenarios; "
+                           f"ratio baseline/LUNAR {min(ratios):.2f}–{max(ratios):.2f}×" if ratios else "no ratio"}
+    text = (f"## LUNAR vs the gradient baselines ({', '.join(base)})\n\n"
+            + _table(["scenario", "LUNAR DS", "best baseline DS", "best / LUNAR", "range over baselines"], rows)
+            + f"\n\n**{finding['name']}**: {'holds' if finding['holds'] else 'does not hold'} — {finding['evidence']}.")
+    return text, {"lunar": finding}
+
+
+def cost_section(st: Study, results_dir: Path) -> str:
+    rows = []
+    for row in st.methods:
+        recs = [r for s in st.scenarios for r in st.by.get((row, s), [])]
+        rows.append([row, len(recs), _fmt(_agg([r["cost"]["apply_seconds"] for r in recs])[0]),
+                     _fmt(sum(r["cost"]["apply_seconds"] for r in recs) / 60, 1)])
+    wall = ""
+    log = results_dir / "run_log.jsonl"
+    if log.is_file():
+        import json
+
+        runs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        total = sum(r.get("seconds", 0) for r in runs)
+        wall = (f"Wall time of the run (`unlearnbench run`, {len(runs)} invocation(s), implant and grid): "
+                f"**{total / 60:.1f} min** on {runs[-1].get('hardware', 'this machine')}.\n\n")
+    return "## Cost\n\n" + wall + _table(["method", "cells", "mean apply s", "total apply min"], rows)
+
+
+# ---- plots ----------------------------------------------------------------------------------
+
+def _plots(st: Study, curves: dict, attack_grid: dict, out: Path) -> list[str]:
+    from .plots import _plt, _save
+
+    plt = _plt()
+    made = []
+    # DS per scenario, grouped bars
+    rows = st.references + st.methods
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(st.scenarios) * max(1, len(rows)) / 4), 4.5))
+    w = 0.8 / max(1, len(rows))
+    for i, row in enumerate(rows):
+        ms = [_agg(st.vals(row, s, "ds")) for s in st.scenarios]
+        ax.bar([j + i * w for j in range(len(st.scenarios))], [m[0] for m in ms], w,
+               yerr=[m[1] if m[2] > 1 else 0 for m in ms], label=row, capsize=1.5)
+    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(st.scenarios))], st.scenarios, rotation=20, ha="right")
+    ax.set_ylabel("DS (lower is better)")
+    ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title("DS per scenario (mean ± std over seeds)")
+    _save(fig, out, "ds_by_scenario")
+    made.append("ds_by_scenario")
+    # connectivity: DS vs degree
+    singles = st.single_edge()
+    if len(singles) >= 2:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for row in rows:
+            xs = [d for _, _, d in singles]
+            ys = [st.mean(row, s, "ds") for s, _, _ in singles]
+            ax.plot(xs, ys, "o-", label=row, alpha=0.8)
+        ax.set_xlabel("connectivity of the forgotten edge (max endpoint degree)")
+        ax.set_ylabel("DS")
+        ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+        ax.set_title("Connectivity vs DS (single-edge scenarios)")
+        _save(fig, out, "connectivity")
+        made.append("connectivity")
+    # sequential degradation
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (s, row), c in curves.items():
+            ax.plot(range(1, len(c) + 1), c, "o-", label=row if len(st.sequences()) == 1 else f"{row} ({s})")
+        ax.set_xlabel("request")
+        ax.set_ylabel("DS on everything forgotten so far")
+        ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+        ax.set_title("Sequential requests")
+        _save(fig, out, "sequence")
+        made.append("sequence")
+    # attack recovery heatmap
+    names = sorted({a for _, a in attack_grid})
+    meths = [m for m in st.methods if any((m, a) in attack_grid for a in names)]
+    if names and meths:
+        import numpy as np
+
+        grid = np.array([[attack_grid.get((m, a), float("nan")) for a in names] for m in meths], dtype=float)
+        fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 0.4 * len(meths) + 1.5))
+        im = ax.imshow(np.ma.masked_invalid(grid), cmap="Reds", vmin=0, vmax=max(0.05, np.nanmax(grid)
+                                                                                if np.isfinite(grid).any() else 1))
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+        ax.set_yticks(range(len(meths)), meths)
+        for i in range(len(meths)):
+            for j in range(len(names)):
+                ax.text(j, i, "n/a" if math.isnan(grid[i, j]) else f"{grid[i, j]:+.2f}", ha="center", va="center",
+                        fontsize=7)
+        fig.colorbar(im, ax=ax, label="forget ROUGE-1 recovered")
+        ax.set_title("Attack recovery (after − before)")
+        _save(fig, out, "attack_recovery")
+        made.append("attack_recovery")
+    return made
+
+
+def write_report(results_dir: str | Path, plots: bool = True) -> Path:
+    """Write ``report.md`` (and ``report/*.png|svg``) into the results folder; return its path."""
+    d = Path(results_dir)
+    records = load_results(d)
+    if not records:
+        raise ValueError(f"{d} holds no result cells (expected {d / 'cells'}/*.json from `unlearnbench run`)")
+    ds, order = _dataset(d, records)
+    st = Study(records, ds, order)
+    if not st.methods:
+        raise ValueError(f"{d} holds only reference rows; nothing to report")
+    findings: dict = {}
+    sections = []
+    for fn in (ds_section, connectivity_section, domain_section, size_section):
+        text, f = fn(st)
+        findings.update(f)
+        if text:
+            sections.append(text)
+    seq_text, f, curves = sequence_section(st)
+    findings.update(f)
+    if seq_text:
+        sections.append(seq_text)
+    att_text, _, grid = attack_section(st)
+    sections.append(att_text)
+    text, f = lunar_section(st)
+    findings.update(f)
+    if text:
+        sections.append(text)
+    sections.append(cost_section(st, d))
+    made = _plots(st, curves, grid, d / "report") if plots else []
+
+    first = records[0]
+    summary = []
+    for key in ("connectivity", "domain", "lunar"):
+        if key in findings:
+            f = findings[key]
+            verdict = "not measurable" if f["holds"] is None else ("holds" if f["holds"] else "does not hold")
+            summary.append(f"- **{f['name']}** — {verdict}: {f['evidence']}.")
+    if "sequence" in findings:
+        s = findings["sequence"]
+        summary.append(f"- **Sequential requests degrade** — DS after the last request is higher than after the "
+                       f"first for {s['worse']} of {s['total']} methods.")
+    head = (f"# Structural study: {first.get('experiment', d.name)}\n\n"
+            f"Model `{first.get('model', {}).get('spec')}`, dataset {first.get('dataset', {}).get('preset')} "
+            f"(seed {first.get('dataset', {}).get('seed')}), {len(st.methods)} methods × {len(st.scenarios)} scenarios "
+            f"× seeds {st.seeds}: {len(st.ok)} cells ok, {len(st.failed)} failed.\n\n## Findings\n\n"
+            + ("\n".join(summary) or "- none measurable with these scenarios") + "\n")
+    if st.failed:
+        head += "\nFailed cells: " + ", ".join(f"`{r['row']}/{r['scenario']['label']}/seed{r.get('seed')}` "
+                                                f"({r.get('error', '')[:80]})" for r in st.failed) + "\n"
+    figs = "".join(f"\n![{m}](report/{m}.png)\n" for m in made)
+    out = d / "report.md"
+    write_text_atomic(out, head + "\n" + "\n\n".join(sections) + "\n" + (("\n## Figures\n" + figs) if figs else ""))
+    return out
