@@ -339,6 +339,19 @@ def cost_section(st: Study, results_dir: Path) -> str:
 
 # ---- plots ----------------------------------------------------------------------------------
 
+def _lines(plt, series: dict, xlabel: str, ylabel: str, title: str, out: Path, name: str) -> None:
+    from .plots import _save
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, "o-", label=label, alpha=0.85)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title(title)
+    _save(fig, out, name)
+
+
 def _plots(st: Study, curves: dict, attack_grid: dict, out: Path) -> list[str]:
     from .plots import _plt, _save
 
@@ -358,30 +371,17 @@ def _plots(st: Study, curves: dict, attack_grid: dict, out: Path) -> list[str]:
     ax.set_title("DS per scenario (mean ± std over seeds)")
     _save(fig, out, "ds_by_scenario")
     made.append("ds_by_scenario")
-    # connectivity: DS vs degree
     singles = st.single_edge()
-    if len(singles) >= 2:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for row in rows:
-            xs = [d for _, _, d in singles]
-            ys = [st.mean(row, s, "ds") for s, _, _ in singles]
-            ax.plot(xs, ys, "o-", label=row, alpha=0.8)
-        ax.set_xlabel("connectivity of the forgotten edge (max endpoint degree)")
-        ax.set_ylabel("DS")
-        ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-        ax.set_title("Connectivity vs DS (single-edge scenarios)")
-        _save(fig, out, "connectivity")
+    if len(singles) >= 2:  # connectivity: DS vs degree
+        xs = [d for _, _, d in singles]
+        _lines(plt, {row: (xs, [st.mean(row, s, "ds") for s, _, _ in singles]) for row in rows},
+               "connectivity of the forgotten edge (max endpoint degree)", "DS",
+               "Connectivity vs DS (single-edge scenarios)", out, "connectivity")
         made.append("connectivity")
-    # sequential degradation
-    if curves:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for (s, row), c in curves.items():
-            ax.plot(range(1, len(c) + 1), c, "o-", label=row if len(st.sequences()) == 1 else f"{row} ({s})")
-        ax.set_xlabel("request")
-        ax.set_ylabel("DS on everything forgotten so far")
-        ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-        ax.set_title("Sequential requests")
-        _save(fig, out, "sequence")
+    if curves:  # sequential degradation
+        one = len(st.sequences()) == 1
+        _lines(plt, {(row if one else f"{row} ({s})"): (list(range(1, len(c) + 1)), c) for (s, row), c in curves.items()},
+               "request", "DS on everything forgotten so far", "Sequential requests", out, "sequence")
         made.append("sequence")
     # attack recovery heatmap
     names = sorted({a for _, a in attack_grid})
