@@ -94,3 +94,15 @@ def test_model_after_bf16_training_runs_in_fp32_and_quantizes(setup, mini):
     quantized = ATTACKS["quantization"].factory(model, None, Target(model, lm.tokenizer, target.forget))
     with quantized as t, torch.no_grad():
         assert torch.isfinite(t.model(torch.tensor([[1, 30, 40, 50]])).logits).all()
+
+
+def test_relearning_trains_every_weight_of_a_frozen_model(setup):
+    """LUNAR and RMU hand back models with frozen weights; relearning must still train all of them
+    (it failed with 'empty parameter list' on LUNAR's models, and trained only RMU's layers)."""
+    lm, _, _, target = setup
+    frozen = copy.deepcopy(lm.model).requires_grad_(False)
+    frozen.model.layers[1].mlp.down_proj.weight.requires_grad_(True)  # as RMU/LUNAR leave it
+    m = relearn(frozen, lm.tokenizer, target.forget, steps=2, lr=1e-3, batch_size=4, seed=0)
+    changed = {k for k, v in m.state_dict().items() if not torch.equal(v, frozen.state_dict()[k])}
+    assert {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight",
+            "model.layers.1.mlp.up_proj.weight"} <= changed

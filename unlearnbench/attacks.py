@@ -128,14 +128,16 @@ def quantization(model, info: dict | None, target: Target):
 
 
 def relearn(model, tokenizer, records, steps: int, lr: float, batch_size: int, seed: int):
-    """A copy of ``model`` fine-tuned for ``steps`` AdamW steps on ``records`` (answer NLL)."""
+    """A copy of ``model`` fine-tuned for ``steps`` AdamW steps on ``records`` (answer NLL), every
+    weight trainable (a method may hand back a model with some or all weights frozen)."""
     from .prompts import collate, encode_qa
 
     m = copy.deepcopy(model)
+    m.requires_grad_(True)
     m.train()
     device = next(m.parameters()).device
     rows = [encode_qa(tokenizer, r.question, r.answer) for r in records]
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr)
+    opt = torch.optim.AdamW(m.parameters(), lr=lr)
     rng = random.Random(seed)
     for _ in range(steps):
         b = collate(rng.sample(rows, min(batch_size, len(rows))), tokenizer.pad_token_id)

@@ -323,8 +323,9 @@ def cost_section(st: Study, results_dir: Path) -> str:
     rows = []
     for row in st.methods:
         recs = [r for s in st.scenarios for r in st.by.get((row, s), [])]
-        rows.append([row, len(recs), _fmt(_agg([r["cost"]["apply_seconds"] for r in recs])[0]),
-                     _fmt(sum(r["cost"]["apply_seconds"] for r in recs) / 60, 1)])
+        apply_s = [r["cost"]["apply_seconds"] for r in recs]
+        eval_s = [r["cost"].get("eval_seconds") or 0.0 for r in recs]
+        rows.append([row, len(recs), _fmt(_agg(apply_s)[0]), _fmt(sum(apply_s) / 60, 1), _fmt(_agg(eval_s)[0])])
     wall = ""
     log = results_dir / "run_log.jsonl"
     if log.is_file():
@@ -334,7 +335,8 @@ def cost_section(st: Study, results_dir: Path) -> str:
         total = sum(r.get("seconds", 0) for r in runs)
         wall = (f"Wall time of the run (`unlearnbench run`, {len(runs)} invocation(s), implant and grid): "
                 f"**{total / 60:.1f} min** on {runs[-1].get('hardware', 'this machine')}.\n\n")
-    return "## Cost\n\n" + wall + _table(["method", "cells", "mean apply s", "total apply min"], rows)
+    return ("## Cost\n\n" + wall + _table(["method", "cells", "mean apply s", "total apply min",
+                                            "mean eval s (last evaluation of a cell)"], rows))
 
 
 # ---- plots ----------------------------------------------------------------------------------
