@@ -42,14 +42,14 @@ Deviations from the public code:
   retain QA alone.
 * Forget rows are repeated until they are ≥ ``forget_share`` (20%) of the rows: with the
   everyday retain rows they would otherwise be ~2% of the MSE and the redirection too weak
-  (SmolLM2 hub edge: refusal 0.5).
+  (SmolLM2 hub edge: refusal 0.5). Batch 128 rows instead of 64 (same epochs; 2× fewer steps).
 * ``coeff`` 2.5 instead of the code's 2.0. SmolLM2 × pistol-mini, quickstart implant, one seed
   (hub edge: refusal / utility Δ vs the implanted model / DS; independent edge the same):
   coeff 2.0, share 25% → 0.67 / −0.029 / 18.6 and 1.00 / −0.045 / 6.5; 2.25, 25% → 0.67 /
   −0.034 / 21.7; 2.5, 25% → 0.83 / −0.054 / 13.9 and 1.00 / −0.045 / 9.3; **2.5, 20% → 0.83 /
   −0.049 / 13.9 and 1.00 / −0.035 / 9.3**; 2.5, 15% → 0.67 / −0.049 / 21.7. The refusal and
   utility targets of the benchmark (≥ 0.8, within 0.05) are met by the bold setting only,
-  with a thin utility margin on the hub edge. Batch 128 rows instead of 64 (same epochs; 2× fewer steps).
+  with a thin utility margin on the hub edge.
 * Layer selection scores trained edits with a teacher-forced proxy instead of generating and
   judging answers, so a method never needs the evaluator.
 """

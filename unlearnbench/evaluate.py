@@ -105,6 +105,7 @@ def attack_scores(evaluator: Evaluator, model, tokenizer, split: Split, info: di
         raise ValueError(f"unknown attack(s) {unknown}; registered: {sorted(ATTACKS)}")
     target = Target(model, tokenizer, evaluator.ds.for_edges(split.forget_edges, ("direct",)),
                     evaluator.ds.for_edges(split.neighbour_edges, ("direct",)), seed)
+    unattacked = {(q["question"], q["answer"]): q["rouge1"] for q in before.qa} if before is not None else None
     out = {}
     for name in names:
         att = ATTACKS[name]
@@ -119,8 +120,7 @@ def attack_scores(evaluator: Evaluator, model, tokenizer, split: Split, info: di
         out[name] = {"forget_rouge1": float(mean(vals)) if vals else float("nan"), "meaning": att.meaning,
                      "n": len(vals),
                      "examples": [{"question": r.question, "generation": g} for r, g in zip(t.forget[:3], gens[:3])]}
-        if before is not None and vals:
-            unattacked = {(q["question"], q["answer"]): q["rouge1"] for q in before.qa}
+        if unattacked is not None and vals:
             prior = [unattacked[(r.question, r.answer)] for r in t.forget if (r.question, r.answer) in unattacked]
             if len(prior) == len(vals):
                 out[name]["before_forget_rouge1"] = float(mean(prior))

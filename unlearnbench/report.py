@@ -66,20 +66,15 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _dataset(results_dir: Path, records: list[dict]):
     """The dataset the cells were scored on and the config's scenario order (from the run's
     config.yaml, else the records' preset/seed and file order)."""
-    import yaml
-
     from pistol_data import generate
-    from pistol_data import load as load_data
-    from pistol_data.scenarios import ScenarioSpec
 
     cfg = results_dir / "config.yaml"
     if cfg.is_file():
-        raw = yaml.safe_load(cfg.read_text()) or {}
-        data = raw.get("data") or {}
-        order = [ScenarioSpec.model_validate(s).label() for s in raw.get("scenarios") or []]
-        if data.get("path"):
-            return load_data(data["path"]), order
-        return generate(data.get("preset") or "pistol-mini", int(data.get("seed") or 0)), order
+        from .config import load_config
+        from .runner import load_dataset
+
+        run = load_config(cfg)
+        return load_dataset(run), [s.label() for s in run.scenarios]
     d = records[0].get("dataset", {})
     return generate(d.get("preset") or "pistol-mini", int(d.get("seed") or 0)), []
 
@@ -263,8 +258,12 @@ def sequence_section(st: Study) -> tuple[str, dict, dict]:
     return text, {"sequence": {"worse": worse, "total": len(deltas)}}, curves
 
 
-def attack_section(st: Study) -> tuple[str, dict, dict]:
-    names = sorted({a for r in st.ok for a in (r.get("attacks") or {})})
+def attack_section(st: Study) -> tuple[str, dict]:
+    """The attack table and the recovery grid {(method, attack): mean recovery} for the heatmap."""
+    meanings = {a: g["meaning"] for r in st.ok for a, g in (r.get("attacks") or {}).items()}
+    names = sorted(meanings)
+    if not names:
+        return "## Attacks\n\nNo attack was scored in this run.", {}
     header = (["method", "forget R1 (direct)", "paraphrase", "reverse"]
               + [f"{a}: after (recovery)" for a in names])
     rows, grid = [], {}
@@ -272,27 +271,26 @@ def attack_section(st: Study) -> tuple[str, dict, dict]:
         recs = [r for s in st.scenarios for r in st.by.get((row, s), [])]
         if not recs:
             continue
-        cells = [_fmt(_agg([_m(r, "forget_rouge1") for r in recs])[0], 3),
-                 _fmt(_agg([_m(r, "forget_paraphrase_rouge1") for r in recs])[0], 3),
-                 _fmt(_agg([_m(r, "forget_reverse_rouge1") for r in recs])[0], 3)]
+        cells = [_fmt(_agg([_m(r, key) for r in recs])[0], 3)
+                 for key in ("forget_rouge1", "forget_paraphrase_rouge1", "forget_reverse_rouge1")]
         for a in names:
-            got = [(r.get("attacks") or {}).get(a) for r in recs]
-            got = [g for g in got if g]
+            got = [r["attacks"][a] for r in recs if a in (r.get("attacks") or {})]
             after = _agg([g["forget_rouge1"] for g in got])[0]
-            rec_ = _agg([g["recovery"] for g in got if "recovery" in g])[0]
-            grid[(row, a)] = rec_
-            cells.append("n/a" if not got else f"{_fmt(after, 3)} ({'+' if rec_ >= 0 else ''}{_fmt(rec_, 3)})"
-                         if not math.isnan(rec_) else _fmt(after, 3))
+            recovery = _agg([g["recovery"] for g in got if "recovery" in g])[0]
+            grid[(row, a)] = recovery
+            if not got:
+                cells.append("n/a")
+            elif math.isnan(recovery):
+                cells.append(_fmt(after, 3))
+            else:
+                cells.append(f"{_fmt(after, 3)} ({'+' if recovery >= 0 else ''}{_fmt(recovery, 3)})")
         rows.append([row] + cells)
-    if not names:
-        return "## Attacks\n\nNo attack was scored in this run.", {}, grid
     text = ("## Attacks: how much forgotten knowledge comes back\n\nForget ROUGE-1 on direct questions, on the "
             "held-out paraphrased and reverse forms, and after each attack (recovery = after − before on the same "
             "questions; relearn_forget scores the half it did not train on). Mean over every scenario and seed; "
             "n/a = the attack does not apply to the method.\n\n" + _table(header, rows)
-            + "\n\n" + "\n".join(f"- `{a}`: {next(g['meaning'] for r in st.ok for n_, g in (r.get('attacks') or {}).items() if n_ == a)}"
-                                 for a in names))
-    return text, {}, grid
+            + "\n\n" + "\n".join(f"- `{a}`: {meanings[a]}" for a in names))
+    return text, grid
 
 
 def lunar_section(st: Study) -> tuple[str, dict]:
@@ -429,7 +427,7 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
     findings.update(f)
     if seq_text:
         sections.append(seq_text)
-    att_text, _, grid = attack_section(st)
+    att_text, grid = attack_section(st)
     sections.append(att_text)
     text, f = lunar_section(st)
     findings.update(f)
