@@ -106,3 +106,32 @@ def test_relearning_trains_every_weight_of_a_frozen_model(setup):
     changed = {k for k, v in m.state_dict().items() if not torch.equal(v, frozen.state_dict()[k])}
     assert {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight",
             "model.layers.1.mlp.up_proj.weight"} <= changed
+
+
+def test_bf16_evaluation_scores_a_copy_and_attacks_compare_like_with_like(setup):
+    """``precision: bf16`` evaluates a bf16 copy (the model stays fp32 for attacks and later
+    requests); the attacks' unattacked reference is then re-read from the fp32 model itself."""
+    lm, mini, split, _ = setup
+    kw = dict(max_new_tokens=4, qa_max_new_tokens=4, utility_limit=5, progress=False, attacks=("quantization",))
+    ev16, ev32 = Evaluator(mini, EvalParams(precision="bf16", **kw)), Evaluator(mini, EvalParams(**kw))
+    model = copy.deepcopy(lm.model)
+    seen = []
+    h = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    e16 = ev16.run(model, lm.tokenizer, heldout_edges=split.forget_edges)
+    h.remove()
+    assert seen and set(seen) == {torch.bfloat16}  # a bf16 copy ran (deepcopy keeps the hook)
+    assert next(model.parameters()).dtype == torch.float32 and ev16.casts(model) and not ev32.casts(model)
+    e32 = ev32.run(model, lm.tokenizer, heldout_edges=split.forget_edges)
+    assert [r["question"] for r in e16.qa] == [r["question"] for r in e32.qa]
+    mrr16, mrr32 = (torch.tensor([r["mrr"] for r in e.qa]) for e in (e16, e32))
+    assert not torch.equal(mrr16, mrr32) and (mrr16 - mrr32).abs().max() < 0.2  # bf16 rounding, not another model
+    # tamper with the bf16 evaluation's forget scores: a like-for-like reference must ignore them
+    fake = copy.deepcopy(e16)
+    for r in fake.qa:
+        r["rouge1"] = 7.0
+    a16 = attack_scores(ev16, model, lm.tokenizer, split, None, before=fake)["quantization"]
+    a32 = attack_scores(ev32, model, lm.tokenizer, split, None, before=e32)["quantization"]
+    assert a16["before_forget_rouge1"] == pytest.approx(a32["before_forget_rouge1"])
+    assert a32["before_forget_rouge1"] <= 1.0
+    assert attack_scores(ev32, model, lm.tokenizer, split, None, before=fake)["quantization"][
+        "before_forget_rouge1"] == 7.0  # fp32 evaluation: reused as is

@@ -195,3 +195,24 @@ def test_cli_methods_json():
     assert r.returncode == 0
     ms = {m["name"]: m for m in json.loads(r.stdout)}
     assert ms["npo"]["kind"] == "unlearn" and "alpha" in ms["npo"]["params"]
+
+
+def test_fused_adamw_matches_the_default_update():
+    """The shared loop's optimiser uses torch's fused AdamW where it exists: same arithmetic."""
+    from methods.training import adamw
+
+    torch.manual_seed(0)
+    w0 = torch.randn(64, 32)
+    grads = [torch.randn(64, 32) for _ in range(3)]
+    out = []
+    for make in (lambda p: adamw(p, lr=1e-2, weight_decay=0.1),
+                 lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, foreach=False)):
+        w = torch.nn.Parameter(w0.clone())
+        opt = make([w])
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        out.append((w.detach().clone(), opt.param_groups[0].get("fused")))
+    (fused_w, fused), (ref_w, _) = out
+    assert fused is True and not torch.equal(fused_w, w0)
+    torch.testing.assert_close(fused_w, ref_w)

@@ -115,3 +115,23 @@ def test_attacks_run_and_change_outputs(setup):
     res = attack_scores(ev, m, lm.tokenizer, split, info)
     assert set(res) == {"reverse_direction", "layer_skip"} and 0 <= res["layer_skip"]["forget_rouge1"] <= 1
     assert attack_scores(ev, m, lm.tokenizer, split, None) == {}  # nothing exposed, nothing attacked
+
+
+def test_request_independent_reads_are_memoised_per_weights(setup, monkeypatch):
+    """The everyday prompts' answers and the reference mean are computed once per model weights:
+    a second request on the same weights reuses them (same edit), changed weights recompute."""
+    import methods.lunar as lunar_mod
+    import unlearnbench.generation as gen
+
+    lm, req, _ = setup
+    calls = []
+    real = gen.generate_answers
+    monkeypatch.setattr(gen, "generate_answers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(lunar_mod, "_MEMO", {})
+    p = Lunar.Params(layers=[1], epochs=2, general_retain=5, general_answer_tokens=3)
+    a = Lunar().apply(copy.deepcopy(lm.model), lm.tokenizer, req, p)
+    b = Lunar().apply(copy.deepcopy(lm.model), lm.tokenizer, req, p)
+    assert len(calls) == 1 and len(lunar_mod._MEMO) == 2  # general answers + reference mean
+    assert torch.equal(a.model.layers[1].mlp.down_proj.weight, b.model.layers[1].mlp.down_proj.weight)
+    Lunar().apply(a, lm.tokenizer, req, p)  # a sequential request: the weights changed
+    assert len(calls) == 2 and len(lunar_mod._MEMO) == 4

@@ -129,7 +129,11 @@ def quantization(model, info: dict | None, target: Target):
 
 def relearn(model, tokenizer, records, steps: int, lr: float, batch_size: int, seed: int):
     """A copy of ``model`` fine-tuned for ``steps`` AdamW steps on ``records`` (answer NLL), every
-    weight trainable (a method may hand back a model with some or all weights frozen)."""
+    weight trainable (a method may hand back a model with some or all weights frozen); fp32
+    weights, bf16 autocast where bf16 is native (1.7x faster on SmolLM2, as the methods train)."""
+    from methods.training import adamw
+
+    from .models import use_bf16
     from .prompts import collate, encode_qa
 
     m = copy.deepcopy(model)
@@ -137,12 +141,14 @@ def relearn(model, tokenizer, records, steps: int, lr: float, batch_size: int, s
     m.train()
     device = next(m.parameters()).device
     rows = [encode_qa(tokenizer, r.question, r.answer) for r in records]
-    opt = torch.optim.AdamW(m.parameters(), lr=lr)
+    opt = adamw(m.parameters(), lr=lr)
     rng = random.Random(seed)
+    bf16 = use_bf16("auto", device.type)  # as the methods' training loop: bf16 autocast where native
     for _ in range(steps):
         b = collate(rng.sample(rows, min(batch_size, len(rows))), tokenizer.pad_token_id)
-        loss = m(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
-                 labels=b["labels"].to(device)).loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = m(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
+                     labels=b["labels"].to(device)).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

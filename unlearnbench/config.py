@@ -42,6 +42,10 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(32, ge=1, description="answer budget on general-knowledge questions")
     qa_max_new_tokens: int = Field(16, ge=1, description="answer budget on PISTOL questions (gold answers ≤ 11 tokens)")
     utility_limit: int | None = Field(None, ge=1, description="score utility on this many GK items")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="dtype of the evaluated copy: fp32 (default; the published quickstart numbers), bf16, or "
+                            "auto = bf16 where it is native (CUDA, CPUs with AVX512-BF16/AMX: ~2.2x faster evaluation "
+                            "of SmolLM2 on 2 cores; greedy answers can differ in a few tokens)")
     attacks: list[str] = Field(["reverse_direction", "layer_skip"], description="attacks scored on every unlearned "
                                "model where they apply (see unlearnbench.attacks; also: quantization, "
                                "relearn_forget, relearn_neighbour)")

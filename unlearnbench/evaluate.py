@@ -30,6 +30,9 @@ class EvalParams:
     max_new_tokens: int = 32      # answer budget on general-knowledge questions (free-form sentences)
     qa_max_new_tokens: int = 16   # answer budget on PISTOL questions: gold answers are ≤ 11 tokens
     utility_limit: int | None = None  # score utility on a stratified prefix of the GK set
+    # dtype of the evaluated copy: "fp32" (default), "bf16", or "auto" = bf16 where it is native
+    # (CUDA; CPUs with AVX512-BF16/AMX: SmolLM2's evaluation 12.0 s -> 5.6 s on 2 cores)
+    precision: str = "fp32"
     forms: tuple[str, ...] = ("direct", "paraphrase", "reverse")
     # attacks scored on every unlearned model (those that apply); the relearning and quantization
     # attacks cost a model copy and some training each, so they are opt-in
@@ -71,6 +74,7 @@ class Evaluator:
 
         p = self.params
         t0 = time.perf_counter()
+        model = self.cast(model)
         keep = None if heldout_edges is None else set(heldout_edges)
         qa = [r for r in self.qa if keep is None or r.form == "direct" or r.edge in keep]
         gens = generate_answers(model, tokenizer, [r.question for r in qa], batch_size=p.batch_size,
@@ -91,6 +95,29 @@ class Evaluator:
                               "generation": g, "rouge1": r1, "rougeL": rl})
         return ModelEval(qa_rows, util_rows, seconds=time.perf_counter() - t0)
 
+    def casts(self, model) -> bool:
+        """Whether :meth:`run` evaluates a bf16 copy of this model rather than the model itself."""
+        import torch
+
+        from .models import use_bf16
+
+        param = next(model.parameters())
+        return param.dtype == torch.float32 and use_bf16(self.params.precision, param.device.type)
+
+    def cast(self, model):
+        """The model in the evaluation's precision: itself, or a bf16 copy (the caller's model,
+        which attacks and later requests keep using, stays fp32)."""
+        import copy
+
+        import torch
+
+        if not self.casts(model):
+            return model
+        # requires_grad on the copy's weights (it only ever runs under inference_mode): with frozen
+        # bf16 weights torch 2.13 takes a slower CPU path in generate — SmolLM2's 42 answers 1.1 s
+        # vs 4.2 s, a whole evaluation 4.9 s vs 11.8 s for LUNAR's and RMU's frozen models
+        return copy.deepcopy(model).to(torch.bfloat16).requires_grad_(True)
+
 
 def attack_scores(evaluator: Evaluator, model, tokenizer, split: Split, info: dict | None, seed: int = 0,
                   before: ModelEval | None = None) -> dict:
@@ -105,7 +132,16 @@ def attack_scores(evaluator: Evaluator, model, tokenizer, split: Split, info: di
         raise ValueError(f"unknown attack(s) {unknown}; registered: {sorted(ATTACKS)}")
     target = Target(model, tokenizer, evaluator.ds.for_edges(split.forget_edges, ("direct",)),
                     evaluator.ds.for_edges(split.neighbour_edges, ("direct",)), seed)
-    unattacked = {(q["question"], q["answer"]): q["rouge1"] for q in before.qa} if before is not None else None
+    unattacked = None
+    if before is not None and not evaluator.casts(model):
+        unattacked = {(q["question"], q["answer"]): q["rouge1"] for q in before.qa}
+    elif before is not None and names:
+        # the evaluation ran on a lower-precision copy; attacks score the model itself, so the
+        # unattacked reference is re-read from it: recovery compares like with like
+        gens = generate_answers(model, tokenizer, [r.question for r in target.forget],
+                                batch_size=evaluator.params.batch_size,
+                                max_new_tokens=evaluator.params.qa_max_new_tokens)
+        unattacked = {(r.question, r.answer): rouge_recall(g, r.answer)[0] for g, r in zip(gens, target.forget)}
     out = {}
     for name in names:
         att = ATTACKS[name]

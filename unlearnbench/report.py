@@ -64,8 +64,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _dataset(results_dir: Path, records: list[dict]):
-    """The dataset the cells were scored on and the config's scenario order (from the run's
-    config.yaml, else the records' preset/seed and file order)."""
+    """The dataset the cells were scored on, the config's scenario order and its evaluation
+    precision (from the run's config.yaml, else the records' preset/seed, file order, None)."""
     from pistol_data import generate
 
     cfg = results_dir / "config.yaml"
@@ -74,9 +74,9 @@ def _dataset(results_dir: Path, records: list[dict]):
         from .runner import load_dataset
 
         run = load_config(cfg)
-        return load_dataset(run), [s.label() for s in run.scenarios]
+        return load_dataset(run), [s.label() for s in run.scenarios], run.eval.precision
     d = records[0].get("dataset", {})
-    return generate(d.get("preset") or "pistol-mini", int(d.get("seed") or 0)), []
+    return generate(d.get("preset") or "pistol-mini", int(d.get("seed") or 0)), [], None
 
 
 class Study:
@@ -412,7 +412,7 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
     records = load_results(d)
     if not records:
         raise ValueError(f"{d} holds no result cells (expected {d / 'cells'}/*.json from `unlearnbench run`)")
-    ds, order = _dataset(d, records)
+    ds, order, precision = _dataset(d, records)
     st = Study(records, ds, order)
     if not st.methods:
         raise ValueError(f"{d} holds only reference rows; nothing to report")
@@ -450,7 +450,9 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
     head = (f"# Structural study: {first.get('experiment', d.name)}\n\n"
             f"Model `{first.get('model', {}).get('spec')}`, dataset {first.get('dataset', {}).get('preset')} "
             f"(seed {first.get('dataset', {}).get('seed')}), {len(st.methods)} methods × {len(st.scenarios)} scenarios "
-            f"× seeds {st.seeds}: {len(st.ok)} cells ok, {len(st.failed)} failed.\n\n## Findings\n\n"
+            f"× seeds {st.seeds}: {len(st.ok)} cells ok, {len(st.failed)} failed"
+            + (f"; evaluation precision `{precision}`" + (" (bf16 where native)" if precision == "auto" else "")
+               if precision else "") + ".\n\n## Findings\n\n"
             + ("\n".join(summary) or "- none measurable with these scenarios") + "\n")
     if st.failed:
         head += "\nFailed cells: " + ", ".join(f"`{r['row']}/{r['scenario']['label']}/seed{r.get('seed')}` "

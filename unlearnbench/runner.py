@@ -289,4 +289,7 @@ class Runner:
             log.error("cell %s failed: %s", cid, e)
             rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         write_atomic(self._path(cid), rec)
+        import gc
+
+        gc.collect()  # the cell's model copies sit in reference cycles; free them before the next cell
         return rec
