@@ -26,3 +26,19 @@ def reference_dir():
     if not REFERENCE.is_dir():
         pytest.skip("../shared/reference/pistol is not present")
     return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def grid_config():
+    """``make(cfg_dict, folder)``: the dict written to ``folder/c.yaml`` and loaded as a run config,
+    as ``unlearnbench run`` would load it."""
+    import yaml
+
+    from unlearnbench.config import load_config
+
+    def make(cfg: dict, folder: Path):
+        p = Path(folder) / "c.yaml"
+        p.write_text(yaml.safe_dump(cfg))
+        return load_config(p)
+
+    return make

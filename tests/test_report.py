@@ -8,9 +8,7 @@ import sys
 from statistics import mean
 
 import pytest
-import yaml
 
-from unlearnbench.config import load_config
 from unlearnbench.report import Study, write_report
 from unlearnbench.runner import Runner
 
@@ -31,11 +29,9 @@ CFG = {
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory):
+def study_dir(tmp_path_factory, grid_config):
     d = tmp_path_factory.mktemp("study")
-    p = d / "c.yaml"
-    p.write_text(yaml.safe_dump(CFG))
-    return Runner(load_config(p), out_dir=d / "r", progress=False).run()
+    return Runner(grid_config(CFG, d), out_dir=d / "r", progress=False).run()
 
 
 def _cells(d, row, scen):

@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from unlearnbench.config import load_config
 from unlearnbench.leaderboard import write_leaderboard
 from unlearnbench.runner import Runner
 from unlearnbench.schema import validate_dir
@@ -29,12 +27,10 @@ CFG = {
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(tmp_path_factory, grid_config):
     """A small grid, two seeds, with one row whose cells failed."""
     tmp = tmp_path_factory.mktemp("res")
-    p = tmp / "c.yaml"
-    p.write_text(yaml.safe_dump(CFG))
-    out = Runner(load_config(p), out_dir=tmp / "run", progress=False).run()
+    out = Runner(grid_config(CFG, tmp), out_dir=tmp / "run", progress=False).run()
     # failed cells, as the runner writes them when a method raises
     for seed in (0, 1):
         f = out / "cells" / f"broken__hub__seed{seed}.json"

@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 import methods
 from methods.base import REGISTRY, Method, MethodParams
-from unlearnbench.config import ConfigError, load_config
+from unlearnbench.config import ConfigError
 from unlearnbench.runner import Runner
 
 BASE = {
@@ -24,15 +23,14 @@ BASE = {
 }
 
 
-def _cfg(tmp_path, **over):
-    d = {**BASE, **over}
-    p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump(d))
-    return load_config(p)
+@pytest.fixture
+def make_cfg(tmp_path, grid_config):
+    """``BASE`` with top-level overrides, loaded as ``unlearnbench run`` loads a config."""
+    return lambda **over: grid_config({**BASE, **over}, tmp_path)
 
 
-def test_grid_writes_cells_and_leaderboard(tmp_path):
-    out = Runner(_cfg(tmp_path), out_dir=tmp_path / "r", progress=False).run()
+def test_grid_writes_cells_and_leaderboard(tmp_path, make_cfg):
+    out = Runner(make_cfg(), out_dir=tmp_path / "r", progress=False).run()
     cells = sorted(p.name for p in (out / "cells").glob("*.json"))
     assert cells == sorted(f"{m}__{s}__seed0.json" for m in ("none", "ga", "gd") for s in ("hub", "ind"))
     rec = json.loads((out / "cells" / "ga__hub__seed0.json").read_text())
@@ -51,8 +49,8 @@ class _Interrupt(BaseException):
     """Stands in for Ctrl-C (pytest handles a real KeyboardInterrupt itself)."""
 
 
-def test_resume_after_interrupt(tmp_path, monkeypatch):
-    cfg = _cfg(tmp_path)
+def test_resume_after_interrupt(tmp_path, make_cfg, monkeypatch):
+    cfg = make_cfg()
     calls, interrupt = [], [True]
     real = Runner._run_cell
 
@@ -89,10 +87,10 @@ class _Boom(Method):
         raise RuntimeError("boom: simulated divergence")
 
 
-def test_failing_cell_does_not_stop_grid(tmp_path):
+def test_failing_cell_does_not_stop_grid(tmp_path, make_cfg):
     methods.register_method("boom")(_Boom)
     try:
-        cfg = _cfg(tmp_path, methods=[{"name": "boom"}, {"name": "ga", "params": {"epochs": 1}}])
+        cfg = make_cfg(methods=[{"name": "boom"}, {"name": "ga", "params": {"epochs": 1}}])
         out = Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
     finally:
         REGISTRY.pop("boom")
@@ -111,9 +109,9 @@ def test_failing_cell_does_not_stop_grid(tmp_path):
     ({"finetune": {"mode": "half"}}, "finetune.mode"),
     ({"seeds": []}, "seeds"),
 ])
-def test_bad_config_clear_error(tmp_path, patch, message):
+def test_bad_config_clear_error(tmp_path, make_cfg, patch, message):
     with pytest.raises(ConfigError, match=message):
-        _cfg(tmp_path, **patch)
+        make_cfg(**patch)
 
 
 def test_cli_bad_config_exit_code(tmp_path):
@@ -128,8 +126,8 @@ def test_cli_bad_config_exit_code(tmp_path):
     assert r.returncode == 2 and "malformed YAML" in r.stderr
 
 
-def test_unknown_edge_in_scenario_fails_before_work(tmp_path):
-    cfg = _cfg(tmp_path, scenarios=[{"type": "edge", "edge": "Q_Z"}])
+def test_unknown_edge_in_scenario_fails_before_work(tmp_path, make_cfg):
+    cfg = make_cfg(scenarios=[{"type": "edge", "edge": "Q_Z"}])
     with pytest.raises(ValueError, match="valid edges"):
         Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
     assert not (tmp_path / "r" / "cells").exists()
