@@ -11,6 +11,8 @@ as method ``none`` for every scenario and seed, and the model before the implant
 from __future__ import annotations
 
 import copy
+import gc
+import json
 import logging
 import threading
 import time
@@ -173,8 +175,6 @@ class Runner:
         if not p.exists():
             return False
         if self.retry_failed:
-            import json
-
             return json.loads(p.read_text()).get("status") == "ok"
         return True
 
@@ -232,8 +232,6 @@ class Runner:
 
     def _log_run(self, started: str, seconds: float, cells_run: int) -> None:
         """Append this invocation's wall time to ``run_log.jsonl`` (a resumed run adds a line)."""
-        import json
-
         hw = hardware()
         line = {"started": started, "seconds": round(seconds, 1), "cells_run": cells_run,
                 "hardware": f"{hw['cpu_count']} CPU cores, {hw.get('cuda_device', 'no GPU')}"}
@@ -289,7 +287,5 @@ class Runner:
             log.error("cell %s failed: %s", cid, e)
             rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         write_atomic(self._path(cid), rec)
-        import gc
-
         gc.collect()  # the cell's model copies sit in reference cycles; free them before the next cell
         return rec
