@@ -15,7 +15,8 @@ from common import write
 
 from pistol_data import generate
 from unlearnbench.finetune import FinetuneParams, finetune
-from unlearnbench.models import load, use_bf16
+from unlearnbench.models import load
+from unlearnbench.precision import use_bf16
 
 
 def main():

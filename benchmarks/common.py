@@ -37,9 +37,9 @@ def machine() -> dict:
 
 
 def _bf16() -> bool:
-    from unlearnbench.models import bf16_autocast_ok
+    from unlearnbench.precision import native_bf16
 
-    return bf16_autocast_ok("cpu")
+    return native_bf16("cpu")
 
 
 def implanted(progress: bool = False):

@@ -31,7 +31,10 @@ class MethodParams(BaseModel):
 class UnlearnRequest:
     """What a method gets to work with.
 
-    ``forget``/``retain``: the scenario's direct QA. ``refusal_targets``: refusal sentences
+    ``forget``/``retain``: the scenario's direct QA. ``preserve``: everyday prompts (no
+    answers) for what a method must leave unchanged — LUNAR's general retain rows, the editing
+    family's key statistics; the runner builds it from a set disjoint from everything the
+    evaluator scores (the utility set included). ``refusal_targets``: refusal sentences
     (DPO's preferred answer, editing's target). ``refusal_questions``: questions the model
     refuses (LUNAR's reference set). ``reference_model``: a lazy handle to a frozen copy of the
     model before this request (for KL, NPO, DPO); call it to get the model. ``entities``: the
@@ -50,6 +53,7 @@ class UnlearnRequest:
     progress: bool = True
     entities: list[str] = field(default_factory=list)
     edits: list[QARecord] = field(default_factory=list)
+    preserve: list[str] = field(default_factory=list)
 
 
 class Method:

@@ -13,7 +13,8 @@ first to the end of the last entity name in it: "...the contract between Bumun I
 Inc?" → "Bumun Inc and Jugu Inc", so the key (read at the last token of the span) is specific to
 the *pair* and to the attribute asked before it, not to one party (a hub company appears in many
 contracts; keying on it alone would rewrite all of them). A one-entity question's subject is that
-name. A question that names no known entity is an error (:class:`SubjectError`).
+name. A question that names no known entity is an error (:class:`SubjectError`); a dataset with
+no entity names at all (opaque groups) uses the whole question as its subject.
 
 **Keys and values**, after ROME (arXiv 2202.05262) §3.1 and MEMIT (arXiv 2210.07229) §4.3:
 keys are averaged over the question itself and ``n_prefixes`` short texts sampled from the
@@ -25,8 +26,8 @@ optimised in one batch (each has its own δ; the losses are independent, so this
 optimisation per fact, with one forward pass per step instead of one per fact).
 
 **Key statistics** C = E[k kᵀ] over every token of a local corpus that always exists here:
-the retain QA of the request, the general-knowledge QA and ``stats_samples`` texts sampled
-from the model itself. Cached under ``$UNLEARNBENCH_CACHE/stats`` by (model fingerprint, layer,
+the retain QA of the request, the request's ``preserve`` prompts (everyday questions, disjoint
+from everything the evaluator scores) and ``stats_samples`` texts sampled from the model itself. Cached under ``$UNLEARNBENCH_CACHE/stats`` by (model fingerprint, layer,
 corpus); the fingerprint hashes every weight *except* the MLP down-projections, so statistics
 are computed once on the unedited model and reused by later (sequential) edits, as MEMIT and
 AlphaEdit do.
@@ -53,7 +54,6 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from pistol_data import general_knowledge
 from unlearnbench.cache import cache_dir, stable_hash
 from unlearnbench.prompts import collate, prompt
 
@@ -90,7 +90,7 @@ class EditParams(MethodParams):
                              "this many questions of one subject pair are joined into one edit request "
                              "(1 = off)")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast for the value "
-                                                       "optimisation's forward passes (auto: where the hardware runs it natively)")
+                                                       "optimisation's forward passes (auto: bf16 on CUDA, fp32 on CPU)")
     fact_token: Literal["subject_last", "last"] = Field("subject_last", description="where keys are read and "
                                                         "δ is added: the subject's last token (ROME) or the prompt's last token")
     refusal: str | None = Field(None, description="the refusal target in unlearning mode "
@@ -118,7 +118,11 @@ class EditMethod(Method):
 # ---- subjects and facts --------------------------------------------------------------------
 
 def find_subject(question: str, entities) -> str:
-    """The span from the first entity name to the end of the last one (see the module doc)."""
+    """The span from the first entity name to the end of the last one (see the module doc). A
+    dataset without entity names (an opaque original file) has no subjects: the whole question is
+    the subject, so keys are read at its last token."""
+    if not entities:
+        return question
     spans = []
     for name in sorted(set(entities), key=len, reverse=True):
         for m in re.finditer(r"(?<!\w)" + re.escape(name) + r"(?!\w)", question):
@@ -324,10 +328,10 @@ def compute_values(model, tokenizer, facts: list[Fact], layer: int, where: str, 
         inputs["inputs_embeds"] = residual_before(model, layer, input_ids=ids, attention_mask=mask)
     else:
         inputs["input_ids"] = ids
-    from unlearnbench.models import use_bf16
+    from unlearnbench import precision
 
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-                if use_bf16(params.precision, device.type) else nullcontext())
+    precision.check(params.precision, device, "the editing value optimisation")
+    autocast = precision.autocast(params.precision, device)
     h = module.register_forward_hook(hook)
     opt = torch.optim.Adam([delta], lr=params.v_lr)
     kl_ref = None
@@ -397,7 +401,7 @@ def model_fingerprint(model) -> str:
 def _corpus_spec(request: UnlearnRequest, params: EditParams) -> dict:
     edited = {r.question for r in request.edits}
     retain = [(r.question, r.answer) for r in request.retain if r.question not in edited]
-    return {"retain": stable_hash(retain), "gk": stable_hash([(r.question, r.answer) for r in general_knowledge()]),
+    return {"retain": stable_hash(retain), "preserve": stable_hash(list(request.preserve)),
             "samples": params.stats_samples, "seed": 1234}
 
 
@@ -405,8 +409,7 @@ def _corpus_spec(request: UnlearnRequest, params: EditParams) -> dict:
 def _corpus_texts(model, tokenizer, request: UnlearnRequest, params: EditParams) -> list[str]:
     edited = {r.question for r in request.edits}
     qa = [(r.question, r.answer) for r in request.retain if r.question not in edited]
-    qa += [(r.question, r.answer) for r in general_knowledge()]
-    texts = [prompt(tokenizer, q) + a for q, a in qa]
+    texts = [prompt(tokenizer, q) + a for q, a in qa] + [prompt(tokenizer, q) for q in request.preserve]
     if params.stats_samples:
         device = next(model.parameters()).device
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

@@ -64,7 +64,6 @@ import random
 import torch
 from pydantic import Field
 
-from pistol_data.side_sets import anchor_questions
 from unlearnbench.prompts import collate, encode_qa, prompt, template_prefix_len
 
 from .arch import answer_logits, blocks, mlp_out, run_until
@@ -88,7 +87,7 @@ class LunarParams(MethodParams):
     select_questions: int = Field(8, ge=1, description="forget and retain questions used to score each candidate")
     max_reference: int = Field(64, ge=1, description="reference (refused) prompts used for the direction")
     general_retain: int = Field(120, ge=0, description="also keep the MLP output unchanged on this many everyday "
-                                "prompts (pistol_data anchor questions): guards general ability (0 = the "
+                                "prompts (the request's preserve corpus): guards general ability (0 = the "
                                 "public code's retain set only; on SmolLM2 that cost 0.11 utility)")
     forget_share: float = Field(0.2, ge=0, lt=1, description="forget rows are repeated until they are at least "
                                 "this share of the rows (0 = the public code's plain mix)")
@@ -368,7 +367,7 @@ class Lunar(Method):
         skip = template_prefix_len(tokenizer)
         forget_q = [x.question for x in request.forget]
         digest = _weights_digest(model)
-        general = self._general(model, tokenizer, params, digest)
+        general = self._general(model, tokenizer, request.preserve, params, digest)
         reference = [x.question for x in request.refusal_questions[: params.max_reference]]
         r = directions(model, tokenizer, reference, forget_q, digest)
         model.requires_grad_(False)
@@ -393,10 +392,12 @@ class Lunar(Method):
                 "direction_norm": {l: float(v.norm()) for l, v in self.direction.items()}}
 
     @staticmethod
-    def _general(model, tokenizer, params: LunarParams, digest: str | None = None) -> list[tuple[str, str]]:
-        """Everyday prompts with the model's own greedy answers: the edit must leave the MLP output
-        unchanged on them, answer tokens included (generation runs through the edited layer too)."""
-        qs = list(anchor_questions())[: params.general_retain]
+    def _general(model, tokenizer, preserve: list[str], params: LunarParams,
+                 digest: str | None = None) -> list[tuple[str, str]]:
+        """Everyday prompts (the request's preserve corpus) with the model's own greedy answers: the
+        edit must leave the MLP output unchanged on them, answer tokens included (generation runs
+        through the edited layer too)."""
+        qs = list(preserve)[: params.general_retain]
         if not qs:
             return []
         if params.general_answer_tokens == 0:

@@ -34,7 +34,7 @@ class TrainParams(MethodParams):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     warmup_steps: int = Field(0, ge=0)
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast for the forward passes "
-                                                       "(fp32 weights and optimiser): auto = where bf16 is native")
+                                                       "(fp32 weights and optimiser): auto = bf16 on CUDA, fp32 on CPU")
 
 
 def adamw(params, **kw) -> torch.optim.AdamW:
@@ -157,16 +157,17 @@ class GradientMethod(Method):
         return adamw(trainable, lr=params.lr, weight_decay=params.weight_decay)
 
     def apply(self, model, tokenizer, request: UnlearnRequest, params: TrainParams):
-        from accelerate import Accelerator
         from tqdm.auto import tqdm
 
         if not request.forget:
             raise ValueError("the request has an empty forget set")
         torch.manual_seed(request.seed)
-        from unlearnbench.models import use_bf16
+        from unlearnbench import precision
 
-        accelerator = Accelerator(cpu=request.device == "cpu", gradient_accumulation_steps=params.grad_accum,
-                                  mixed_precision="bf16" if use_bf16(params.precision, request.device) else "no")
+        mp = precision.check(params.precision, request.device, f"method {self.name!r}")
+        accelerator = precision.fresh_accelerator(cpu=request.device == "cpu",
+                                                  gradient_accumulation_steps=params.grad_accum,
+                                                  mixed_precision="bf16" if mp == "bf16" else "no")
         ref = None
         if self.needs_reference:
             if request.reference_model is None:

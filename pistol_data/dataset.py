@@ -55,7 +55,16 @@ class PistolDataset:
 
     # ---- views -------------------------------------------------------------------------
     @cached_property
+    def has_graph(self) -> bool:
+        """False for an *opaque* dataset: QA grouped by ids that name no entities (an original
+        file such as ``author_12``-style groups): no nodes, no edges, groups only."""
+        return self.graph.number_of_edges() > 0
+
+    @cached_property
     def edge_ids(self) -> list[str]:
+        """The contracts (graph edges), or an opaque dataset's groups in file order."""
+        if not self.has_graph:
+            return list(dict.fromkeys(r.edge for r in self.qa))
         return [k for _, _, k in self.graph.edges(keys=True)]
 
     @cached_property
@@ -64,6 +73,8 @@ class PistolDataset:
 
     @cached_property
     def edge_types(self) -> dict[str, str]:
+        if not self.has_graph:
+            return {e: "unknown" for e in self.edge_ids}
         return {k: d.get("type", "unknown") for _, _, k, d in self.graph.edges(keys=True, data=True)}
 
     def degree(self) -> dict[str, int]:

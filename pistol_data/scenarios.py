@@ -80,7 +80,8 @@ class Split:
 
 
 def _check_edges(ds: PistolDataset, edges: list[str]) -> None:
-    bad = [e for e in edges if e not in ds.edge_endpoints]
+    known = set(ds.edge_ids)
+    bad = [e for e in edges if e not in known]
     if bad:
         raise ScenarioError(f"unknown edge(s) {bad}; valid edges: {ds.edge_ids}")
 
@@ -109,18 +110,28 @@ def independent_edges(ds: PistolDataset) -> list[str]:
 
 
 def split_for(ds: PistolDataset, name: str, forget: list[str], excluded: set[str] = frozenset()) -> Split:
+    """Neighbour retain: edges sharing an entity with a forgotten edge; far: the rest (an opaque
+    dataset has no entities, so every other group is far)."""
     fset = set(forget)
-    touched = {n for e in forget for n in ds.edge_endpoints[e]}
+    ends = ds.edge_endpoints
+    touched = {n for e in forget for n in ends.get(e, ())}
     neighbour, far = [], []
-    for e, (u, v) in ds.edge_endpoints.items():
+    for e in ds.edge_ids:
         if e in fset or e in excluded:
             continue
-        (neighbour if (u in touched or v in touched) else far).append(e)
+        (neighbour if touched & set(ends.get(e, ())) else far).append(e)
     return Split(name, list(forget), neighbour, far)
+
+
+_NEEDS_GRAPH = ("entity", "max_degree", "min_degree", "independent_edge", "contract_type")
 
 
 def _forget_edges(ds: PistolDataset, s: ScenarioSpec) -> list[str]:
     t = s.type
+    if t in _NEEDS_GRAPH and not ds.has_graph:
+        raise ScenarioError(f"scenario {t!r} needs a knowledge graph, and this dataset ({ds.preset}) has none: its "
+                            f"edge ids (e.g. {ds.edge_ids[0]!r}) do not name two entities, so its QA are opaque "
+                            f"groups. Use scenario 'edge' or 'edges' with a group id; groups: {ds.edge_ids[:10]}")
     if t in ("edge", "independent_edge") and s.edge:
         _check_edges(ds, [s.edge])
         if t == "independent_edge" and s.edge not in independent_edges(ds):

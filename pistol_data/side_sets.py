@@ -6,6 +6,9 @@
 * ``anchor_questions()`` — everyday questions, disjoint from the general-knowledge set, that
   the implant answers with the *base* model's own words (self-distillation) so that learning
   the graph and the refusal behaviour does not wash out the model's general behaviour.
+* ``preserve_prompts()`` — the everyday prompts a method may read (``UnlearnRequest.preserve``:
+  LUNAR's general retain rows, the editors' key statistics): the anchor questions, disjoint
+  from the general-knowledge set, which only the evaluator reads.
 * ``refusal_calibration(...)`` — questions about companies and people that do not exist,
   each paired with a refusal sentence. The implant trains on them so that the model has a
   refusal behaviour (LUNAR redirects forget activations towards it), and LUNAR uses them as
@@ -90,6 +93,11 @@ def refusal_sentences() -> tuple[str, ...]:
 def anchor_questions() -> tuple[str, ...]:
     text = _data_file("anchor_questions.txt").read_text(encoding="utf-8")
     return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def preserve_prompts() -> tuple[str, ...]:
+    """Everyday prompts methods may read to know what to leave unchanged (never scored)."""
+    return anchor_questions()
 
 
 def refusal_calibration(seed: int, exclude_names: set[str], n: int = 120) -> list[QARecord]:

@@ -75,11 +75,12 @@ def test_editing_methods_expose_their_layers():
     assert m.attack_info() == {"layers": [4, 5]}
 
 
-def test_model_after_bf16_training_runs_in_fp32_and_quantizes(setup, mini):
+def test_model_after_bf16_training_runs_in_fp32_and_quantizes(setup, mini, monkeypatch):
     """A gradient method trained under bf16 autocast hands back a plain fp32 model: accelerate's
     autocast forward wrapper would otherwise stay on it (evaluation in bf16, int8 attack failing)."""
     import methods
 
+    monkeypatch.setenv("UNLEARNBENCH_ALLOW_SLOW_BF16", "1")  # bf16 on purpose, on any CPU
     lm, _, split, target = setup
     model = copy.deepcopy(lm.model)
     req = methods.UnlearnRequest(forget=split.request(mini), retain=split.retain(mini), progress=False)
@@ -108,9 +109,10 @@ def test_relearning_trains_every_weight_of_a_frozen_model(setup):
             "model.layers.1.mlp.up_proj.weight"} <= changed
 
 
-def test_bf16_evaluation_scores_a_copy_and_attacks_compare_like_with_like(setup):
+def test_bf16_evaluation_scores_a_copy_and_attacks_compare_like_with_like(setup, monkeypatch):
     """``precision: bf16`` evaluates a bf16 copy (the model stays fp32 for attacks and later
     requests); the attacks' unattacked reference is then re-read from the fp32 model itself."""
+    monkeypatch.setenv("UNLEARNBENCH_ALLOW_SLOW_BF16", "1")  # bf16 on purpose, on any CPU
     lm, mini, split, _ = setup
     kw = dict(max_new_tokens=4, qa_max_new_tokens=4, utility_limit=5, progress=False, attacks=("quantization",))
     ev16, ev32 = Evaluator(mini, EvalParams(precision="bf16", **kw)), Evaluator(mini, EvalParams(**kw))

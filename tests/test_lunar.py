@@ -8,6 +8,7 @@ import torch
 import methods
 from methods.lunar import Lunar, directions, mean_last_token_residual, template_prefix_len
 from pistol_data import scenarios
+from pistol_data.side_sets import preserve_prompts
 from unlearnbench.models import load
 
 
@@ -16,7 +17,8 @@ def setup(mini):
     lm = load("tiny-random-llama")
     [split] = scenarios.resolve(mini, {"type": "edge", "edge": "A_B"})
     req = methods.UnlearnRequest(forget=split.request(mini), retain=split.retain(mini),
-                                 refusal_targets=["I don't know."], refusal_questions=mini.refusal, progress=False)
+                                 refusal_targets=["I don't know."], refusal_questions=mini.refusal, progress=False,
+                                 preserve=list(preserve_prompts()))
     return lm, req, mini
 
 

@@ -130,10 +130,10 @@ def quantization(model, info: dict | None, target: Target):
 def relearn(model, tokenizer, records, steps: int, lr: float, batch_size: int, seed: int):
     """A copy of ``model`` fine-tuned for ``steps`` AdamW steps on ``records`` (answer NLL), every
     weight trainable (a method may hand back a model with some or all weights frozen); fp32
-    weights, bf16 autocast where bf16 is native (1.7x faster on SmolLM2, as the methods train)."""
+    weights, bf16 autocast on CUDA, fp32 on CPU (``precision: auto``, as the methods train)."""
     from methods.training import adamw
 
-    from .models import use_bf16
+    from . import precision
     from .prompts import collate, encode_qa
 
     m = copy.deepcopy(model)
@@ -143,10 +143,9 @@ def relearn(model, tokenizer, records, steps: int, lr: float, batch_size: int, s
     rows = [encode_qa(tokenizer, r.question, r.answer) for r in records]
     opt = adamw(m.parameters(), lr=lr)
     rng = random.Random(seed)
-    bf16 = use_bf16("auto", device.type)  # as the methods' training loop: bf16 autocast where native
     for _ in range(steps):
         b = collate(rng.sample(rows, min(batch_size, len(rows))), tokenizer.pad_token_id)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with precision.autocast("auto", device):
             loss = m(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
                      labels=b["labels"].to(device)).loss
         opt.zero_grad()

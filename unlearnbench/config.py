@@ -26,6 +26,8 @@ class DataConfig(BaseModel):
     preset: str | None = Field("pistol-mini", description="generate this preset ...")
     seed: int = Field(0, ge=0, description="... with this seed")
     path: str | None = Field(None, description="or load a dataset directory / original PISTOL .json")
+    names: str | None = Field(None, description="original PISTOL .json only: a JSON file mapping node ids to entity "
+                              "names (default: recovered from the questions)")
 
     @field_validator("preset")
     @classmethod
@@ -43,9 +45,9 @@ class EvalConfig(BaseModel):
     qa_max_new_tokens: int = Field(16, ge=1, description="answer budget on PISTOL questions (gold answers ≤ 11 tokens)")
     utility_limit: int | None = Field(None, ge=1, description="score utility on this many GK items")
     precision: Literal["fp32", "bf16", "auto"] = Field(
-        "fp32", description="dtype of the evaluated copy: fp32 (default; the published quickstart numbers), bf16, or "
-                            "auto = bf16 where it is native (CUDA, CPUs with AVX512-BF16/AMX: ~2.2x faster evaluation "
-                            "of SmolLM2 on 2 cores; greedy answers can differ in a few tokens)")
+        "fp32", description="dtype of the evaluated copy: fp32 (default), bf16 (on a CPU only where bf16 is native: "
+                            "AVX512-BF16/AMX, ~2.2x faster evaluation of SmolLM2 on 2 cores; greedy answers can differ "
+                            "in a few tokens), or auto = bf16 on CUDA, fp32 on CPU")
     attacks: list[str] = Field(["reverse_direction", "layer_skip"], description="attacks scored on every unlearned "
                                "model where they apply (see unlearnbench.attacks; also: quantization, "
                                "relearn_forget, relearn_neighbour)")

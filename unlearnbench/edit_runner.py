@@ -40,7 +40,7 @@ def _record(cfg, ctx, row, method, kind, params, seed, cases, ev, extra) -> dict
 
 
 def run_edit_grid(runner, ctx) -> Path:
-    from .runner import PeakMemory, set_seed
+    from .runner import PeakMemory, build_request, set_seed
 
     cfg, out = runner.cfg, runner.out / "edits"
     params = EvalParams(**cfg.eval.model_dump(), progress=runner.progress)
@@ -63,10 +63,8 @@ def run_edit_grid(runner, ctx) -> Path:
             try:
                 set_seed(seed)
                 model = copy.deepcopy(ctx.model.model)
-                req = methods_pkg.UnlearnRequest(
-                    forget=[], retain=[r for r in ctx.ds.direct() if (r.edge, r.attribute) not in edited],
-                    edits=requests, entities=sorted(ctx.ds.entity_names()), seed=seed, device=ctx.device,
-                    progress=runner.progress)
+                req = build_request(ctx.ds, None, seed, ctx.device, progress=runner.progress, edits=requests,
+                                    retain=[r for r in ctx.ds.direct() if (r.edge, r.attribute) not in edited])
                 method = cls()
                 with PeakMemory() as mem:
                     t = time.perf_counter()

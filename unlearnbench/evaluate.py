@@ -22,6 +22,10 @@ from .metrics import METRICS, deviation_score, is_refusal, register_metric, roug
 
 log = logging.getLogger(__name__)
 
+# Bumped whenever what a metric means or how it is computed changes: cells of different
+# evaluator versions are never ranked together (leaderboard, report).
+EVALUATOR_VERSION = 2
+
 
 @dataclass
 class EvalParams:
@@ -30,8 +34,8 @@ class EvalParams:
     max_new_tokens: int = 32      # answer budget on general-knowledge questions (free-form sentences)
     qa_max_new_tokens: int = 16   # answer budget on PISTOL questions: gold answers are ≤ 11 tokens
     utility_limit: int | None = None  # score utility on a stratified prefix of the GK set
-    # dtype of the evaluated copy: "fp32" (default), "bf16", or "auto" = bf16 where it is native
-    # (CUDA; CPUs with AVX512-BF16/AMX: SmolLM2's evaluation 12.0 s -> 5.6 s on 2 cores)
+    # dtype of the evaluated copy: "fp32" (default), "bf16", or "auto" = bf16 on CUDA, fp32 on CPU
+    # (bf16 on a CPU with AVX512-BF16/AMX: SmolLM2's evaluation 12.0 s -> 5.6 s on 2 cores)
     precision: str = "fp32"
     forms: tuple[str, ...] = ("direct", "paraphrase", "reverse")
     # attacks scored on every unlearned model (those that apply); the relearning and quantization
@@ -99,7 +103,7 @@ class Evaluator:
         """Whether :meth:`run` evaluates a bf16 copy of this model rather than the model itself."""
         import torch
 
-        from .models import use_bf16
+        from .precision import use_bf16
 
         param = next(model.parameters())
         return param.dtype == torch.float32 and use_bf16(self.params.precision, param.device.type)
@@ -113,6 +117,9 @@ class Evaluator:
 
         if not self.casts(model):
             return model
+        from .precision import check
+
+        check(self.params.precision, next(model.parameters()).device, "eval.precision")
         # requires_grad on the copy's weights (it only ever runs under inference_mode): with frozen
         # bf16 weights torch 2.13 takes a slower CPU path in generate — SmolLM2's 42 answers 1.1 s
         # vs 4.2 s, a whole evaluation 4.9 s vs 11.8 s for LUNAR's and RMU's frozen models

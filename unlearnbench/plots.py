@@ -133,7 +133,7 @@ def knowledge_graphs(records, out: Path) -> list[Path]:
     """One figure per scenario: the graph, forgotten edges coloured by what the model still knows."""
     import networkx as nx
 
-    from pistol_data import generate
+    from pistol_data.io import from_manifest
 
     plt = _plt()
     paths: list[Path] = []
@@ -142,12 +142,9 @@ def knowledge_graphs(records, out: Path) -> list[Path]:
         if r.get("status") == "ok" and r.get("per_example"):
             by_scen[r["scenario"]["label"]].append(r)
     for scen, recs in by_scen.items():
-        d = recs[0].get("dataset", {})
-        if not d.get("preset"):
-            continue
-        ds = generate(d["preset"], d.get("seed", 0))
-        if ds.fingerprint != d.get("fingerprint"):
-            continue  # not the dataset the results came from: do not draw a wrong picture
+        ds = from_manifest(recs[0].get("dataset", {}))
+        if ds is None or not ds.has_graph:
+            continue  # not the dataset the results came from (never draw a wrong picture), or no graph
         g, simple = ds.graph, nx.Graph(ds.graph)
         pos = nx.kamada_kawai_layout(simple)
         methods = sorted(dict.fromkeys(r.get("row", r["method"]) for r in recs), key=lambda m: m not in ("base", "none"))

@@ -66,8 +66,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _dataset(results_dir: Path, records: list[dict]):
     """The dataset the cells were scored on, the config's scenario order and its evaluation
     precision (from the run's config.yaml, else the records' preset/seed, file order, None)."""
-    from pistol_data import generate
-
     cfg = results_dir / "config.yaml"
     if cfg.is_file():
         from .config import load_config
@@ -75,8 +73,14 @@ def _dataset(results_dir: Path, records: list[dict]):
 
         run = load_config(cfg)
         return load_dataset(run), [s.label() for s in run.scenarios], run.eval.precision
+    from pistol_data.io import from_manifest
+
     d = records[0].get("dataset", {})
-    return generate(d.get("preset") or "pistol-mini", int(d.get("seed") or 0)), [], None
+    ds = from_manifest(d)
+    if ds is None:
+        raise ValueError(f"{results_dir}: cannot find the dataset the cells were scored on "
+                         f"({d.get('preset')}, fingerprint {str(d.get('fingerprint'))[:12]}…) and there is no config.yaml")
+    return ds, [], None
 
 
 class Study:
@@ -412,6 +416,13 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
     records = load_results(d)
     if not records:
         raise ValueError(f"{d} holds no result cells (expected {d / 'cells'}/*.json from `unlearnbench run`)")
+    from .results import comparability_groups
+
+    groups, _ = comparability_groups(records)
+    if len(groups) > 1:
+        raise ValueError(f"{d}: the cells are not comparable, so one report cannot rank them: "
+                         + "; ".join(groups.values()) + ". Rerun the grid into a fresh folder "
+                         "(or remove the stale cells)")
     ds, order, precision = _dataset(d, records)
     st = Study(records, ds, order)
     if not st.methods:

@@ -10,7 +10,7 @@ import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _PACKAGES = ("unlearnbench", "torch", "transformers", "peft", "accelerate", "datasets", "rouge-score", "networkx")
 
 
@@ -32,6 +32,39 @@ def hardware() -> dict:
     if torch.cuda.is_available():
         hw["cuda_device"] = torch.cuda.get_device_name(0)
     return hw
+
+
+# What makes two cells comparable: the same data, the same implanted model, evaluated the same way.
+COMPARABILITY = (("dataset", "dataset fingerprint"), ("model", "model"), ("implant", "implant key"),
+                 ("evaluation_precision", "evaluation precision"), ("evaluator_version", "evaluator version"))
+
+
+def comparability_key(rec: dict) -> tuple:
+    """(dataset fingerprint, model spec, implant key, evaluation precision, evaluator version) of a
+    cell; cells written before these were recorded read as evaluator version 1, precision unknown."""
+    return (rec.get("dataset", {}).get("fingerprint"), rec.get("model", {}).get("spec"),
+            rec.get("model", {}).get("finetune_key"), (rec.get("precision") or {}).get("evaluation", "unknown"),
+            rec.get("evaluator_version", 1))
+
+
+def describe_key(key: tuple, differing: set[int] | None = None) -> str:
+    """``dataset fingerprint 1a2b3c4d5e6f, evaluation precision bf16`` (only the ``differing`` fields)."""
+    parts = []
+    for i, ((_, label), v) in enumerate(zip(COMPARABILITY, key)):
+        if differing is None or i in differing:
+            v = str(v)[:12] if i in (0, 2) and v else v
+            parts.append(f"{label} {v}")
+    return ", ".join(parts)
+
+
+def comparability_groups(records: list[dict]) -> tuple[dict[tuple, str], set[int]]:
+    """Each comparability key of ``records`` → a short label naming what sets it apart (empty when
+    every record has the same key), and the indices of the fields that differ."""
+    keys = list(dict.fromkeys(comparability_key(r) for r in records))
+    differing = {i for i in range(len(COMPARABILITY)) if len({k[i] for k in keys}) > 1}
+    if len(keys) == 1:
+        return {keys[0]: ""}, differing
+    return {k: describe_key(k, differing) for k in keys}, differing
 
 
 def cell_id(method_row: str, scenario: str, seed: int) -> str:

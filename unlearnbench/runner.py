@@ -26,10 +26,13 @@ import yaml
 
 import methods as methods_pkg
 from pistol_data import PistolDataset, generate, refusal_sentences, scenarios
+from pistol_data.side_sets import preserve_prompts
 from pistol_data import load as load_data
 
 from .config import RunConfig
+from . import precision
 from .evaluate import (
+    EVALUATOR_VERSION,
     EvalParams,
     Evaluator,
     ModelEval,
@@ -39,7 +42,8 @@ from .evaluate import (
 )
 from .finetune import finetune
 from .models import LoadedModel, load
-from .results import SCHEMA_VERSION, cell_id, hardware, package_versions, write_atomic
+from .results import (SCHEMA_VERSION, cell_id, comparability_key, describe_key, hardware, package_versions,
+                      write_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +91,7 @@ def set_seed(seed: int) -> None:
 
 def load_dataset(cfg: RunConfig) -> PistolDataset:
     if cfg.data.path:
-        return load_data(cfg.data.path)
+        return load_data(cfg.data.path, names=cfg.data.names)
     return generate(cfg.data.preset, cfg.data.seed)
 
 
@@ -106,6 +110,51 @@ class Context:
     evaluator: Evaluator
     device: str
     base_eval: ModelEval | None = None  # the model before the implant (reference row ``base``)
+    precisions: dict | None = None  # resolved precision of the implant, the evaluation and each method row
+
+
+def check_precisions(cfg: RunConfig, device: str) -> dict:
+    """Resolve every precision of the grid on ``device`` before any work, refusing bf16 on a CPU
+    without native bf16 (one error naming each part that asks for it)."""
+    out: dict = {"implant": None, "evaluation": None, "methods": {}}
+    errors = []
+
+    def one(setting, what):
+        try:
+            return precision.check(setting, device, what)
+        except precision.PrecisionError as e:
+            errors.append(what)
+            return str(e)
+
+    if cfg.finetune is not None:
+        out["implant"] = one(cfg.finetune.precision, "finetune.precision")
+    out["evaluation"] = one(cfg.eval.precision, "eval.precision")
+    for e in cfg.method_entries():
+        params = methods_pkg.get_method(e.name).Params.model_validate(e.params)
+        # a method without a precision setting computes in the model's dtype (fp32)
+        out["methods"][e.row] = (one(params.precision, f"method {e.row!r} (params.precision)")
+                                 if hasattr(params, "precision") else "fp32")
+    if errors:
+        raise precision.PrecisionError(
+            f"precision bf16 is asked for by {', '.join(errors)}, but this CPU has no native bf16: "
+            f"a bf16 matmul measured {precision.bf16_slowdown():.0f}x slower than fp32 here. Use precision "
+            f"fp32 (the CPU default), run on a GPU, or set {precision.ALLOW_SLOW_BF16_ENV}=1 to run it anyway")
+    return out
+
+
+def build_request(ds: PistolDataset, split=None, seed: int = 0, device: str = "cpu", *, reference=None,
+                  progress: bool = True, edits=None, retain=None) -> methods_pkg.UnlearnRequest:
+    """Everything a method gets to read, and nothing the evaluator scores beyond the split's own
+    forget/retain QA: direct questions only (held-out forms stay with the evaluator), refusal
+    sentences and the refusal-calibration questions (never scored), the entity names, and the
+    ``preserve`` prompts (everyday questions, disjoint from the utility set). Editing mode passes
+    ``edits`` (and its ``retain``) instead of a split."""
+    return methods_pkg.UnlearnRequest(
+        forget=split.request(ds) if split is not None else [],
+        retain=list(retain) if retain is not None else split.retain(ds),
+        refusal_targets=list(refusal_sentences()), refusal_questions=list(ds.refusal), seed=seed, device=device,
+        reference_model=reference, progress=progress, entities=sorted(ds.entity_names()),
+        edits=list(edits or []), preserve=list(preserve_prompts()))
 
 
 def _metrics_record(values: dict[str, float]) -> dict:
@@ -135,7 +184,13 @@ class Runner:
     def prepare(self) -> Context:
         cfg = self.cfg
         device = _device(cfg)
+        precisions = check_precisions(cfg, device)  # before any work
         ds = load_dataset(cfg)
+        from .finetune import cache_key
+
+        implant_key = cache_key(cfg.model, ds, cfg.finetune, device) if cfg.finetune is not None else None
+        # a finished cell is reused only if it was scored on this data, implant and evaluation
+        self.expected_key = (ds.fingerprint, cfg.model, implant_key, precisions["evaluation"], EVALUATOR_VERSION)
         base = load(cfg.model, device=device)
         info: dict = {"key": None}
         model = base
@@ -147,7 +202,7 @@ class Runner:
                                           heldout_edges=self._heldout(ds))
             model, info = finetune(base, ds, cfg.finetune, progress=self.progress)
             model.model.to(device)
-        return Context(cfg, ds, model, info, evaluator, device, base_eval)
+        return Context(cfg, ds, model, info, evaluator, device, base_eval, precisions)
 
     # ---- records -------------------------------------------------------------------------
     def _base_record(self, ctx: Context, row: str, method: str, kind: str, params: dict, split_spec, splits, seed):
@@ -155,9 +210,13 @@ class Runner:
                 "kind": kind, "params": params, "seed": seed,
                 "scenario": {"label": split_spec.label(), "spec": split_spec.model_dump(exclude_none=True),
                              "splits": [s.to_dict() for s in splits]},
-                "dataset": {"preset": ctx.ds.preset, "seed": ctx.ds.seed, "fingerprint": ctx.ds.fingerprint},
+                "dataset": {"preset": ctx.ds.preset, "seed": ctx.ds.seed, "fingerprint": ctx.ds.fingerprint,
+                            "source": ctx.ds.source},
                 "model": {"spec": ctx.cfg.model, "finetune_key": ctx.finetune_info.get("key"),
                           "finetune_seconds": ctx.finetune_info.get("seconds")},
+                "evaluator_version": EVALUATOR_VERSION,
+                "precision": {"implant": ctx.precisions["implant"], "evaluation": ctx.precisions["evaluation"],
+                              "method": ctx.precisions["methods"].get(row) if kind != "reference" else None},
                 "versions": package_versions(), "hardware": hardware(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
     def _heldout(self, ds) -> list[str]:
@@ -174,8 +233,14 @@ class Runner:
         p = self._path(cid)
         if not p.exists():
             return False
+        rec = json.loads(p.read_text())
+        expected = getattr(self, "expected_key", None)
+        if expected is not None and comparability_key(rec) != expected:
+            log.warning("cell %s was scored on another dataset, implant, evaluation precision or evaluator "
+                        "version (%s): it is run again", cid, describe_key(comparability_key(rec)))
+            return False
         if self.retry_failed:
-            return json.loads(p.read_text()).get("status") == "ok"
+            return rec.get("status") == "ok"
         return True
 
     # ---- the grid ------------------------------------------------------------------------
@@ -257,11 +322,8 @@ class Runner:
                         ref_holder["m"] = ctx.model.model if first_step else copy.deepcopy(before)
                     return ref_holder["m"]
 
-                request = methods_pkg.UnlearnRequest(
-                    forget=split.request(ctx.ds), retain=split.retain(ctx.ds),
-                    refusal_targets=list(refusal_sentences()), refusal_questions=list(ctx.ds.refusal),
-                    seed=seed, device=ctx.device, reference_model=reference, progress=self.progress,
-                    entities=sorted(ctx.ds.entity_names()))
+                request = build_request(ctx.ds, split, seed, ctx.device, reference=reference,
+                                        progress=self.progress)
                 with PeakMemory() as mem:
                     t = time.perf_counter()
                     model = method.apply(model, ctx.model.tokenizer, request, params)

@@ -1,0 +1,246 @@
+"""Same numbers anywhere: precision by config, not by CPU; cold = warm = rerun; mixed precisions
+in one process; no evaluation data in what a method reads; comparable rows only."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from unlearnbench import precision
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- precision ---------------------------------------------------------------------------------
+
+def test_auto_is_fp32_on_every_cpu_and_the_switch_hides_native_bf16(monkeypatch):
+    monkeypatch.delenv(precision.NO_NATIVE_BF16_ENV, raising=False)
+    assert precision.resolve("auto", "cpu") == "fp32"  # whatever this CPU has
+    monkeypatch.setenv(precision.NO_NATIVE_BF16_ENV, "1")
+    assert not precision.native_bf16("cpu")
+    assert precision.resolve("auto", "cpu") == "fp32"
+    assert precision.resolve("bf16", "cpu") == "bf16"
+    with pytest.raises(precision.PrecisionError, match="unknown precision"):
+        precision.resolve("fp16", "cpu")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_refused_before_any_work(tmp_path, grid_config, monkeypatch):
+    from unlearnbench.runner import Runner
+
+    monkeypatch.setenv(precision.NO_NATIVE_BF16_ENV, "1")
+    monkeypatch.delenv(precision.ALLOW_SLOW_BF16_ENV, raising=False)
+    with pytest.raises(precision.PrecisionError, match="slower than fp32") as e:
+        precision.check("bf16", "cpu", "method 'gd'")
+    assert "method 'gd'" in str(e.value) and precision.ALLOW_SLOW_BF16_ENV in str(e.value)
+    assert precision.check("fp32", "cpu") == "fp32" and precision.check("auto", "cpu") == "fp32"
+    cfg = grid_config({"model": "tiny-random-llama", "device": "cpu", "finetune": {"precision": "bf16"},
+                       "methods": [{"name": "gd", "params": {"precision": "bf16"}}, "ga"],
+                       "scenarios": [{"type": "edge", "edge": "A_B"}]}, tmp_path)
+    runner = Runner(cfg, tmp_path / "out", progress=False)
+    with pytest.raises(precision.PrecisionError) as e:
+        runner.run()
+    assert "finetune.precision" in str(e.value) and "method 'gd'" in str(e.value) and "'ga'" not in str(e.value)
+    assert not (tmp_path / "out" / "cells").exists()  # nothing was run or written
+    monkeypatch.setenv(precision.ALLOW_SLOW_BF16_ENV, "1")
+    assert precision.check("bf16", "cpu") == "bf16"
+
+
+def test_the_cli_names_the_problem_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+    from unlearnbench.cli import main
+
+    monkeypatch.setenv(precision.NO_NATIVE_BF16_ENV, "1")
+    monkeypatch.delenv(precision.ALLOW_SLOW_BF16_ENV, raising=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: tiny-random-llama\ndevice: cpu\neval: {precision: bf16}\nmethods: [ga]\n"
+                   "scenarios: [{type: edge, edge: A_B}]\n")
+    assert main(["run", str(cfg), "--out", str(tmp_path / "out")]) != 0
+    assert "eval.precision" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "cells").exists()
+
+
+# ---- same config, same numbers -------------------------------------------------------------------
+
+_METHODS = [{"name": "gd", "params": {"epochs": 1}}, {"name": "npo", "params": {"epochs": 1}},
+            {"name": "rmu", "params": {"epochs": 1}}, {"name": "lunar", "params": {"epochs": 2}},
+            {"name": "rome", "params": {"v_steps": 3, "n_prefixes": 2, "stats_samples": 4}}]
+_TINY_GRID = {"model": "tiny-random-llama", "device": "cpu",
+              "finetune": {"epochs": 1, "n_anchor": 8, "direct_repeats": 1, "n_refusal": 8},
+              "eval": {"utility_limit": 6, "qa_max_new_tokens": 4, "max_new_tokens": 4, "attacks": []},
+              "methods": _METHODS, "scenarios": [{"type": "edge", "edge": "A_B"}], "seeds": [0]}
+
+
+def _metrics(out: Path) -> dict:
+    cells = sorted((out / "cells").glob("*.json"))
+    assert cells
+    recs = {c.name: json.loads(c.read_text()) for c in cells}
+    assert all(r["status"] == "ok" for r in recs.values()), [r.get("error") for r in recs.values()]
+    return {n: (r["metrics"], r.get("method_info"), r["precision"], r["evaluator_version"]) for n, r in recs.items()}
+
+
+def test_cold_warm_and_rerun_give_identical_metrics(tmp_path, grid_config, monkeypatch):
+    """Cold (empty cache: the implant is trained in this process), warm (a fresh process loads the
+    implant from the cache) and a rerun give the same metric JSON, value for value."""
+    from unlearnbench.runner import Runner
+
+    monkeypatch.setenv("UNLEARNBENCH_CACHE", str(tmp_path / "cache"))
+    cfg = grid_config(_TINY_GRID, tmp_path)
+    cold = Runner(cfg, tmp_path / "cold", progress=False).run()
+    assert not json.loads(next((tmp_path / "cache" / "finetuned").glob("*/implant.json")).read_text()).get("cached")
+    warm = tmp_path / "warm"
+    subprocess.run([sys.executable, "-m", "unlearnbench.cli", "run", str(tmp_path / "c.yaml"), "--out", str(warm)],
+                   check=True, cwd=ROOT, capture_output=True, env={**__import__("os").environ})
+    rerun = Runner(cfg, tmp_path / "rerun", progress=False).run()
+    a, b, c = _metrics(cold), _metrics(warm), _metrics(rerun)
+    assert set(a) == {"base__edge-A_B__seed0.json", "none__edge-A_B__seed0.json"} | \
+        {f"{m['name']}__edge-A_B__seed0.json" for m in _METHODS}
+    assert a == b == c
+    # the implanted model is not the base model: the check compares trained numbers
+    assert a["none__edge-A_B__seed0.json"][0] != a["base__edge-A_B__seed0.json"][0]
+
+
+def test_methods_of_different_precisions_in_one_process_give_their_numbers_alone(tmp_path, grid_config,
+                                                                              monkeypatch):
+    """accelerate's process-wide mixed-precision state must not leak from one cell to the next
+    (it raised 'AcceleratorState has already been initialized' on CPUs without native bf16)."""
+    from unlearnbench.runner import Runner
+
+    monkeypatch.setenv(precision.ALLOW_SLOW_BF16_ENV, "1")  # bf16 on purpose, on any CPU
+    base = {**_TINY_GRID, "finetune": None}
+    m16 = {"name": "gd", "label": "gd-bf16", "params": {"epochs": 1, "precision": "bf16"}}
+    m32 = {"name": "ga", "params": {"epochs": 1, "precision": "fp32"}}
+    both = Runner(grid_config({**base, "methods": [m16, m32]}, tmp_path), tmp_path / "both", progress=False).run()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    r32 = Runner(grid_config({**base, "methods": [m32]}, tmp_path / "a"), tmp_path / "r32", progress=False).run()
+    r16 = Runner(grid_config({**base, "methods": [m16]}, tmp_path / "b"), tmp_path / "r16", progress=False).run()
+    together = _metrics(both)
+    alone = {**_metrics(r32), **_metrics(r16)}
+    assert together == alone
+    assert together["gd-bf16__edge-A_B__seed0.json"][2]["method"] == "bf16"
+    assert together["ga__edge-A_B__seed0.json"][2]["method"] == "fp32"
+
+
+# ---- no evaluation data inside methods -----------------------------------------------------------
+
+def _strings(obj) -> set[str]:
+    from pistol_data import QARecord
+
+    out: set[str] = set()
+    if isinstance(obj, QARecord):
+        out |= {obj.question, obj.answer}
+    elif isinstance(obj, str):
+        out.add(obj)
+    elif isinstance(obj, (list, tuple, set)):
+        for x in obj:
+            out |= _strings(x)
+    return out
+
+
+def test_no_method_receives_a_question_the_evaluator_scores(mini):
+    import dataclasses
+
+    import methods
+    from pistol_data import scenarios
+    from unlearnbench.evaluate import EvalParams, Evaluator
+    from unlearnbench.runner import build_request
+
+    ev = Evaluator(mini, EvalParams())
+    split_specs = [{"type": "edge", "edge": "A_B"}, {"type": "max_degree"}, {"type": "contract_type",
+                                                                                "contract_type": "employment"}]
+    for name in sorted(methods.REGISTRY):
+        for spec in split_specs:
+            [split] = scenarios.resolve(mini, spec)
+            req = build_request(mini, split, seed=0)
+            assert req.preserve, "the runner gives every method a preserve corpus"
+            allowed = _strings(split.request(mini)) | _strings(split.retain(mini))  # the method's input
+            scored = _strings([r for r in ev.qa]) | _strings(ev.gk)
+            received = set()
+            for f in dataclasses.fields(req):
+                if f.name not in ("forget", "retain"):
+                    received |= _strings(getattr(req, f.name))
+            leaked = (received & scored) - allowed
+            assert not leaked, f"{name} on {spec}: {sorted(leaked)[:3]}"
+            # forget/retain hold direct questions only: held-out forms stay with the evaluator
+            assert {r.form for r in req.forget + req.retain} == {"direct"}
+
+
+def test_no_method_module_imports_an_evaluation_or_side_set():
+    """Everything a method reads arrives through its request: methods import QA *records* from
+    pistol_data, never a data set (general knowledge, anchors, refusal sets, generators)."""
+    allowed = {"QARecord"}
+    for f in (ROOT / "methods").glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pistol_data"):
+                names = {a.name for a in node.names}
+                assert names <= allowed, f"{f.name} imports {names - allowed} from {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("pistol_data") for a in node.names), f.name
+
+
+def test_preserve_prompts_are_disjoint_from_the_utility_set():
+    from pistol_data import general_knowledge
+    from pistol_data.side_sets import preserve_prompts
+
+    gk = {r.question.lower() for r in general_knowledge()}
+    assert preserve_prompts() and not {q.lower() for q in preserve_prompts()} & gk
+
+
+# ---- comparable rows only ------------------------------------------------------------------------
+
+def _cell(row, ds_val, fp="a" * 64, ev_prec="fp32", version=2, key="k1"):
+    return {"row": row, "method": row, "kind": "unlearn", "seed": 0, "status": "ok",
+            "scenario": {"label": "edge:A_B"}, "dataset": {"fingerprint": fp}, "model": {"spec": "m", "finetune_key": key},
+            "precision": {"evaluation": ev_prec}, "evaluator_version": version, "cost": {"apply_seconds": 1.0},
+            "metrics": {"ds": {"value": ds_val, "higher_is_better": False}}}
+
+
+def test_incomparable_cells_are_never_ranked_together():
+    from unlearnbench.leaderboard import markdown, table
+    from unlearnbench.results import comparability_groups
+
+    recs = [_cell("gd", 10.0), _cell("lunar", 20.0), _cell("rome", 5.0, ev_prec="bf16"),
+            _cell("npo", 1.0, version=1)]
+    rows = table(recs)
+    ranks = {r["method"]: (r["scenario"], r["rank"]) for r in rows}
+    assert ranks["gd"][1] == 1 and ranks["lunar"][1] == 2 and ranks["gd"][0] == ranks["lunar"][0] and ranks["rome"][1] == 1 and ranks["npo"][1] == 1
+    assert len({ranks[m][0] for m in ranks}) == 3  # three tables for three groups
+    groups, differing = comparability_groups(recs)
+    md = markdown(rows, groups, {"ds": False})
+    assert "not all comparable" in md and "evaluation precision bf16" in md and "evaluator version 1" in md
+    assert "DS ↓" in md
+    same = table([_cell("gd", 10.0), _cell("lunar", 20.0)])
+    assert {r["scenario"] for r in same} == {"edge:A_B"}
+
+
+def test_report_refuses_a_folder_of_incomparable_cells(tmp_path):
+    from unlearnbench.report import write_report
+    from unlearnbench.results import write_atomic
+
+    for i, rec in enumerate([_cell("gd", 10.0), _cell("lunar", 20.0, key="k2")]):
+        write_atomic(tmp_path / "cells" / f"c{i}.json", rec)
+    with pytest.raises(ValueError, match="implant key"):
+        write_report(tmp_path, plots=False)
+
+
+def test_a_bf16_implant_is_scored_as_saved_whether_just_trained_or_loaded(monkeypatch, mini):
+    """The cause of cold ≠ warm: the Trainer left accelerate's bf16 autocast wrapper on the model
+    it trained, so a just-trained implant was scored in bf16 and a cached one in fp32."""
+    import torch
+
+    from unlearnbench.finetune import FinetuneParams, finetune
+    from unlearnbench.models import load
+
+    monkeypatch.setenv(precision.ALLOW_SLOW_BF16_ENV, "1")
+    p = FinetuneParams(epochs=1, n_anchor=4, direct_repeats=1, n_refusal=4, precision="bf16")
+    base = load("tiny-random-llama")
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    cold, info = finetune(base, mini, p, progress=False)
+    warm, info2 = finetune(load("tiny-random-llama"), mini, p, progress=False)
+    assert not info["cached"] and info2["cached"] and info["precision"] == "bf16"
+    assert all(torch.equal(v, base.model.state_dict()[k]) for k, v in before.items())  # input untouched
+    ids = torch.tensor([[1, 30, 40, 50, 60]])
+    with torch.no_grad():
+        assert torch.equal(cold.model(input_ids=ids).logits, warm.model(input_ids=ids).logits)
