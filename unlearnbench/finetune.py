@@ -14,6 +14,7 @@ dataset fingerprint and the hyper-parameters; a second call with the same key lo
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -115,8 +116,6 @@ def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None
     """Implant ``ds`` into ``base`` (cached). Returns the fine-tuned model and an info dict
     (``key``, ``path``, ``seconds``, ``cached``)."""
     from transformers import Trainer, TrainingArguments, set_seed
-
-    import copy
 
     params = params or FinetuneParams()
     device = str(next(base.model.parameters()).device)
