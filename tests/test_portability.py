@@ -207,7 +207,7 @@ def test_incomparable_cells_are_never_ranked_together():
     ranks = {r["method"]: (r["scenario"], r["rank"]) for r in rows}
     assert ranks["gd"][1] == 1 and ranks["lunar"][1] == 2 and ranks["gd"][0] == ranks["lunar"][0] and ranks["rome"][1] == 1 and ranks["npo"][1] == 1
     assert len({ranks[m][0] for m in ranks}) == 3  # three tables for three groups
-    groups, differing = comparability_groups(recs)
+    groups = comparability_groups(recs)
     md = markdown(rows, groups, {"ds": False})
     assert "not all comparable" in md and "evaluation precision bf16" in md and "evaluator version 1" in md
     assert "DS ↓" in md

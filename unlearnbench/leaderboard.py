@@ -60,7 +60,7 @@ def table(records: list[dict]) -> list[dict]:
     """One row per (scenario, method row), ranked by DS within a scenario. When the records are
     not all comparable, the scenario label carries the group (``hub · evaluation precision bf16``),
     so rows of different groups are never ranked together."""
-    labels, _ = comparability_groups(records)
+    labels = comparability_groups(records)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         g = labels[comparability_key(r)]
@@ -139,7 +139,7 @@ def write_leaderboard(results_dirs, out_dir: str | Path | None = None, plots: bo
     out = Path(out_dir) if out_dir else dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     rows = table(records)
-    groups, _ = comparability_groups(records)
+    groups = comparability_groups(records)
     md, cs, ht = out / "leaderboard.md", out / "leaderboard.csv", out / "leaderboard.html"
     write_text_atomic(md, markdown(rows, groups, directions(records)))
     keys = metric_keys(records)

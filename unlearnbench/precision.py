@@ -60,8 +60,7 @@ def resolve(precision: str, device="cpu") -> str:
         raise PrecisionError(f"unknown precision {precision!r}; allowed: {list(PRECISIONS)}")
     if precision != "auto":
         return precision
-    dt = device_type(device)
-    return "bf16" if dt == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device_type(device) == "cuda" and native_bf16("cuda") else "fp32"
 
 
 def use_bf16(precision: str, device="cpu") -> bool:
@@ -86,17 +85,24 @@ def bf16_slowdown(n: int = 256, reps: int = 3) -> float:
     return best(a.bfloat16(), b.bfloat16()) / max(best(a, b), 1e-9)
 
 
-def check(precision: str, device="cpu", what: str = "this run") -> str:
-    """Resolve ``precision`` and refuse bf16 on a CPU without native bf16 (emulated: tens of
-    times slower than fp32), naming ``what`` asked for it. Returns ``fp32`` | ``bf16``."""
-    p = resolve(precision, device)
-    if p == "bf16" and device_type(device) == "cpu" and not native_bf16("cpu") and not _flag(ALLOW_SLOW_BF16_ENV):
+def check_all(settings: dict[str, str], device="cpu") -> dict[str, str]:
+    """Resolve every named setting (``{"finetune.precision": "auto", ...}``) to ``fp32`` | ``bf16``
+    and refuse bf16 on a CPU without native bf16 (emulated: tens of times slower than fp32) with
+    one error naming every setting that asks for it."""
+    out = {what: resolve(p, device) for what, p in settings.items()}
+    slow = [what for what, p in out.items() if p == "bf16"]
+    if slow and device_type(device) == "cpu" and not native_bf16("cpu") and not _flag(ALLOW_SLOW_BF16_ENV):
         raise PrecisionError(
-            f"{what} asks for precision bf16 on a CPU without native bf16 (no AVX512-BF16/AMX"
+            f"precision bf16 is asked for by {', '.join(slow)} on a CPU without native bf16 (no AVX512-BF16/AMX"
             f"{', or ' + NO_NATIVE_BF16_ENV + ' is set' if _flag(NO_NATIVE_BF16_ENV) else ''}): bf16 is emulated "
             f"here, a bf16 matmul measured {bf16_slowdown():.0f}x slower than fp32. Use precision fp32 (the CPU "
             f"default), run on a GPU, or set {ALLOW_SLOW_BF16_ENV}=1 to run it anyway")
-    return p
+    return out
+
+
+def check(precision: str, device="cpu", what: str = "this run") -> str:
+    """:func:`check_all` for one setting, named ``what`` in the error. Returns ``fp32`` | ``bf16``."""
+    return check_all({what: precision}, device)[what]
 
 
 def autocast(precision: str, device="cpu"):

@@ -418,7 +418,7 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
         raise ValueError(f"{d} holds no result cells (expected {d / 'cells'}/*.json from `unlearnbench run`)")
     from .results import comparability_groups
 
-    groups, _ = comparability_groups(records)
+    groups = comparability_groups(records)
     if len(groups) > 1:
         raise ValueError(f"{d}: the cells are not comparable, so one report cannot rank them: "
                          + "; ".join(groups.values()) + ". Rerun the grid into a fresh folder "

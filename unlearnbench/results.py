@@ -35,8 +35,7 @@ def hardware() -> dict:
 
 
 # What makes two cells comparable: the same data, the same implanted model, evaluated the same way.
-COMPARABILITY = (("dataset", "dataset fingerprint"), ("model", "model"), ("implant", "implant key"),
-                 ("evaluation_precision", "evaluation precision"), ("evaluator_version", "evaluator version"))
+COMPARABILITY = ("dataset fingerprint", "model", "implant key", "evaluation precision", "evaluator version")
 
 
 def comparability_key(rec: dict) -> tuple:
@@ -50,21 +49,21 @@ def comparability_key(rec: dict) -> tuple:
 def describe_key(key: tuple, differing: set[int] | None = None) -> str:
     """``dataset fingerprint 1a2b3c4d5e6f, evaluation precision bf16`` (only the ``differing`` fields)."""
     parts = []
-    for i, ((_, label), v) in enumerate(zip(COMPARABILITY, key)):
+    for i, (label, v) in enumerate(zip(COMPARABILITY, key)):
         if differing is None or i in differing:
             v = str(v)[:12] if i in (0, 2) and v else v
             parts.append(f"{label} {v}")
     return ", ".join(parts)
 
 
-def comparability_groups(records: list[dict]) -> tuple[dict[tuple, str], set[int]]:
+def comparability_groups(records: list[dict]) -> dict[tuple, str]:
     """Each comparability key of ``records`` → a short label naming what sets it apart (empty when
-    every record has the same key), and the indices of the fields that differ."""
+    every record has the same key)."""
     keys = list(dict.fromkeys(comparability_key(r) for r in records))
-    differing = {i for i in range(len(COMPARABILITY)) if len({k[i] for k in keys}) > 1}
     if len(keys) == 1:
-        return {keys[0]: ""}, differing
-    return {k: describe_key(k, differing) for k in keys}, differing
+        return {keys[0]: ""}
+    differing = {i for i in range(len(COMPARABILITY)) if len({k[i] for k in keys}) > 1}
+    return {k: describe_key(k, differing) for k in keys}
 
 
 def cell_id(method_row: str, scenario: str, seed: int) -> str:

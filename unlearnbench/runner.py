@@ -40,7 +40,7 @@ from .evaluate import (
     metric_directions,
     score,
 )
-from .finetune import finetune
+from .finetune import cache_key, finetune
 from .models import LoadedModel, load
 from .results import (SCHEMA_VERSION, cell_id, comparability_key, describe_key, hardware, package_versions,
                       write_atomic)
@@ -116,30 +116,19 @@ class Context:
 def check_precisions(cfg: RunConfig, device: str) -> dict:
     """Resolve every precision of the grid on ``device`` before any work, refusing bf16 on a CPU
     without native bf16 (one error naming each part that asks for it)."""
-    out: dict = {"implant": None, "evaluation": None, "methods": {}}
-    errors = []
-
-    def one(setting, what):
-        try:
-            return precision.check(setting, device, what)
-        except precision.PrecisionError as e:
-            errors.append(what)
-            return str(e)
-
+    settings = {"eval.precision": cfg.eval.precision}
     if cfg.finetune is not None:
-        out["implant"] = one(cfg.finetune.precision, "finetune.precision")
-    out["evaluation"] = one(cfg.eval.precision, "eval.precision")
+        settings["finetune.precision"] = cfg.finetune.precision
+    method_setting = {}
     for e in cfg.method_entries():
         params = methods_pkg.get_method(e.name).Params.model_validate(e.params)
-        # a method without a precision setting computes in the model's dtype (fp32)
-        out["methods"][e.row] = (one(params.precision, f"method {e.row!r} (params.precision)")
-                                 if hasattr(params, "precision") else "fp32")
-    if errors:
-        raise precision.PrecisionError(
-            f"precision bf16 is asked for by {', '.join(errors)}, but this CPU has no native bf16: "
-            f"a bf16 matmul measured {precision.bf16_slowdown():.0f}x slower than fp32 here. Use precision "
-            f"fp32 (the CPU default), run on a GPU, or set {precision.ALLOW_SLOW_BF16_ENV}=1 to run it anyway")
-    return out
+        if hasattr(params, "precision"):  # a method without one computes in the model's dtype (fp32)
+            method_setting[e.row] = f"method {e.row!r} (params.precision)"
+            settings[method_setting[e.row]] = params.precision
+    out = precision.check_all(settings, device)
+    return {"implant": out.get("finetune.precision"), "evaluation": out["eval.precision"],
+            "methods": {e.row: out[method_setting[e.row]] if e.row in method_setting else "fp32"
+                        for e in cfg.method_entries()}}
 
 
 def build_request(ds: PistolDataset, split=None, seed: int = 0, device: str = "cpu", *, reference=None,
@@ -179,6 +168,7 @@ class Runner:
         self.out = Path(out_dir or cfg.out_dir)
         self.progress = progress
         self.retry_failed = retry_failed
+        self.expected_key: tuple | None = None  # set by prepare(): what a reusable finished cell was scored on
 
     # ---- setup ---------------------------------------------------------------------------
     def prepare(self) -> Context:
@@ -186,8 +176,6 @@ class Runner:
         device = _device(cfg)
         precisions = check_precisions(cfg, device)  # before any work
         ds = load_dataset(cfg)
-        from .finetune import cache_key
-
         implant_key = cache_key(cfg.model, ds, cfg.finetune, device) if cfg.finetune is not None else None
         # a finished cell is reused only if it was scored on this data, implant and evaluation
         self.expected_key = (ds.fingerprint, cfg.model, implant_key, precisions["evaluation"], EVALUATOR_VERSION)
@@ -234,8 +222,7 @@ class Runner:
         if not p.exists():
             return False
         rec = json.loads(p.read_text())
-        expected = getattr(self, "expected_key", None)
-        if expected is not None and comparability_key(rec) != expected:
+        if self.expected_key is not None and comparability_key(rec) != self.expected_key:
             log.warning("cell %s was scored on another dataset, implant, evaluation precision or evaluator "
                         "version (%s): it is run again", cid, describe_key(comparability_key(rec)))
             return False
