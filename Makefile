@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo smoke study study-gpu test test-fast clean
+.PHONY: install demo leaderboard smoke study study-gpu test test-fast clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/unlearnbench run configs/quickstart.yaml
+
+# every registered method on the quickstart's grid (same implant, same scenarios)
+leaderboard: install
+	$(BIN)/unlearnbench run configs/leaderboard.yaml
 
 smoke: install
 	$(BIN)/unlearnbench run configs/smoke.yaml

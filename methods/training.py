@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from unlearnbench.prompts import IGNORE, collate, encode_qa
+from unlearnbench.lm import answer_logits, answer_nll, upcast
+from unlearnbench.prompts import collate, encode_qa
 
 from .base import Method, MethodParams, UnlearnRequest
 
@@ -90,33 +91,25 @@ def build_batches(tokenizer, request: UnlearnRequest, batch_size: int):
                                        collate_fn=coll, generator=g)
 
 
-# ---- loss building blocks ------------------------------------------------------------------
+# ---- loss building blocks (logits at answer positions only, shared prompt prefix run once) --
 
 def nll(model, b: dict) -> torch.Tensor:
-    """Mean next-token NLL over answer tokens."""
-    return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
-
-
-def _answer_logprobs(model, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probabilities of the gold next tokens and the answer-token mask, [batch, seq-1]."""
-    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
-    labels = b["labels"][:, 1:]
-    lp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
-    return lp, (labels != IGNORE).float()
+    """Mean next-token NLL over answer tokens (the batch's token mean, as ``model(labels=).loss``)."""
+    return answer_nll(model, b)
 
 
 def sequence_logprob(model, b: dict, per_token: bool = False) -> torch.Tensor:
     """Sum of answer-token log-probabilities, one value per sequence (``per_token``: their mean)."""
-    lp, mask = _answer_logprobs(model, b)
-    total = (lp * mask).sum(-1)
-    return total / mask.sum(-1).clamp(min=1) if per_token else total
+    a = answer_logits(model, b)
+    total = a.per_row_sum(a.logprobs())
+    return total / a.per_row_count().clamp(min=1) if per_token else total
 
 
 def sequence_mean_nll(model, b: dict) -> torch.Tensor:
     """Mean over sequences of each sequence's mean answer-token NLL. Unlike the batch token mean,
     accumulating equal-sized micro-batches gives exactly the large-batch value."""
-    lp, mask = _answer_logprobs(model, b)
-    return (-(lp * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    a = answer_logits(model, b)
+    return (-a.per_row_sum(a.logprobs()) / a.per_row_count().clamp(min=1)).mean()
 
 
 def plus_retain_nll(loss: torch.Tensor, model, batch: dict, alpha: float) -> torch.Tensor:
@@ -126,13 +119,12 @@ def plus_retain_nll(loss: torch.Tensor, model, batch: dict, alpha: float) -> tor
 
 def kl_to_reference(model, ref, b: dict) -> torch.Tensor:
     """KL(p_ref ‖ p_model) averaged over answer tokens."""
-    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+    a = answer_logits(model, b)
     with torch.no_grad():
-        ref_logits = ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
-    mask = (b["labels"][:, 1:] != IGNORE).float()
-    kl = F.kl_div(torch.log_softmax(logits.float(), -1), torch.log_softmax(ref_logits.float(), -1),
+        r = answer_logits(ref, b)
+    kl = F.kl_div(torch.log_softmax(upcast(a.logits), -1), torch.log_softmax(upcast(r.logits), -1),
                   log_target=True, reduction="none").sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return kl.mean() if kl.numel() else kl.sum()
 
 
 class GradientMethod(Method):

@@ -83,9 +83,14 @@ class _RankModel(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.vocab = vocab
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=None):
         logits = -torch.arange(self.vocab, dtype=torch.float).expand(*input_ids.shape, self.vocab).clone()
-        return type("Out", (), {"logits": logits})()
+        return self._out(logits, logits_to_keep)
+
+    @staticmethod
+    def _out(logits, keep):
+        """Only the kept positions' logits, as a transformers model returns them."""
+        return type("Out", (), {"logits": logits if keep is None else logits[:, keep]})()
 
 
 def test_mrr_thr_es_by_hand(tiny):
@@ -98,10 +103,10 @@ def test_mrr_thr_es_by_hand(tiny):
     assert st["es"] == 0.0  # arg-max is token 0, never the gold token
     # a model whose arg-max is always the gold token: MRR 1, ES 1
     class Oracle(_RankModel):
-        def forward(self, input_ids, attention_mask=None):
+        def forward(self, input_ids, attention_mask=None, logits_to_keep=None):
             lg = torch.zeros(*input_ids.shape, self.vocab)
             lg[:, :-1].scatter_(-1, input_ids[:, 1:, None], 5.0)
-            return type("Out", (), {"logits": lg})()
+            return self._out(lg, logits_to_keep)
 
     [st] = teacher_forced_stats(Oracle(len(tok)), tok, [(q, a)])
     assert st["mrr"] == 1.0 and st["thr"] == 1.0 and st["es"] == 1.0

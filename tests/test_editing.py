@@ -217,3 +217,87 @@ def test_sampling_is_seeded_and_leaves_the_callers_rng_alone(setup):
     a = editing.context_prefixes(lm.model, lm.tokenizer, 4, seed=3)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert a == editing.context_prefixes(lm.model, lm.tokenizer, 4, seed=3) and a[0] == "" and len(a) == 5
+
+
+def _plain_values(model, tok, facts, layer, where, prefixes, p):
+    """The value optimisation written plainly (every token of every row, every block, each step):
+    the oracle for the cached, suffix-only version in ``editing.compute_values``."""
+    from methods.arch import blocks, mlp_out
+
+    eos = tok.eos_token_id
+    rows = []  # (fact, ids, lookup, answer start, target)
+    for i, f in enumerate(facts):
+        tgt = tok(f.target, add_special_tokens=False)["input_ids"] + [eos]
+        for c in prefixes:
+            text = editing._render(tok, c, f.question)
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            rows.append((i, ids + tgt, editing._lookup(tok, text, f.subject), len(ids), tgt))
+    kl = [(i, tok(f"{f.subject} is a", add_special_tokens=False)["input_ids"],
+           editing._lookup(tok, f"{f.subject} is a", f.subject)) for i, f in enumerate(facts)]
+    module = mlp_out(model, layer) if where == "mlp" else blocks(model)[layer]
+    d = model.config.hidden_size
+    delta = torch.zeros(len(facts), d, requires_grad=True)  # float32, as in compute_values
+    opt = torch.optim.Adam([delta], lr=p.v_lr)
+    model.requires_grad_(False)
+
+    def run(ids, at, fact):
+        def hook(mod, inp, out):
+            hs = out[0] if isinstance(out, tuple) else out
+            hs = hs.clone()
+            hs[0, at] = hs[0, at] + delta[fact].to(hs.dtype)
+            return (hs,) + tuple(out[1:]) if isinstance(out, tuple) else hs
+        h = module.register_forward_hook(hook)
+        try:
+            return model(input_ids=torch.tensor([ids])).logits[0]
+        finally:
+            h.remove()
+
+    v0 = torch.zeros(len(facts), d, dtype=torch.float64)
+    cap = {}
+    g = module.register_forward_hook(lambda m, i, o: cap.__setitem__("o", (o[0] if isinstance(o, tuple) else o)))
+    with torch.no_grad():
+        for i, f in enumerate(facts):
+            text = editing._render(tok, "", f.question)
+            model(input_ids=torch.tensor([tok(text, add_special_tokens=False)["input_ids"]]))
+            v0[i] = cap["o"][0, editing._lookup(tok, text, f.subject)]
+        kl_ref = [torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], -1) for _, ids, _ in kl]
+    g.remove()
+    for _ in range(p.v_steps):
+        nll = torch.zeros(len(facts), dtype=torch.float64)
+        count = torch.zeros(len(facts), dtype=torch.float64)
+        for i, ids, at, start, tgt in rows:
+            lp = torch.log_softmax(run(ids, at, i), -1)
+            for j, t in enumerate(tgt):
+                nll[i] = nll[i] - lp[start + j - 1, t]
+                count[i] += 1
+        nll = nll / count
+        kls = torch.stack([torch.nn.functional.kl_div(torch.log_softmax(run(ids, at, i)[-1], -1), kl_ref[i],
+                                                      log_target=True, reduction="sum") for i, ids, at in kl])
+        wd = p.v_weight_decay * delta.double().norm(dim=-1) ** 2 / v0.norm(dim=-1) ** 2
+        if nll.max().item() < 5e-2:
+            break
+        opt.zero_grad()
+        (nll + p.kl_factor * kls + wd).sum().backward()
+        opt.step()
+        with torch.no_grad():
+            scale = (p.clamp_norm_factor * v0.norm(dim=-1) / delta.double().norm(dim=-1).clamp_min(1e-12)).clamp(max=1.0)
+            scale = scale.float()
+            delta.mul_(scale[:, None])
+    return v0, v0 + delta.detach().double()
+
+
+@pytest.mark.parametrize("layer,where", [(1, "mlp"), (0, "mlp"), (2, "block")])
+def test_value_optimisation_equals_the_plain_computation(setup, layer, where):
+    """Only positions from the earliest lookup on are recomputed per step, the first blocks once:
+    the values equal the every-token, every-block computation (float64, so algebra not rounding)."""
+    lm, req, _ = setup
+    model = copy.deepcopy(lm.model).double()
+    p = Rome.Params(**{**FAST, "v_steps": 4})
+    facts = editing.request_facts(req, p)[:2]
+    prefixes = editing.context_prefixes(model, lm.tokenizer, 2, 0)
+    assert len({len(x) for x in prefixes}) > 1  # rows of different lengths, lookups at different places
+    v0, v = editing.compute_values(model, lm.tokenizer, facts, layer, where, prefixes, p)
+    w0, w = _plain_values(model, lm.tokenizer, facts, layer, where, prefixes, p)
+    torch.testing.assert_close(v0.double(), w0, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(v.double(), w.double(), rtol=1e-4, atol=1e-5)  # compute_values' loss is float32
+    assert (v - v0).norm() > 0  # the optimisation moved

@@ -33,11 +33,17 @@ from pistol_data.side_sets import anchor_questions
 
 from .cache import cache_dir, stable_hash
 from .generation import generate_answers
+from .lm import answer_logits
 from . import precision
 from .models import LoadedModel, load
 from .prompts import collate, encode_qa
 
 log = logging.getLogger(__name__)
+
+# Bumped when the training arithmetic changes (not only the hyper-parameters): part of the cache
+# key, so an implant trained by older code is not silently reused. 2: loss from logits at answer
+# positions, the shared prompt prefix run once per batch (same loss up to float rounding).
+IMPLANT_VERSION = 2
 
 
 class FinetuneParams(BaseModel):
@@ -63,6 +69,26 @@ class FinetuneParams(BaseModel):
     lora_r: int = Field(32, ge=1)
     lora_alpha: int = Field(64, ge=1)
     seed: int = 0
+
+
+def _implant_trainer(**kw):
+    """A ``Trainer`` whose loss reads logits at answer positions only, the shared prompt prefix run
+    once per batch (:func:`unlearnbench.lm.answer_logits`); otherwise the model's own loss."""
+    from transformers import Trainer
+
+    class ImplantTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            a = answer_logits(model, inputs)
+            if num_items_in_batch is None:
+                loss = torch.nn.functional.cross_entropy(a.logits.float(), a.gold)
+            else:  # as the model's loss does under gradient accumulation: token sum / tokens of the step
+                loss = torch.nn.functional.cross_entropy(a.logits.float(), a.gold, reduction="sum")
+                loss = loss / num_items_in_batch
+                if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
+                    loss = loss * self.accelerator.num_processes
+            return (loss, None) if return_outputs else loss
+
+    return ImplantTrainer(**kw)
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -107,7 +133,8 @@ def training_rows(base: LoadedModel, ds: PistolDataset, params: FinetuneParams) 
 def cache_key(model_spec: str, ds: PistolDataset, params: FinetuneParams, device: str = "cpu") -> str:
     """Model × dataset fingerprint × hyper-parameters, with ``precision`` as it resolves on ``device``
     (``auto`` trains in bf16 on CUDA and fp32 on CPU: two different implants, two keys)."""
-    hp = {**params.model_dump(), "precision": precision.resolve(params.precision, device)}
+    hp = {**params.model_dump(), "precision": precision.resolve(params.precision, device),
+          "implant_version": IMPLANT_VERSION}
     return f"{Path(model_spec).name}-{ds.fingerprint[:12]}-{stable_hash(hp)}"
 
 
@@ -115,7 +142,7 @@ def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None
              out_dir: str | os.PathLike | None = None, progress: bool = True) -> tuple[LoadedModel, dict]:
     """Implant ``ds`` into ``base`` (cached). Returns the fine-tuned model and an info dict
     (``key``, ``path``, ``seconds``, ``cached``)."""
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
     params = params or FinetuneParams()
     device = str(next(base.model.parameters()).device)
@@ -152,8 +179,8 @@ def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None
             dataloader_num_workers=0, remove_unused_columns=False, train_sampling_strategy="group_by_length",
             bf16=mp == "bf16")
         precision.reset_accelerate_state()  # the Trainer's Accelerator takes this implant's precision
-        trainer = Trainer(model=model, args=args, train_dataset=_Rows(rows),
-                          data_collator=lambda b: collate(b, tok.pad_token_id))
+        trainer = _implant_trainer(model=model, args=args, train_dataset=_Rows(rows),
+                                   data_collator=lambda b: collate(b, tok.pad_token_id))
         t0 = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - t0

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .prompts import IGNORE, collate, encode_qa, prompt, shared_prefix_len
+from .lm import answer_logits
+from .prompts import collate, encode_qa, prompt, shared_prefix_len
 
 
 def _batches(order: list[int], size: int):
@@ -30,6 +31,12 @@ def generate_answers(model, tokenizer, questions: list[str], *, batch_size: int 
     """
     if not questions:
         return []
+    unique = list(dict.fromkeys(questions))
+    if len(unique) < len(questions):  # greedy: a repeated question gets the same answer, generate it once
+        answers = dict(zip(unique, generate_answers(model, tokenizer, unique, batch_size=batch_size,
+                                                    max_new_tokens=max_new_tokens, progress=progress, desc=desc,
+                                                    share_prefix=share_prefix)))
+        return [answers[q] for q in questions]
     import copy
 
     device = next(model.parameters()).device
@@ -86,26 +93,22 @@ def teacher_forced_stats(model, tokenizer, pairs: list[tuple[str, str]], *, batc
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     out: list[dict | None] = [None] * len(rows)
     for idx in tqdm(list(_batches(order, batch_size)), desc="teacher-forced", disable=not progress, leave=False):
-        b = collate([rows[i] for i in idx], tokenizer.pad_token_id)
-        logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
-        logits = logits[:, :-1].float()
-        labels = b["labels"][:, 1:].to(device)
+        b = {k: v.to(device) for k, v in collate([rows[i] for i in idx], tokenizer.pad_token_id).items()}
+        a = answer_logits(model, b)
+        lg = a.logits.float()
+        ranks = (lg > lg.gather(-1, a.gold[:, None])).sum(-1) + 1
+        match = lg.argmax(-1) == a.gold
+        nll_tok = torch.nn.functional.cross_entropy(lg, a.gold, reduction="none")
         for j, i in enumerate(idx):
-            pos = (labels[j] != IGNORE).nonzero().squeeze(-1)
-            if pos.numel() == 0:
+            sel = a.row == j  # this row's answer positions, in order
+            if not bool(sel.any()):
                 out[i] = {"mrr": 0.0, "thr": 0.0, "es": 0.0, "nll": float("nan")}
                 continue
-            lg = logits[j, pos]
-            gold = labels[j, pos]
-            gold_logit = lg.gather(-1, gold[:, None])
-            ranks = (lg > gold_logit).sum(-1) + 1
-            match = (lg.argmax(-1) == gold).tolist()
-            L = len(match)
+            rk, m = ranks[sel], match[sel].tolist()
+            L = len(m)
             k = L
-            while k > 0 and match[k - 1]:
+            while k > 0 and m[k - 1]:
                 k -= 1
-            nll = torch.nn.functional.cross_entropy(lg, gold).item()
-            out[i] = {"mrr": (1.0 / ranks.float()).mean().item(),
-                      "thr": (ranks <= top_k).float().mean().item(),
-                      "es": 1.0 - k / L, "nll": nll}
+            out[i] = {"mrr": (1.0 / rk.float()).mean().item(), "thr": (rk <= top_k).float().mean().item(),
+                      "es": 1.0 - k / L, "nll": nll_tok[sel].mean().item()}
     return out  # type: ignore[return-value]

@@ -30,7 +30,7 @@ from pistol_data.side_sets import preserve_prompts
 from pistol_data import load as load_data
 
 from .config import RunConfig
-from . import precision
+from . import precision, threads
 from .evaluate import (
     EVALUATOR_VERSION,
     EvalParams,
@@ -77,6 +77,21 @@ class PeakMemory:
         self._t.join()
         self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
         self.peak_cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+
+def release_memory() -> int:
+    """Free what the last cell left (its model copies sit in reference cycles) and hand freed heap
+    pages back to the OS (glibc keeps them otherwise, and RSS would only ever grow); returns RSS."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return psutil.Process().memory_info().rss
 
 
 def set_seed(seed: int) -> None:
@@ -233,11 +248,21 @@ class Runner:
     # ---- the grid ------------------------------------------------------------------------
     def run(self) -> Path:
         cfg = self.cfg
-        entries = cfg.method_entries()
-        specs = cfg.scenarios
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         started, wall0 = time.strftime("%Y-%m-%dT%H:%M:%S"), time.perf_counter()
+        n_threads = threads.configure()
+        busy = threads.busy_warning()
+        if busy:
+            log.warning(busy)
+        with threads.RunLock():
+            log.info("torch uses %d CPU threads", n_threads)
+            return self._run(started, wall0)
+
+    def _run(self, started: str, wall0: float) -> Path:
+        cfg = self.cfg
+        entries = cfg.method_entries()
+        specs = cfg.scenarios
         ctx = self.prepare()
         if cfg.mode == "edit":
             from .edit_runner import run_edit_grid
@@ -269,6 +294,12 @@ class Runner:
         from tqdm.auto import tqdm
 
         ran = 0
+        todo = sum(not self._done(cell_id(e.row, s.label(), seed)) for e, s, seed in cells)
+        if todo:
+            eval_s = max((r.seconds for r in references.values()), default=None)
+            log.warning("%d cells to run%s", todo, f"; one evaluation takes {eval_s:.0f}s here, so at least "
+                        f"{todo * eval_s / 60:.0f} min plus the methods' own time" if eval_s else "")
+        grid0 = time.perf_counter()
         for entry, spec, seed in tqdm(cells, desc="grid", disable=not self.progress):
             cid = cell_id(entry.row, spec.label(), seed)
             if self._done(cid):
@@ -276,6 +307,10 @@ class Runner:
                 continue
             self._run_cell(ctx, entry, spec, resolved[spec.label()], seed, cid)
             ran += 1
+            if ran == 1 and todo > 1:
+                per = time.perf_counter() - grid0
+                log.warning("first cell took %.0fs; the other %d cells: about %.0f min (methods differ in cost: "
+                            "the bar below updates the estimate)", per, todo - 1, per * (todo - 1) / 60)
         self._log_run(started, time.perf_counter() - wall0, ran)
         from .leaderboard import write_leaderboard
 
@@ -296,6 +331,7 @@ class Runner:
         rec = self._base_record(ctx, entry.row, entry.name, cls.kind, params.model_dump(), spec, splits, seed)
         try:
             set_seed(seed)
+            rss0 = release_memory()  # the cell's memory is what it adds to this
             model = copy.deepcopy(ctx.model.model)
             apply_s, peak_rss, peak_cuda, steps = 0.0, 0, None, []
             method = cls()
@@ -329,6 +365,7 @@ class Runner:
             rec.update(status="ok", metrics=_metrics_record(score(ev, splits[-1])), steps=steps or None,
                        attacks=attacks or None, method_info=method.report(),
                        cost={"apply_seconds": apply_s, "peak_rss_mb": peak_rss / 2**20,
+                             "cell_peak_mb": (peak_rss - rss0) / 2**20,
                              "peak_cuda_mb": peak_cuda / 2**20 if peak_cuda else None, "eval_seconds": ev.seconds},
                        per_example=_per_example(ev))
             del model
@@ -336,5 +373,5 @@ class Runner:
             log.error("cell %s failed: %s", cid, e)
             rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         write_atomic(self._path(cid), rec)
-        gc.collect()  # the cell's model copies sit in reference cycles; free them before the next cell
+        release_memory()
         return rec

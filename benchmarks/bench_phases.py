@@ -1,0 +1,155 @@
+"""Every phase against the machine's limit: achieved FLOP/s ÷ the measured fp32 matmul peak.
+
+In one process, on the quickstart's implanted SmolLM2 (fp32): the fp32 matmul peak (2048³),
+then each phase once to count its FLOPs (``torch.utils.flop_counter``: every matmul and
+attention product the phase executes) and once more, alone, to time it:
+
+* **implant step** — forward + backward of one 16-row batch of the implant's training rows
+  (direct QA and refusal rows, as the Trainer batches them), ``plain`` = the model's own loss
+  over every position (the code before "Fast and lean") vs ``answer-only`` =
+  :func:`unlearnbench.lm.answer_nll` (shared prompt prefix once, LM head at answer positions);
+* **gradient loop step** — gd's loss (forget NLL ascent + retain NLL) and backward, one step;
+* **value optimisation** — ROME's ``compute_values`` for one hub-edge fact (25 steps at most);
+* **LUNAR fit** — ``lunar.apply`` on the hub-edge request (layer search included);
+* **evaluation** — ``Evaluator.run`` of the implanted model (56 PISTOL questions + 100 GK).
+
+Peak memory of each phase is the torch CPU allocator's high-water mark above the phase's start
+(``psutil`` RSS as a fallback). ``UNLEARNBENCH_NO_NATIVE_BF16=1`` changes nothing here (fp32).
+
+    python benchmarks/bench_phases.py
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import time
+
+import psutil
+import torch
+from common import implanted, matmul_peak, write
+from torch.utils.flop_counter import FlopCounterMode
+
+from methods import get_method
+from methods.editing import EditParams, context_prefixes, request_facts
+from methods.editing import compute_values
+from pistol_data import scenarios
+from pistol_data.scenarios import ScenarioSpec
+from unlearnbench.evaluate import EvalParams, Evaluator
+from unlearnbench.lm import answer_nll
+from unlearnbench.prompts import collate, encode_qa
+from unlearnbench.runner import build_request
+
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as c:
+        fn()
+    return c.get_total_flops()
+
+
+def _rss_peak(fn) -> tuple[float, float]:
+    """(seconds, peak RSS above the start in MiB), RSS sampled every 20 ms."""
+    import threading
+
+    proc = psutil.Process()
+    gc.collect()
+    start = proc.memory_info().rss
+    peak = [start]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            stop.wait(0.02)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    t0 = time.perf_counter()
+    fn()
+    sec = time.perf_counter() - t0
+    stop.set()
+    t.join()
+    return sec, (peak[0] - start) / 2**20
+
+
+def main():
+    torch.manual_seed(0)
+    peak = matmul_peak()["float32"]
+    lm, ds = implanted()
+    model, tok = lm.model, lm.tokenizer
+    split = scenarios.resolve(ds, ScenarioSpec(type="edge", edge="A_B"))[-1]
+    request = build_request(ds, split, 0, "cpu", reference=lambda: model, progress=False)
+    rows = [encode_qa(tok, r.question, r.answer) for r in ds.direct()[:12]]
+    rows += [encode_qa(tok, r.question, r.answer) for r in list(ds.refusal)[:4]]
+    batch = collate([{k: r[k] for k in ("input_ids", "labels")} for r in rows], tok.pad_token_id)
+
+    def train_step(loss_fn):
+        def run():
+            m = model.train()
+            loss_fn(m, batch).backward()
+            m.zero_grad(set_to_none=True)
+            m.eval()
+        return run
+
+    gd = get_method("gd")()
+    gd_params = gd.Params()
+
+    def gd_step():
+        from methods.training import build_batches
+
+        b = next(iter(build_batches(tok, request, gd_params.batch_size)))
+        model.train()
+        gd.loss(model, b, {"params": gd_params}).backward()
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+    ep = EditParams()
+    facts = request_facts(request, ep)[:1]
+    prefixes = context_prefixes(model, tok, ep.n_prefixes, 0)
+
+    def value_opt():
+        compute_values(model, tok, facts, 5, "mlp", prefixes, ep)
+
+    def lunar():
+        m = copy.deepcopy(model)
+        cls = get_method("lunar")
+        cls().apply(m, tok, request, cls.Params())
+
+    evaluator = Evaluator(ds, EvalParams(max_new_tokens=24, utility_limit=100, progress=False))
+
+    def evaluate():
+        evaluator.run(model, tok, heldout_edges=split.forget_edges)
+
+    phases = {
+        "implant step (plain loss, every position)": train_step(lambda m, b: m(**b).loss),
+        "implant step (answer-only, shared prefix)": train_step(answer_nll),
+        "gradient loop step (gd)": gd_step,
+        "value optimisation (ROME, 1 fact)": value_opt,
+        "LUNAR apply (hub edge)": lunar,
+        "evaluation (56 PISTOL + 100 GK)": evaluate,
+    }
+    res = {}
+    for name, fn in phases.items():
+        fn()  # warm-up (caches, allocator)
+        flops = _flops(fn)
+        sec, mem = _rss_peak(fn)
+        res[name] = {"gflop": flops / 1e9, "seconds": sec, "gflops": flops / sec / 1e9,
+                     "fraction_of_peak": flops / sec / 1e9 / peak, "peak_mb_above_start": mem}
+        print(name, res[name], flush=True)
+    lines = ["## 5. Each phase against the machine's limit", "",
+             f"fp32 matmul peak (2048³, best of 10): **{peak:.0f} GFLOP/s**. FLOPs counted by "
+             "`torch.utils.flop_counter` in one pass, time measured alone in another; memory = peak RSS above "
+             "the phase's start. SmolLM2-135M-Instruct implanted with pistol-mini, fp32.", "",
+             "| phase | GFLOP | seconds | GFLOP/s | fraction of fp32 peak | peak MiB above start |",
+             "|---|---|---|---|---|---|"]
+    for name, r in res.items():
+        lines.append(f"| {name} | {r['gflop']:.1f} | {r['seconds']:.2f} | {r['gflops']:.0f} | "
+                     f"{100 * r['fraction_of_peak']:.0f}% | {r['peak_mb_above_start']:.0f} |")
+    a, b = (res["implant step (plain loss, every position)"], res["implant step (answer-only, shared prefix)"])
+    lines += ["", f"Implant step: {a['gflop'] / b['gflop']:.2f}× fewer FLOPs and "
+              f"{a['seconds'] / b['seconds']:.2f}× less time with the answer-only, shared-prefix loss."]
+    write("phases", "\n".join(lines), {"peak_fp32_gflops": peak, "phases": res})
+
+
+if __name__ == "__main__":
+    main()
