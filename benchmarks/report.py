@@ -9,21 +9,28 @@ import json
 
 from common import HERE, RESULTS
 
-ORDER = ["eval_throughput", "finetune_throughput", "method_cost", "end_to_end"]
+ORDER = ["eval_throughput", "finetune_throughput", "method_cost", "end_to_end", "phases", "editing_stats"]
+
+
+def machine_line(m: dict) -> str:
+    isa = "AMX/AVX512-BF16 (native bf16)" if m.get("bf16_native") else "no native bf16 (AVX2-class)"
+    return (f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB, "
+            f"{'GPU ' + m['cuda'] if m.get('cuda') else 'no GPU'}; {isa}; torch {m['torch']}, Python {m['python']}")
 
 
 def main():
     sections = [RESULTS / f"{n}.md" for n in ORDER if (RESULTS / f"{n}.md").exists()]
     if not sections:
         raise SystemExit("no benchmark results yet: run the bench_*.py scripts first")
-    m = json.loads((RESULTS / f"{sections[0].stem}.json").read_text())["machine"]
     head = ["# Benchmark results", "",
-            f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB, "
-            f"{'GPU ' + m['cuda'] if m['cuda'] else 'no GPU'}; native bf16: {'yes' if m['bf16_native'] else 'no'}; "
-            f"torch {m['torch']}, Python {m['python']}.", "",
             "Each section is written by one script in `benchmarks/` (numbers measured side by side in one "
-            "process); `python benchmarks/report.py` rebuilds this file.", ""]
-    body = [p.read_text() for p in sections]
+            "process) and names the machine that produced it; `python benchmarks/report.py` rebuilds this file.",
+            ""]
+    body = []
+    for p in sections:
+        text = p.read_text().rstrip().split("\n")
+        m = json.loads((RESULTS / f"{p.stem}.json").read_text())["machine"]
+        body.append("\n".join(text[:1] + ["", f"*Measured on: {machine_line(m)}.*"] + text[1:]) + "\n")
     notes = HERE / "notes.md"
     if notes.exists():
         body.append(notes.read_text())

@@ -60,6 +60,9 @@ class Method:
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "unlearn"
     Params: ClassVar[type[MethodParams]] = MethodParams
+    # ``apply`` may change the given model's weights in place (the runner puts them back from the
+    # checkpoint afterwards); a method that adds or replaces modules must say so, and gets a copy
+    changes_structure: ClassVar[bool] = False
 
     def apply(self, model, tokenizer, request: UnlearnRequest, params: MethodParams):  # pragma: no cover
         raise NotImplementedError

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from unlearnbench import precision
 
@@ -121,6 +122,60 @@ def test_methods_of_different_precisions_in_one_process_give_their_numbers_alone
     assert together == alone
     assert together["gd-bf16__edge-A_B__seed0.json"][2]["method"] == "bf16"
     assert together["ga__edge-A_B__seed0.json"][2]["method"] == "fp32"
+
+
+def test_cells_change_the_shared_model_in_place_and_leave_it_as_saved(tmp_path, grid_config, monkeypatch):
+    """With an implant checkpoint each cell trains the shared model itself and its weights are
+    copied back afterwards (one model in memory): every cell's numbers equal those of a cell that
+    worked on a copy — also after a bf16 cell (accelerate's autocast wrapper) and a failed one."""
+    from unlearnbench import runner as runner_mod
+    from unlearnbench.runner import Runner
+
+    monkeypatch.setenv("UNLEARNBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(precision.ALLOW_SLOW_BF16_ENV, "1")
+    methods = [{"name": "gd", "label": "gd-bf16", "params": {"epochs": 1, "precision": "bf16"}},
+               {"name": "ga", "label": "ga-diverges", "params": {"epochs": 3, "lr": 1e30}}] + _METHODS
+    grid = {**_TINY_GRID, "methods": methods}
+    restores = []
+    real = runner_mod.restore_weights
+    monkeypatch.setattr(runner_mod, "restore_weights", lambda m, p: (restores.append(p), real(m, p)))
+    (tmp_path / "a").mkdir()
+    in_place = Runner(grid_config(grid, tmp_path / "a"), tmp_path / "in_place", progress=False).run()
+    from methods import get_method
+
+    refs = sum(getattr(get_method(m["name"]), "needs_reference", False) for m in methods)
+    assert refs == 2  # npo and rmu: their frozen reference is a copy restored from the checkpoint
+    assert len(restores) == len(methods) + refs  # after every cell, and each reference copy
+    monkeypatch.setattr(runner_mod, "checkpoint_covers", lambda *a: False)
+    (tmp_path / "b").mkdir()
+    copies = Runner(grid_config(grid, tmp_path / "b"), tmp_path / "copies", progress=False).run()
+    assert len(restores) == len(methods) + refs  # no more: every cell had its own copy
+
+    def recs(out):
+        return {c.name: json.loads(c.read_text()) for c in sorted((out / "cells").glob("*.json"))}
+
+    a, b = recs(in_place), recs(copies)
+    assert a.keys() == b.keys() and len(a) == len(methods) + 2
+    assert a["ga-diverges__edge-A_B__seed0.json"]["status"] == "failed"  # and the cells after it still match
+    for name in a:
+        assert (a[name]["status"], a[name].get("metrics"), a[name].get("per_example")) == \
+            (b[name]["status"], b[name].get("metrics"), b[name].get("per_example")), name
+
+
+def test_restore_weights_puts_back_every_parameter(tmp_path):
+    from unlearnbench.models import checkpoint_covers, load, restore_weights, tiny_random_llama
+
+    m, tok = tiny_random_llama()
+    m.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    lm = load(str(tmp_path))
+    saved = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    assert checkpoint_covers(lm.model, tmp_path) and not checkpoint_covers(lm.model, None)
+    with torch.no_grad():
+        for p in lm.model.parameters():
+            p.add_(1.0)
+    restore_weights(lm.model, tmp_path)
+    assert all(torch.equal(v, saved[k]) for k, v in lm.model.state_dict().items())
 
 
 # ---- no evaluation data inside methods -----------------------------------------------------------

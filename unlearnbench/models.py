@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -176,3 +177,38 @@ def load(spec: str, *, device: str | None = None, trust_remote_code: bool = Fals
     model.to(device or "cpu")
     model.eval()
     return LoadedModel(model, tok, spec, path)
+
+
+def _checkpoint_files(path: str | os.PathLike) -> list[Path]:
+    return sorted(Path(path).glob("*.safetensors"))
+
+
+def checkpoint_covers(model: torch.nn.Module, path: str | os.PathLike | None) -> bool:
+    """Whether the safetensors checkpoint in ``path`` holds every parameter of ``model`` by name
+    (tied parameters need one of their names), so :func:`restore_weights` can put it back."""
+    if path is None or not _checkpoint_files(path):
+        return False
+    from safetensors import safe_open
+
+    keys = set()
+    for f in _checkpoint_files(path):
+        with safe_open(str(f), "pt") as sf:
+            keys |= set(sf.keys())
+    by_storage: dict[int, set[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_storage.setdefault(p.data_ptr(), set()).add(name)
+    return all(names & keys for names in by_storage.values())
+
+
+@torch.no_grad()
+def restore_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Copy every parameter back from the checkpoint ``model`` was loaded from (in place, no second
+    model in memory): what lets a grid cell change the shared model instead of a copy of it."""
+    from safetensors import safe_open
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for f in _checkpoint_files(path):
+        with safe_open(str(f), "pt") as sf:
+            for k in sf.keys():
+                if k in params:
+                    params[k].copy_(sf.get_tensor(k))

@@ -41,7 +41,7 @@ from .evaluate import (
     score,
 )
 from .finetune import cache_key, finetune
-from .models import LoadedModel, load
+from .models import LoadedModel, checkpoint_covers, load, restore_weights
 from .results import (SCHEMA_VERSION, cell_id, comparability_key, describe_key, hardware, package_versions,
                       write_atomic)
 
@@ -126,6 +126,9 @@ class Context:
     device: str
     base_eval: ModelEval | None = None  # the model before the implant (reference row ``base``)
     precisions: dict | None = None  # resolved precision of the implant, the evaluation and each method row
+    # where the shared model's weights can be restored from after a cell changed them in place
+    # (None: each cell works on a copy)
+    checkpoint: str | None = None
 
 
 def check_precisions(cfg: RunConfig, device: str) -> dict:
@@ -205,7 +208,8 @@ class Runner:
                                           heldout_edges=self._heldout(ds))
             model, info = finetune(base, ds, cfg.finetune, progress=self.progress)
             model.model.to(device)
-        return Context(cfg, ds, model, info, evaluator, device, base_eval, precisions)
+        checkpoint = model.path if checkpoint_covers(model.model, model.path) else None
+        return Context(cfg, ds, model, info, evaluator, device, base_eval, precisions, checkpoint)
 
     # ---- records -------------------------------------------------------------------------
     def _base_record(self, ctx: Context, row: str, method: str, kind: str, params: dict, split_spec, splits, seed):
@@ -329,10 +333,15 @@ class Runner:
         cls = methods_pkg.get_method(entry.name)
         params = cls.Params.model_validate(entry.params)
         rec = self._base_record(ctx, entry.row, entry.name, cls.kind, params.model_dump(), spec, splits, seed)
+        # A method changes weights, never the model's structure: the cell works on the shared
+        # model itself and its weights are put back from the checkpoint afterwards (one model in
+        # memory, not two); a method that needs the model as it was gets a copy, made on request.
+        in_place = ctx.checkpoint is not None and not getattr(cls, "changes_structure", False)
+        flags = [p.requires_grad for p in ctx.model.model.parameters()]
         try:
             set_seed(seed)
             rss0 = release_memory()  # the cell's memory is what it adds to this
-            model = copy.deepcopy(ctx.model.model)
+            model = ctx.model.model if in_place else copy.deepcopy(ctx.model.model)
             apply_s, peak_rss, peak_cuda, steps = 0.0, 0, None, []
             method = cls()
             heldout = forgotten_edges(splits)
@@ -342,7 +351,11 @@ class Runner:
 
                 def reference(before=before, ref_holder=ref_holder, first_step=(i == 0)):
                     if "m" not in ref_holder:
-                        ref_holder["m"] = ctx.model.model if first_step else copy.deepcopy(before)
+                        if first_step and in_place:  # the implant as saved, whatever apply did so far
+                            ref_holder["m"] = copy.deepcopy(before)
+                            restore_weights(ref_holder["m"], ctx.checkpoint)
+                        else:
+                            ref_holder["m"] = ctx.model.model if first_step else copy.deepcopy(before)
                     return ref_holder["m"]
 
                 request = build_request(ctx.ds, split, seed, ctx.device, reference=reference,
@@ -372,6 +385,15 @@ class Runner:
         except Exception as e:  # a failing cell is a result, not the end of the grid
             log.error("cell %s failed: %s", cid, e)
             rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        finally:
+            if in_place:  # as it was: weights, trainable flags, no forward wrapper (accelerate's autocast), eval
+                shared = ctx.model.model
+                restore_weights(shared, ctx.checkpoint)
+                for p, f in zip(shared.parameters(), flags):
+                    p.requires_grad_(f)
+                for attr in ("forward", "_original_forward"):
+                    shared.__dict__.pop(attr, None)
+                shared.eval()
         write_atomic(self._path(cid), rec)
         release_memory()
         return rec
