@@ -67,14 +67,14 @@ def main():
              "|---|---|---|---|---|---|---|---|"]
     for name, r in res.items():
         lines.append(f"| {name} | {r['n']} | {r['budget']} | {r['loop_qa_per_s']:.2f} | {r['evaluator_qa_per_s']:.2f} | "
-                     f"{r['speedup']:.1f}× | {'yes' if r['identical'] else f'no ({r['n_different']} differ)'} | "
+                     f"{r['speedup']:.1f}× | {'yes' if r['identical'] else 'no (%d differ)' % r['n_different']} | "
                      f"{r['gflop_per_s']:.0f} |")
     tot_fast = sum(r["evaluator_s"] for r in res.values())
     tot_slow = sum(r["loop_s"] for r in res.values())
     lines += ["", f"All {sum(r['n'] for r in res.values())} questions: loop {tot_slow:.1f} s, evaluator {tot_fast:.1f} s "
               f"→ **{tot_slow / tot_fast:.1f}×** (target ≥ 5×).", "",
               f"Matmul peak measured on this machine (2048³, best of 10): fp32 {peak['float32']:.0f} GFLOP/s, "
-              f"bf16 {peak['bfloat16']:.0f} GFLOP/s. The evaluator's forward passes reach "
+              + (f"bf16 {peak['bfloat16']:.0f} GFLOP/s. " if 'bfloat16' in peak else "bf16 not native (not measured). ") + "The evaluator's forward passes reach "
               + ", ".join(f"{r['gflop_per_s'] / peak['float32']:.0%} ({name})" for name, r in res.items())
               + " of the fp32 peak. The rest goes to work that is not a large GEMM: one new token per sequence per "
               "decoding step (skinny matmuls), attention over the KV cache, sampling bookkeeping in `generate`, "
