@@ -33,7 +33,7 @@ from pistol_data.side_sets import anchor_questions
 
 from .cache import cache_dir, stable_hash
 from .generation import generate_answers
-from .lm import answer_logits
+from .lm import answer_logits, upcast
 from . import precision
 from .models import LoadedModel, load
 from .prompts import collate, encode_qa
@@ -79,10 +79,10 @@ def _implant_trainer(**kw):
     class ImplantTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             a = answer_logits(model, inputs)
-            if num_items_in_batch is None:
-                loss = torch.nn.functional.cross_entropy(a.logits.float(), a.gold)
-            else:  # as the model's loss does under gradient accumulation: token sum / tokens of the step
-                loss = torch.nn.functional.cross_entropy(a.logits.float(), a.gold, reduction="sum")
+            # as the model's own loss: the token mean, or under gradient accumulation the token sum / tokens of the step
+            loss = torch.nn.functional.cross_entropy(upcast(a.logits), a.gold,
+                                                     reduction="mean" if num_items_in_batch is None else "sum")
+            if num_items_in_batch is not None:
                 loss = loss / num_items_in_batch
                 if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
                     loss = loss * self.accelerator.num_processes

@@ -294,27 +294,28 @@ class Runner:
                                      "eval_seconds": ref_eval.seconds},
                                per_example=_per_example(ref_eval))
                     write_atomic(self._path(cid), rec)
-        cells = [(e, s, seed) for e in entries for s in specs for seed in cfg.seeds]
         from tqdm.auto import tqdm
 
-        ran = 0
-        todo = sum(not self._done(cell_id(e.row, s.label(), seed)) for e, s, seed in cells)
-        if todo:
-            eval_s = max((r.seconds for r in references.values()), default=None)
-            log.warning("%d cells to run%s", todo, f"; one evaluation takes {eval_s:.0f}s here, so at least "
-                        f"{todo * eval_s / 60:.0f} min plus the methods' own time" if eval_s else "")
-        grid0 = time.perf_counter()
-        for entry, spec, seed in tqdm(cells, desc="grid", disable=not self.progress):
+        pending = []  # each finished cell is read (and judged reusable or not) once
+        for entry, spec, seed in ((e, s, seed) for e in entries for s in specs for seed in cfg.seeds):
             cid = cell_id(entry.row, spec.label(), seed)
             if self._done(cid):
                 log.info("skip finished cell %s", cid)
-                continue
+            else:
+                pending.append((entry, spec, seed, cid))
+        if pending:
+            eval_s = max((r.seconds for r in references.values()), default=None)
+            log.warning("%d cells to run%s", len(pending), f"; one evaluation takes {eval_s:.0f}s here, so at "
+                        f"least {len(pending) * eval_s / 60:.0f} min plus the methods' own time" if eval_s else "")
+        grid0 = time.perf_counter()
+        ran = 0
+        for entry, spec, seed, cid in tqdm(pending, desc="grid", disable=not self.progress):
             self._run_cell(ctx, entry, spec, resolved[spec.label()], seed, cid)
             ran += 1
-            if ran == 1 and todo > 1:
+            if ran == 1 and len(pending) > 1:
                 per = time.perf_counter() - grid0
                 log.warning("first cell took %.0fs; the other %d cells: about %.0f min (methods differ in cost: "
-                            "the bar below updates the estimate)", per, todo - 1, per * (todo - 1) / 60)
+                            "the bar below updates the estimate)", per, len(pending) - 1, per * (len(pending) - 1) / 60)
         self._log_run(started, time.perf_counter() - wall0, ran)
         from .leaderboard import write_leaderboard
 
@@ -395,5 +396,4 @@ class Runner:
                     shared.__dict__.pop(attr, None)
                 shared.eval()
         write_atomic(self._path(cid), rec)
-        release_memory()
-        return rec
+        return rec  # what the cell left is released before the next one measures its baseline
