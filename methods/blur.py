@@ -69,19 +69,31 @@ class BlurNPOParams(BLURParams):
                                    "weighs the two alike")
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 22) -> float:
+    """⟨a, b⟩ with float64 products and sums, in chunks (no tensor-sized float64 copies)."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    return sum(float((a[i:i + chunk].double() * b[i:i + chunk].double()).sum()) for i in range(0, a.numel(), chunk))
+
+
 def bilevel_direction(gf: list[torch.Tensor], gr: list[torch.Tensor], gamma: float) -> list[torch.Tensor]:
-    """d = g_r + (γ − ⟨g_r, g_f⟩/‖g_f‖²)·g_f over lists of per-parameter gradients."""
-    ff = sum(float((f.double() * f.double()).sum()) for f in gf)
+    """d = g_r + (γ − ⟨g_r, g_f⟩/‖g_f‖²)·g_f over lists of per-parameter gradients, written into
+    ``gr``'s tensors (one gradient-sized buffer less at the step's peak); returns them."""
+    ff = sum(_dot(f, f) for f in gf)
     if ff == 0.0:
-        return [r.clone() for r in gr]
-    fr = sum(float((r.double() * f.double()).sum()) for r, f in zip(gr, gf))
-    c = gamma - fr / ff
-    return [r + c * f for r, f in zip(gr, gf)]
+        return gr
+    c = gamma - sum(_dot(r, f) for r, f in zip(gr, gf)) / ff
+    for r, f in zip(gr, gf):
+        r.add_(c * f)  # r + (c·f), as the out-of-place form rounds it
+    return gr
 
 
 class _BiLevel(GradientMethod):
     Params = BLURParams
     needs_reference = True
+    own_gradients = True
+
+    def reference_outputs(self, params):
+        return {"retain": "log_softmax"} if params.retain_loss == "kl" else {}
 
     def forget_loss(self, model, batch, ctx) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -91,46 +103,55 @@ class _BiLevel(GradientMethod):
             return kl_to_reference(model, ctx["ref"], batch["retain"])
         return sequence_mean_nll(model, batch["retain"])
 
-    def loss(self, model, batch, ctx):
+    def loss_terms(self, model, batch, ctx):
+        """g_f and g_r are separate gradients: each term is run (on the unwrapped module: DDP's own
+        averaging would average d) and differentiated alone, one sub-batch's activations at a time."""
         net = ctx["accelerator"].unwrap_model(model)
-        f = self.forget_loss(net, batch, ctx)
-        r = self.retain_loss(net, batch, ctx) if "retain" in batch else None
-        ctx["_parts"] = (f, r)
-        return (f + r).detach() if r is not None else f.detach()
+
+        def part(name, fn):
+            def run():
+                ctx["_part"] = name
+                return fn(net, batch, ctx)
+            return run
+
+        return [part("gf", self.forget_loss)] + ([part("gr", self.retain_loss)] if "retain" in batch else [])
+
+    def _trainable(self, model, ctx):
+        if "_trainable" not in ctx:
+            ctx["_trainable"] = [p for p in ctx["accelerator"].unwrap_model(model).parameters() if p.requires_grad]
+        return ctx["_trainable"]
 
     def backward(self, accelerator, model, loss, batch, ctx) -> None:
-        f, r = ctx.pop("_parts")
-        if "_trainable" not in ctx:
-            ctx["_trainable"] = [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad]
-            ctx["_acc"] = None
-        params = ctx["_trainable"]
-
-        def grads(loss_):
-            if loss_ is None:
-                return [torch.zeros_like(p) for p in params]
-            gs = torch.autograd.grad(loss_, params, allow_unused=True)
-            return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
-
-        gf, gr = grads(f), grads(r)
-        acc = ctx["_acc"]
-        if acc is None:
-            ctx["_acc"] = acc = {"gf": gf, "gr": gr, "n": 1}
-        else:
-            for a, g in zip(acc["gf"], gf):
-                a.add_(g)
-            for a, g in zip(acc["gr"], gr):
-                a.add_(g)
+        """Accumulates g_f or g_r (over the micro-batches of an optimiser step)."""
+        which = ctx.pop("_part")
+        params = self._trainable(model, ctx)
+        gs = torch.autograd.grad(loss, params, allow_unused=True)
+        gs = [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
+        acc = ctx.setdefault("_acc", {"gf": None, "gr": None, "n": 0})
+        if which == "gf":
             acc["n"] += 1
-        if not accelerator.sync_gradients:
-            return
-        gf = [g / acc["n"] for g in acc["gf"]]
-        gr = [g / acc["n"] for g in acc["gr"]]
-        ctx["_acc"] = None
+        if acc[which] is None:
+            acc[which] = gs
+        else:
+            for a, g in zip(acc[which], gs):
+                a.add_(g)
+
+    def finish_gradients(self, accelerator, model, ctx) -> None:
+        """The step's direction d from the accumulated (and, over processes, averaged) g_f and g_r,
+        written into g_r's buffers and handed to the optimiser as the gradient."""
+        acc = ctx.pop("_acc")
+        params = self._trainable(model, ctx)
+        gf = acc["gf"]
+        gr = acc["gr"] if acc["gr"] is not None else [torch.zeros_like(p) for p in params]
+        if acc["n"] > 1:
+            for g in gf + gr:
+                g.div_(acc["n"])
         if accelerator.num_processes > 1:
             for g in gf + gr:
                 torch.distributed.all_reduce(g)
                 g.div_(accelerator.num_processes)
         d = bilevel_direction(gf, gr, ctx["params"].gamma)
+        del gf, acc
         for p, g in zip(params, d):
             p.grad = g
 
@@ -140,6 +161,9 @@ class BlurNPO(_BiLevel):
     """Bi-level unlearning with the NPO forget loss (the paper's main variant)."""
 
     Params = BlurNPOParams
+
+    def reference_outputs(self, params):
+        return {**super().reference_outputs(params), "forget": "logprobs"}
 
     def forget_loss(self, model, batch, ctx):
         return npo_loss(model, ctx["ref"], batch["forget"], ctx["params"].beta, ctx["params"].forget_per_token)

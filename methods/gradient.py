@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from .base import register_method
-from .training import GradientMethod, TrainParams, kl_to_reference, nll, plus_retain_nll
+from .training import GradientMethod, TrainParams, kl_to_reference, nll, retain_nll
 
 
 class GAParams(TrainParams):
@@ -31,7 +31,7 @@ class GradientAscent(GradientMethod):
 
     Params = GAParams
 
-    def loss(self, model, batch, ctx):
+    def forget_loss(self, model, batch, ctx):
         return -nll(model, batch["forget"])
 
 
@@ -41,8 +41,8 @@ class GradientDifference(GradientAscent):
 
     Params = RetainParams
 
-    def loss(self, model, batch, ctx):
-        return plus_retain_nll(super().loss(model, batch, ctx), model, batch, ctx["params"].alpha)
+    def retain_loss(self, model, batch, ctx):
+        return retain_nll(model, batch, ctx["params"].alpha)
 
 
 @register_method("ukl")
@@ -52,5 +52,9 @@ class GradientAscentKL(GradientAscent):
     Params = RetainParams
     needs_reference = True
 
-    def loss(self, model, batch, ctx):
-        return super().loss(model, batch, ctx) + ctx["params"].alpha * kl_to_reference(model, ctx["ref"], batch["retain"])
+    def reference_outputs(self, params):
+        return {"retain": "log_softmax"}
+
+    def retain_loss(self, model, batch, ctx):
+        a = ctx["params"].alpha
+        return a * kl_to_reference(model, ctx["ref"], batch["retain"]) if a else None

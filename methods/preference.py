@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .base import register_method
-from .training import GradientMethod, TrainParams, plus_retain_nll, sequence_logprob
+from .training import GradientMethod, TrainParams, retain_nll, sequence_logprob
 
 
 class PrefParams(TrainParams):
@@ -49,11 +49,17 @@ class IdkDPO(GradientMethod):
     Params = DPOParams
     needs_reference = True
 
-    def loss(self, model, batch, ctx):
+    def reference_outputs(self, params):
+        return {"forget": "logprobs", "forget_idk": "logprobs"}
+
+    def forget_loss(self, model, batch, ctx):
         p, ref = ctx["params"], ctx["ref"]
         win, lose = batch["forget_idk"], batch["forget"]
         margin = _log_ratio(model, ref, win) - _log_ratio(model, ref, lose)
-        return plus_retain_nll(-F.logsigmoid(p.beta * margin).mean(), model, batch, p.alpha)
+        return -F.logsigmoid(p.beta * margin).mean()
+
+    def retain_loss(self, model, batch, ctx):
+        return retain_nll(model, batch, ctx["params"].alpha)
 
 
 @register_method("npo")
@@ -63,6 +69,11 @@ class NPO(GradientMethod):
     Params = PrefParams
     needs_reference = True
 
-    def loss(self, model, batch, ctx):
-        p = ctx["params"]
-        return plus_retain_nll(npo_loss(model, ctx["ref"], batch["forget"], p.beta), model, batch, p.alpha)
+    def reference_outputs(self, params):
+        return {"forget": "logprobs"}
+
+    def forget_loss(self, model, batch, ctx):
+        return npo_loss(model, ctx["ref"], batch["forget"], ctx["params"].beta)
+
+    def retain_loss(self, model, batch, ctx):
+        return retain_nll(model, batch, ctx["params"].alpha)

@@ -83,7 +83,7 @@ class RMU(GradientMethod):
         mask[:, :skip] = 0  # right-padded rows: the template prefix is at the start
         return mask
 
-    def loss(self, model, batch, ctx):
+    def forget_loss(self, model, batch, ctx):
         p, ref = ctx["params"], ctx["ref"]
         net = ctx["accelerator"].unwrap_model(model)
         layer = self.layer  # set with the trainable parameters, before the first step
@@ -101,15 +101,16 @@ class RMU(GradientMethod):
             self.steering_coeff = c
             self.target = c * u
             ctx["_target"] = self.target.to(next(net.parameters()).device)
-        skip = ctx["_skip"]
         f = batch["forget"]
-        loss = _masked_mse(self._acts(model, f, layer), ctx["_target"], self._mask(f, skip))
-        if "retain" in batch and p.alpha:
-            r = batch["retain"]
-            with torch.no_grad():
-                frozen = self._acts(ref, r, layer)
-            loss = loss + p.alpha * _masked_mse(self._acts(model, r, layer), frozen, self._mask(r, skip))
-        return loss
+        return _masked_mse(self._acts(model, f, layer), ctx["_target"], self._mask(f, ctx["_skip"]))
+
+    def retain_loss(self, model, batch, ctx):
+        p, r = ctx["params"], batch["retain"]
+        if not p.alpha:
+            return None
+        with torch.no_grad():
+            frozen = self._acts(ctx["ref"], r, self.layer)
+        return p.alpha * _masked_mse(self._acts(model, r, self.layer), frozen, self._mask(r, ctx["_skip"]))
 
     def report(self) -> dict | None:
         out = super().report()

@@ -61,8 +61,9 @@ class Rome(EditMethod):
         layer = params.layer if params.layer is not None else default_layers(model, 1 / 6, 1)[0]
         facts = request_facts(request, params)
         prefixes = context_prefixes(model, tokenizer, params.n_prefixes, request.seed)
-        c = key_second_moment(model, tokenizer, [layer], request, params, progress=request.progress)[layer]
-        c = ridge(c)
+        c = None  # the key statistics only when the update reads them
+        if params.mom2_adjustment:
+            c = ridge(key_second_moment(model, tokenizer, [layer], request, params, progress=request.progress)[layer])
         norms = []
         for f in facts:
             k_star = compute_keys(model, tokenizer, [layer], [f], prefixes, fact_token=params.fact_token)[layer][0].double()

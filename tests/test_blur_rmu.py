@@ -55,8 +55,10 @@ def _direction(method, model, batches, ctx, acc_sync_last=True):
     for i, b in enumerate(batches):
         acc = _OneProcess(sync=(i == len(batches) - 1) and acc_sync_last)
         ctx["accelerator"] = acc
-        loss = method.loss(model, b, ctx)
-        method.backward(acc, model, loss, b, ctx)
+        for term in method.loss_terms(model, b, ctx):  # as the shared loop runs them
+            method.backward(acc, model, term(), b, ctx)
+        if acc.sync_gradients:
+            method.finish_gradients(acc, model, ctx)
     return [p.grad.clone() for p in params]
 
 

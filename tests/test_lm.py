@@ -116,3 +116,70 @@ def test_busy_cores_and_a_second_run_are_reported(monkeypatch, tmp_path, caplog)
     assert "another unlearnbench run" in caplog.text
     with threads.RunLock(lock) as again:  # released: the next run is alone
         assert again.other is None
+
+
+def _rows(prefix_len=12, seed=0):
+    b = _batch(prefix_len, seed)
+    n = b["attention_mask"].sum(1).tolist()
+    return [{"input_ids": b["input_ids"][i, :n[i]].tolist(), "labels": b["labels"][i, :n[i]].tolist()}
+            for i in range(len(n))]
+
+
+def test_the_reference_memo_answers_as_the_reference_model(model):
+    """Asked once in other batches (length-sorted, 3 rows), the memo gives the values the model gives
+    in the loop's batch; a row it was not asked about is an error, not a silent recomputation."""
+    from methods.training import ReferenceMemo, kl_to_reference, sequence_logprob
+
+    ref, _ = tiny_random_llama(seed=4)
+    ref = ref.double()
+    rows = _rows(12, seed=1)
+    b = collate(rows, pad_id=0)
+    memo = ReferenceMemo.build(ref, {"forget": rows[:2], "retain": rows}, {"forget": "logprobs", "retain": "log_softmax"},
+                               pad_id=0, batch_size=3)
+    for per_token in (False, True):
+        torch.testing.assert_close(sequence_logprob(memo, b, per_token), sequence_logprob(ref, b, per_token),
+                                   rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(kl_to_reference(model, memo, b), kl_to_reference(model, ref, b), rtol=1e-9, atol=1e-9)
+    only_forget = ReferenceMemo.build(ref, {"forget": rows[:2]}, {"forget": "logprobs"}, pad_id=0)
+    with pytest.raises(KeyError, match="row 2"):
+        sequence_logprob(only_forget, b)
+    with pytest.raises(KeyError, match="log_softmax"):
+        kl_to_reference(model, only_forget, collate(rows[:2], pad_id=0))
+
+
+@pytest.mark.parametrize("name,change", [("npo", "memo"), ("ukl", "memo"), ("dpo", "memo"), ("gd", "terms"),
+                                         ("npo", "terms"), ("rmu", "terms")])
+def test_less_work_trains_to_the_same_weights(name, change, mini):
+    """The default loop against the plain one (float64 tiny model, 2 epochs), end weights equal:
+    ``memo`` — the frozen reference asked once before training vs asked at every step;
+    ``terms`` — the forget and retain terms run forward and backward one after the other vs one loss."""
+    import copy
+
+    import methods
+    from pistol_data import scenarios
+    from unlearnbench.models import load
+
+    lm = load("tiny-random-llama")
+    base = lm.model.double()
+    [split] = scenarios.resolve(mini, {"type": "edge", "edge": "A_B"})
+    req = methods.UnlearnRequest(forget=split.request(mini), retain=split.retain(mini), progress=False,
+                                 refusal_targets=["I don't know."], reference_model=lambda: copy.deepcopy(base))
+    cls = methods.get_method(name)
+    params = cls.Params(lr=1e-3, epochs=2, **({"layer": 2} if name == "rmu" else {}))
+
+    class Plain(cls):
+        if change == "memo":
+            def reference_outputs(self, params):
+                return None
+        else:
+            def loss_terms(self, model, batch, ctx):
+                return [lambda: self.loss(model, batch, ctx)]
+
+    fast = cls().apply(copy.deepcopy(base), lm.tokenizer, req, params)
+    plain = Plain().apply(copy.deepcopy(base), lm.tokenizer, req, params)
+    moved = 0.0
+    with torch.no_grad():
+        for (n, a), b, c in zip(fast.named_parameters(), plain.parameters(), base.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8, msg=n)
+            moved = max(moved, float((a - c).abs().max()))
+    assert moved > 1e-4  # it trained

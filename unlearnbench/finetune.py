@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +64,8 @@ class FinetuneParams(BaseModel):
                                     "less drift on general knowledge and a smaller optimiser")
     train_modules: Literal["all", "mlp"] = Field("all", description="full mode: update every weight, or only the "
                                                  "MLP blocks (where factual associations are stored)")
+    freeze_below: float = Field(0.0, ge=0, lt=1, description="full mode: blocks below this fraction of the depth "
+                                "stay fixed — no backward through them at all (0 = train every block)")
     anchor_max_tokens: int = Field(64, ge=8, description="anchor answers: greedy tokens, cut after the last full sentence")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast (fp32 master weights) or "
                                                        "fp32: auto = bf16 on CUDA, fp32 on CPU (never by CPU type)")
@@ -130,11 +133,29 @@ def training_rows(base: LoadedModel, ds: PistolDataset, params: FinetuneParams) 
     return rows
 
 
+def set_trainable(model, params: FinetuneParams) -> None:
+    """Full mode: which weights the implant updates (``train_modules``, ``freeze_embeddings``,
+    ``freeze_below``); LoRA: nothing here (peft freezes the base)."""
+    if params.mode != "full":
+        return
+    first = int(params.freeze_below * model.config.num_hidden_layers)
+    for name, p in model.named_parameters():
+        m = re.search(r"\.layers\.(\d+)\.", name)
+        p.requires_grad_((params.train_modules == "all" or ".mlp." in name)
+                         and (m is None or int(m.group(1)) >= first))
+    if params.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+        if model.get_output_embeddings() is not None:
+            model.get_output_embeddings().weight.requires_grad_(False)
+
+
 def cache_key(model_spec: str, ds: PistolDataset, params: FinetuneParams, device: str = "cpu") -> str:
     """Model × dataset fingerprint × hyper-parameters, with ``precision`` as it resolves on ``device``
     (``auto`` trains in bf16 on CUDA and fp32 on CPU: two different implants, two keys)."""
     hp = {**params.model_dump(), "precision": precision.resolve(params.precision, device),
           "implant_version": IMPLANT_VERSION}
+    if hp["freeze_below"] == 0:  # added later: at its no-op value, implants cached before it stay valid
+        del hp["freeze_below"]
     return f"{Path(model_spec).name}-{ds.fingerprint[:12]}-{stable_hash(hp)}"
 
 
@@ -158,13 +179,7 @@ def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None
     rows = training_rows(base, ds, params)
     model, tok = copy.deepcopy(base.model), base.tokenizer  # the implant never changes its input
     model.train()
-    if params.mode == "full" and params.train_modules == "mlp":
-        for name, p in model.named_parameters():
-            p.requires_grad_(".mlp." in name)
-    if params.mode == "full" and params.freeze_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)
-        if model.get_output_embeddings() is not None:
-            model.get_output_embeddings().weight.requires_grad_(False)
+    set_trainable(model, params)
     if params.mode == "lora":
         from peft import LoraConfig, get_peft_model
 

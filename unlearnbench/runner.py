@@ -348,16 +348,14 @@ class Runner:
             heldout = forgotten_edges(splits)
             for i, split in enumerate(splits):
                 before = model
-                ref_holder = {}
 
-                def reference(before=before, ref_holder=ref_holder, first_step=(i == 0)):
-                    if "m" not in ref_holder:
-                        if first_step and in_place:  # the implant as saved, whatever apply did so far
-                            ref_holder["m"] = copy.deepcopy(before)
-                            restore_weights(ref_holder["m"], ctx.checkpoint)
-                        else:
-                            ref_holder["m"] = ctx.model.model if first_step else copy.deepcopy(before)
-                    return ref_holder["m"]
+                # made when asked and held by the method only, so it can let the copy go early
+                def reference(before=before, first_step=(i == 0)):
+                    if first_step and in_place:  # the implant as saved, whatever apply did so far
+                        ref = copy.deepcopy(before)
+                        restore_weights(ref, ctx.checkpoint)
+                        return ref
+                    return ctx.model.model if first_step else copy.deepcopy(before)
 
                 request = build_request(ctx.ds, split, seed, ctx.device, reference=reference,
                                         progress=self.progress)
