@@ -1,0 +1,97 @@
+"""The knowledge implant: FLOPs, seconds and quality of candidate recipes, side by side.
+
+Each recipe (``FinetuneParams`` overrides, JSON) implants pistol-mini into SmolLM2-135M-Instruct
+(through the implant cache, so a recipe measured once is not trained again and the seconds are
+those of its training run), fp32, then the evaluator scores it:
+
+* **direct ROUGE-1** — mean over every direct question of the graph (what the implant must know;
+  the issue's bar: ≥ 0.95);
+* **utility** — ROUGE-1 on the stratified 100 general-knowledge items (bar: within 0.05 of the
+  base model's).
+
+FLOPs = (``torch.utils.flop_counter`` over one training step on a fixed 16-row batch, rows of
+every length, with the recipe's trainable weights) × steps: frozen lower layers need no backward at all, frozen weights
+no weight gradient. Results are appended to ``results/implant_recipes.json`` as they finish.
+
+    python benchmarks/bench_implant.py '{}' '{"epochs": 3, "lr": 2e-4}' ...
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+from statistics import mean
+
+import torch
+from common import RESULTS, write
+from torch.utils.flop_counter import FlopCounterMode
+
+from pistol_data import generate
+from unlearnbench.evaluate import EvalParams, Evaluator
+from unlearnbench.finetune import FinetuneParams, finetune, set_trainable, training_rows
+from unlearnbench.lm import answer_nll
+from unlearnbench.models import load
+from unlearnbench.prompts import collate
+
+
+def step_flops(base, rows, params: FinetuneParams) -> int:
+    model = copy.deepcopy(base.model).train()
+    set_trainable(model, params)
+    rows = sorted(rows, key=lambda r: len(r["input_ids"]))
+    batch = collate(rows[::max(1, len(rows) // 16)][:16], base.tokenizer.pad_token_id)  # every length class
+    with FlopCounterMode(display=False) as c:
+        answer_nll(model, batch).backward()
+    return c.get_total_flops()
+
+
+def quality(lm, ds, evaluator) -> dict:
+    ev = evaluator.run(lm.model, lm.tokenizer)
+    return {"direct_rouge1": mean(r["rouge1"] for r in ev.qa if r["form"] == "direct"),
+            "utility": mean(r["rouge1"] for r in ev.utility), "eval_seconds": ev.seconds}
+
+
+def main():
+    recipes = [json.loads(a) for a in sys.argv[1:]] or [{}]
+    ds = generate("pistol-mini", 0)
+    base = load("smollm2-135m-instruct")
+    evaluator = Evaluator(ds, EvalParams(max_new_tokens=24, utility_limit=100, progress=False))
+    out_json = RESULTS / "implant_recipes.json"
+    done = json.loads(out_json.read_text())["recipes"] if out_json.exists() else []
+    if not any(d["recipe"] == "base" for d in done):
+        done.append({"recipe": "base", **quality(base, ds, evaluator)})
+    rows_cache = {}
+    for overrides in recipes:
+        params = FinetuneParams(**overrides)
+        key = json.dumps({k: v for k, v in params.model_dump().items()
+                          if k in ("direct_repeats", "n_refusal", "n_anchor", "anchor_max_tokens", "seed")})
+        if key not in rows_cache:
+            rows_cache[key] = [{k: r[k] for k in ("input_ids", "labels")} for r in training_rows(base, ds, params)]
+        rows = rows_cache[key]
+        steps = params.epochs * math.ceil(len(rows) / params.batch_size)
+        flops = step_flops(base, rows, params) * steps
+        lm, info = finetune(base, ds, params, progress=False)
+        q = quality(lm, ds, evaluator)
+        rec = {"recipe": overrides, "steps": steps, "seconds": info["seconds"], "tflop": flops / 1e12,
+               "train_loss": info["train_loss"], **q}
+        print(rec, flush=True)
+        done = [d for d in done if d["recipe"] != overrides] + [rec]
+        RESULTS.mkdir(exist_ok=True)
+        out_json.write_text(json.dumps({"recipes": done}, indent=1))
+    base_u = next(d["utility"] for d in done if d["recipe"] == "base")
+    lines = ["## The implant: recipes side by side", "",
+             "pistol-mini → SmolLM2-135M-Instruct, fp32. Bars: direct ROUGE-1 ≥ 0.95, utility ≥ base − 0.05 "
+             f"(base utility {base_u:.3f}). TFLOP = counted step FLOPs × steps.", "",
+             "| recipe | steps | TFLOP | seconds | direct R1 | utility | meets both |", "|---|---|---|---|---|---|---|"]
+    for d in done:
+        if d["recipe"] == "base":
+            continue
+        ok = d["direct_rouge1"] >= 0.95 and d["utility"] >= base_u - 0.05
+        lines.append(f"| `{json.dumps(d['recipe'])}` | {d['steps']} | {d['tflop']:.1f} | {d['seconds']:.0f} | "
+                     f"{d['direct_rouge1']:.3f} | {d['utility']:.3f} | {'yes' if ok else 'no'} |")
+    write("implant_recipes", "\n".join(lines), {"recipes": done})
+
+
+if __name__ == "__main__":
+    main()
