@@ -12,6 +12,7 @@ measures for every cell.
     python benchmarks/bench_quickstart.py            # cold + warm
     python benchmarks/bench_quickstart.py --warm-only  # warm, with the user's cache
     python benchmarks/bench_quickstart.py --from-runs COLD WARM   # tables from two finished runs
+    python benchmarks/bench_quickstart.py --leaderboard FOLDER    # every method, from a `make leaderboard` run
                                                    # (wall times from their run_log.jsonl)
 """
 
@@ -46,35 +47,13 @@ def cells(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--warm-only", action="store_true")
-    ap.add_argument("--from-runs", nargs=2, metavar=("COLD", "WARM"), type=Path)
-    a = ap.parse_args()
-    times = {}
-    if a.from_runs:
-        for name, folder in zip(("cold", "warm"), a.from_runs):
-            times[name] = sum(json.loads(line)["seconds"] for line in (folder / "run_log.jsonl").read_text().split("\n")
-                              if line.strip())
-        warm = a.from_runs[1]
-    else:
-        scratch = Path(tempfile.mkdtemp(prefix="ub-bench-"))
-        cache = None
-        if not a.warm_only:
-            cache = str(scratch / "cache")
-            times["cold"] = run(cache, scratch / "cold")
-        times["warm"] = run(cache, scratch / "warm")
-        warm = scratch / "warm"
-    recs = cells(warm)
+def cost_table(recs: list[dict]) -> tuple[list[str], float, float, dict, list]:
+    """Per-method rows (apply s, cell peak, process peak per scenario; mean eval s), totals."""
     by = defaultdict(dict)
     for r in recs:
         by[r["row"]][r["scenario"]["label"]] = r
     scen = sorted({r["scenario"]["label"] for r in recs})
-    lines = ["## 3. Per-method cost", "",
-             "`apply` wall time and memory per scenario of the quickstart (warm run): the cell's own peak "
-             "(RSS above the process before the cell copied the model — the copy, optimiser state, activations) "
-             "and the process's peak RSS (with the loaded models); evaluation time of the result.", "",
-             "| method | kind | " + " | ".join(f"{s} apply s | {s} cell peak MiB | {s} process peak MiB"
+    lines = ["| method | kind | " + " | ".join(f"{s} apply s | {s} cell peak MiB | {s} process peak MiB"
                                               for s in scen) + " | eval s (mean) |",
              "|---|---|" + "---|---|---|" * len(scen) + "---|"]
     total_apply = total_eval = 0.0
@@ -92,6 +71,58 @@ def main():
         total_apply += sum(c["cost"]["apply_seconds"] for c in cs.values())
         total_eval += sum(ev)
         lines.append(f"| {row} | {kind} | " + " | ".join(parts) + f" | {sum(ev) / len(ev):.1f} |")
+    return lines, total_apply, total_eval, by, scen
+
+
+def run_seconds(folder: Path) -> float:
+    return sum(json.loads(line)["seconds"] for line in (folder / "run_log.jsonl").read_text().split("\n")
+               if line.strip())
+
+
+def leaderboard_section(folder: Path) -> None:
+    """``make leaderboard``'s grid (every registered method), from a finished run."""
+    recs = cells(folder)
+    table, total_apply, total_eval, by, scen = cost_table(recs)
+    wall = run_seconds(folder)
+    n_cells = sum(1 for r in recs if r["kind"] != "reference")
+    lines = ["## 6. Every method (`make leaderboard`)", "",
+             f"`unlearnbench run configs/leaderboard.yaml`, implant cached: {n_cells} method cells "
+             f"({len(by) - 2} methods × {len(scen)} scenarios) in **{wall / 60:.1f} min** — `apply` "
+             f"{total_apply / 60:.1f} min, evaluation {total_eval / 60:.1f} min, the rest (reference rows, attacks, "
+             f"leaderboard, plots) {(wall - total_apply - total_eval) / 60:.1f} min. Cell peak = RSS above the "
+             "process before the cell.", ""] + table
+    write("leaderboard_cost", "\n".join(lines), {"seconds": wall, "cells": [
+        {k: r[k] for k in ("row", "kind", "cost")} | {"scenario": r["scenario"]["label"]} for r in recs]})
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--warm-only", action="store_true")
+    ap.add_argument("--from-runs", nargs=2, metavar=("COLD", "WARM"), type=Path)
+    ap.add_argument("--leaderboard", type=Path, metavar="FOLDER", help="only the every-method section, from a "
+                    "finished `make leaderboard` run")
+    a = ap.parse_args()
+    if a.leaderboard:
+        return leaderboard_section(a.leaderboard)
+    times = {}
+    if a.from_runs:
+        for name, folder in zip(("cold", "warm"), a.from_runs):
+            times[name] = run_seconds(folder)
+        warm = a.from_runs[1]
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="ub-bench-"))
+        cache = None
+        if not a.warm_only:
+            cache = str(scratch / "cache")
+            times["cold"] = run(cache, scratch / "cold")
+        times["warm"] = run(cache, scratch / "warm")
+        warm = scratch / "warm"
+    recs = cells(warm)
+    table, total_apply, total_eval, by, scen = cost_table(recs)
+    lines = ["## 3. Per-method cost", "",
+             "`apply` wall time and memory per scenario of the quickstart (warm run): the cell's own peak "
+             "(RSS above the process before the cell copied the model — the copy, optimiser state, activations) "
+             "and the process's peak RSS (with the loaded models); evaluation time of the result.", ""] + table
     ft = next((r["model"].get("finetune_seconds") for r in recs if r["model"].get("finetune_seconds")), None)
     n_cells = sum(1 for r in recs if r["kind"] != "reference")
     e2e = ["## 4. End to end", "",

@@ -10,7 +10,7 @@ import json
 from common import HERE, RESULTS
 
 ORDER = ["eval_throughput", "finetune_throughput", "implant_recipes", "method_cost", "end_to_end", "phases", "editing_stats",
-         "rome_vs_easyedit"]
+         "leaderboard_cost", "rome_vs_easyedit"]
 
 
 def machine_line(m: dict) -> str:
