@@ -37,7 +37,8 @@ class UnlearnRequest:
     evaluator scores (the utility set included). ``refusal_targets``: refusal sentences
     (DPO's preferred answer, editing's target). ``refusal_questions``: questions the model
     refuses (LUNAR's reference set). ``reference_model``: a lazy handle to a frozen copy of the
-    model before this request (for KL, NPO, DPO); call it to get the model. ``entities``: the
+    model before this request (for KL, NPO, DPO); each call may make a new copy, so call it once
+    and drop the model when done. ``entities``: the
     dataset's entity names (editing methods find a question's subject among them). ``edits``:
     editing mode — rewrite each record's question to its answer (a new attribute value)
     instead of forgetting; only methods of kind ``edit`` support it.

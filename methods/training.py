@@ -155,8 +155,7 @@ class ReferenceMemo:
     ones up to float rounding (other padding and batch shapes).
     """
 
-    def __init__(self, device):
-        self.device = device
+    def __init__(self):
         self._rows: dict[tuple, dict[str, torch.Tensor]] = {}
 
     @classmethod
@@ -164,14 +163,17 @@ class ReferenceMemo:
     def build(cls, ref, rows_by_name: dict[str, list[dict]], outputs: dict[str, str], pad_id: int,
               batch_size: int = 16) -> "ReferenceMemo":
         device = next(ref.parameters()).device
-        memo = cls(device)
+        memo = cls()
         want: dict[tuple, tuple[dict, set]] = {}
         for name, what in outputs.items():
             if what not in ("logprobs", "log_softmax"):
                 raise ValueError(f"unknown reference output {what!r} (logprobs or log_softmax)")
-            for r in rows_by_name.get(name) or []:
-                b = collate([r], pad_id)
-                key = _row_key(b["input_ids"][0], b["attention_mask"][0], b["labels"][0])
+            rows = rows_by_name.get(name) or []
+            if not rows:
+                continue
+            b = collate(rows, pad_id)  # keyed as the loop's batches will be looked up
+            for i, r in enumerate(rows):
+                key = _row_key(b["input_ids"][i], b["attention_mask"][i], b["labels"][i])
                 want.setdefault(key, (r, set()))[1].add(what)
         order = sorted(want, key=lambda k: len(k))  # similar lengths together: little padding
         for i in range(0, len(order), batch_size):
