@@ -43,7 +43,7 @@ def main():
         cls = get_method(name)
         for label, req in variants.items():
             t = time.perf_counter()
-            edited = cls().apply(copy.deepcopy(lm.model), lm.tokenizer, req, cls.Params())
+            edited = cls().apply(copy.deepcopy(lm.model), lm.tokenizer, req, cls.Params()).model
             sec = time.perf_counter() - t
             m = score(evaluator.run(edited, lm.tokenizer, heldout_edges=split.forget_edges), split)
             res[f"{name} / {label}"] = {**{k: m[k] for k in ("ds", "forget_rouge1", "retain_rouge1", "utility")},

@@ -18,8 +18,8 @@ import torch
 from common import implanted, matmul_peak, write
 
 from pistol_data import general_knowledge
-from unlearnbench.generation import generate_answers
-from unlearnbench.prompts import prompt
+from unlearnbench.core.generation import generate_answers
+from unlearnbench.core.prompts import prompt
 
 
 @torch.inference_mode()
@@ -63,7 +63,7 @@ def main():
              "Evaluator (`generate_answers`: batch 128, length-sorted, shared system-prompt KV cache, stop at EOS, "
              "`inference_mode`) vs a one-question-at-a-time `generate` loop like the original PISTOL evaluation. "
              "Implanted SmolLM2-135M-Instruct, fp32, greedy.", "",
-             "| question set | n | tokens budget | loop QA/s | evaluator QA/s | speed-up | answers identical | achieved GFLOP/s |",
+             "| question set | n | tokens budget | loop QA/s | evaluator QA/s | speed-up | answers identical | achieved GFLOP/s |",  # noqa: E501
              "|---|---|---|---|---|---|---|---|"]
     for name, r in res.items():
         lines.append(f"| {name} | {r['n']} | {r['budget']} | {r['loop_qa_per_s']:.2f} | {r['evaluator_qa_per_s']:.2f} | "
@@ -74,7 +74,7 @@ def main():
     lines += ["", f"All {sum(r['n'] for r in res.values())} questions: loop {tot_slow:.1f} s, evaluator {tot_fast:.1f} s "
               f"→ **{tot_slow / tot_fast:.1f}×** (target ≥ 5×).", "",
               f"Matmul peak measured on this machine (2048³, best of 10): fp32 {peak['float32']:.0f} GFLOP/s, "
-              + (f"bf16 {peak['bfloat16']:.0f} GFLOP/s. " if 'bfloat16' in peak else "bf16 not native (not measured). ") + "The evaluator's forward passes reach "
+              + (f"bf16 {peak['bfloat16']:.0f} GFLOP/s. " if 'bfloat16' in peak else "bf16 not native (not measured). ") + "The evaluator's forward passes reach "  # noqa: E501
               + ", ".join(f"{r['gflop_per_s'] / peak['float32']:.0%} ({name})" for name, r in res.items())
               + " of the fp32 peak. The rest goes to work that is not a large GEMM: one new token per sequence per "
               "decoding step (skinny matmuls), attention over the KV cache, sampling bookkeeping in `generate`, "

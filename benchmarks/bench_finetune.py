@@ -14,9 +14,9 @@ import tempfile
 from common import write
 
 from pistol_data import generate
+from unlearnbench.core.precision import use_bf16
 from unlearnbench.finetune import FinetuneParams, finetune
 from unlearnbench.models import load
-from unlearnbench.precision import use_bf16
 
 
 def main():

@@ -24,16 +24,15 @@ import math
 import sys
 from statistics import mean
 
-import torch
 from common import RESULTS, write
 from torch.utils.flop_counter import FlopCounterMode
 
 from pistol_data import generate
+from unlearnbench.core.lm import answer_nll
+from unlearnbench.core.prompts import collate
 from unlearnbench.evaluate import EvalParams, Evaluator
 from unlearnbench.finetune import FinetuneParams, finetune, set_trainable, training_rows
-from unlearnbench.lm import answer_nll
 from unlearnbench.models import load
-from unlearnbench.prompts import collate
 
 
 def step_flops(base, rows, params: FinetuneParams) -> int:

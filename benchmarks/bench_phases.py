@@ -7,7 +7,7 @@ attention product the phase executes) and once more, alone, to time it:
 * **implant step** — forward + backward of one 16-row batch of the implant's training rows
   (direct QA and refusal rows, as the Trainer batches them), ``plain`` = the model's own loss
   over every position (the code before "Fast and lean") vs ``answer-only`` =
-  :func:`unlearnbench.lm.answer_nll` (shared prompt prefix once, LM head at answer positions);
+  :func:`unlearnbench.core.lm.answer_nll` (shared prompt prefix once, LM head at answer positions);
 * **gradient loop step** — gd's loss (forget NLL ascent + retain NLL) and backward, one step;
 * **value optimisation** — ROME's ``compute_values`` for one hub-edge fact (25 steps at most);
 * **LUNAR apply** — ``lunar.apply`` on the hub-edge request with its layer fixed (28, the layer
@@ -32,13 +32,12 @@ from common import implanted, matmul_peak, write
 from torch.utils.flop_counter import FlopCounterMode
 
 from methods import get_method
-from methods.editing import EditParams, context_prefixes, request_facts
-from methods.editing import compute_values
+from methods.editing import EditParams, compute_values, context_prefixes, request_facts
 from pistol_data import scenarios
 from pistol_data.scenarios import ScenarioSpec
+from unlearnbench.core.lm import answer_nll
+from unlearnbench.core.prompts import collate, encode_qa
 from unlearnbench.evaluate import EvalParams, Evaluator
-from unlearnbench.lm import answer_nll
-from unlearnbench.prompts import collate, encode_qa
 from unlearnbench.runner import build_request
 
 

@@ -38,9 +38,9 @@ from methods import get_method
 from methods.editing import request_facts
 from pistol_data import scenarios
 from pistol_data.scenarios import ScenarioSpec
-from unlearnbench.generation import generate_answers
+from unlearnbench.core.generation import generate_answers
+from unlearnbench.core.prompts import prompt
 from unlearnbench.metrics import is_refusal
-from unlearnbench.prompts import prompt
 from unlearnbench.runner import build_request
 
 LAYER, N_PREFIXES = 5, 20

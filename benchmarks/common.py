@@ -37,7 +37,7 @@ def machine() -> dict:
 
 
 def _bf16() -> bool:
-    from unlearnbench.precision import native_bf16
+    from unlearnbench.core.precision import native_bf16
 
     return native_bf16("cpu")
 

@@ -5,8 +5,18 @@
 """
 
 from . import alphaedit, blur, gradient, lunar, memit, preference, rmu, rome  # noqa: F401  (registration side effects)
-from .base import (REGISTRY, Method, MethodParams, UnknownMethodError, UnlearnRequest, get_method,
-                   list_methods, register_method, validate_params)
+from .base import (
+                   REGISTRY,
+                   Method,
+                   MethodParams,
+                   MethodResult,
+                   UnknownMethodError,
+                   UnlearnRequest,
+                   get_method,
+                   list_methods,
+                   register_method,
+                   validate_params,
+)
 
-__all__ = ["REGISTRY", "Method", "MethodParams", "UnlearnRequest", "UnknownMethodError", "get_method",
+__all__ = ["REGISTRY", "Method", "MethodParams", "MethodResult", "UnlearnRequest", "UnknownMethodError", "get_method",
            "list_methods", "register_method", "validate_params"]

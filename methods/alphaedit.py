@@ -71,6 +71,6 @@ class AlphaEdit(Memit):
         self._prev[layer] = self._prev.get(layer, 0) + keys.T @ keys
 
     def apply(self, model, tokenizer, request, params):
-        model = super().apply(model, tokenizer, request, params)
-        self._info["null_space_rank"] = dict(self._rank)
-        return model
+        out = super().apply(model, tokenizer, request, params)
+        out.info["null_space_rank"] = dict(self._rank)
+        return out

@@ -1,22 +1,23 @@
 """The method interface, the request a method receives, and the registry.
 
 A method is a small class: ``kind`` ("unlearn" | "edit" | "steer"), a pydantic ``Params``
-with documented defaults, and ``apply(model, tokenizer, request, params) -> model``. The
-runner knows nothing else about it. Third-party methods register through the entry-point
-group ``unlearnbench.methods`` (``name = "package.module:Class"``). Nothing in ``methods``
-imports the evaluator.
+with documented defaults, and ``apply(model, tokenizer, request, params)`` returning a
+:class:`MethodResult` (or just the model). The runner knows nothing else about it. Third-party
+methods register through the entry-point group ``unlearnbench.methods``
+(``name = "package.module:Class"``). ``methods`` imports the lower layer
+(:mod:`unlearnbench.core`) and :mod:`pistol_data` only, never the evaluator.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from pistol_data import QARecord
+from unlearnbench.core.registry import Registry, UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,29 @@ class UnlearnRequest:
     preserve: list[str] = field(default_factory=list)
 
 
+@dataclass
+class MethodResult:
+    """What ``apply`` produced: the ``model``; ``info``, JSON-able facts kept with the result
+    (chosen layer, final loss, ...; stored as ``method_info``); and what inference-time attacks
+    may use: ``layers`` the method modified and, for steering methods, ``directions`` (layer →
+    vector added at that layer's output)."""
+
+    model: Any
+    info: dict | None = None
+    layers: list[int] | None = None
+    directions: dict[int, Any] | None = None
+
+    @classmethod
+    def of(cls, out) -> "MethodResult":
+        """A method may return the bare model (the README's four-line method does)."""
+        return out if isinstance(out, cls) else cls(model=out)
+
+    def attack_info(self) -> dict | None:
+        """The attacks' view: ``{"layers": [...], "directions": {...}}``, or None when nothing is exposed."""
+        out = {k: v for k, v in (("layers", self.layers), ("directions", self.directions)) if v}
+        return out or None
+
+
 class Method:
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "unlearn"
@@ -65,69 +89,30 @@ class Method:
     # checkpoint afterwards); a method that adds or replaces modules must say so, and gets a copy
     changes_structure: ClassVar[bool] = False
 
-    def apply(self, model, tokenizer, request: UnlearnRequest, params: MethodParams):  # pragma: no cover
+    def apply(self, model, tokenizer, request: UnlearnRequest, params: MethodParams) -> MethodResult:  # pragma: no cover
         raise NotImplementedError
 
-    def report(self) -> dict | None:
-        """JSON-able facts about the last ``apply`` worth keeping with the result (chosen layer,
-        final loss, ...). The runner stores it as ``method_info``."""
-        return None
 
-    def attack_info(self) -> dict | None:
-        """What inference-time attacks may use after ``apply``: ``layers`` modified and, for
-        steering methods, ``directions`` (layer → vector added). ``None``: nothing to expose."""
-        return None
+def _named(name: str, cls: type[Method]) -> type[Method]:
+    cls.name = name
+    return cls
 
 
-REGISTRY: dict[str, type[Method]] = {}
-
-
-class UnknownMethodError(KeyError):
-    def __str__(self):
-        return self.args[0]
+REGISTRY: Registry[type[Method]] = Registry("method", group="unlearnbench.methods", on_register=_named)
+UnknownMethodError = UnknownNameError
 
 
 def register_method(name: str):
-    """Class decorator: ``@register_method("ga")``."""
-
-    def deco(cls: type[Method]) -> type[Method]:
-        if name in REGISTRY and REGISTRY[name] is not cls:
-            log.warning("method %r re-registered by %s", name, cls.__qualname__)
-        cls.name = name
-        REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-_plugins_loaded = False
-
-
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for ep in entry_points(group="unlearnbench.methods"):
-        try:
-            cls = ep.load()
-            if ep.name not in REGISTRY:
-                register_method(ep.name)(cls)
-        except Exception as e:  # a broken plugin must not break the benchmark
-            log.warning("could not load method plugin %s: %s", ep.name, e)
+    """Class decorator: ``@register_method("ga")``; a name already taken is an error."""
+    return REGISTRY.decorator(name)
 
 
 def get_method(name: str) -> type[Method]:
-    _load_plugins()
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise UnknownMethodError(f"unknown method {name!r}; registered methods: {sorted(REGISTRY)}") from None
+    return REGISTRY[name]
 
 
 def list_methods() -> list[dict]:
     """Name, kind, and every parameter with its default and description."""
-    _load_plugins()
     out = []
     for name, cls in sorted(REGISTRY.items()):
         params = {k: {"default": f.default, "description": f.description or ""}

@@ -110,24 +110,25 @@ class _BiLevel(GradientMethod):
 
         def part(name, fn):
             def run():
-                ctx["_part"] = name
+                self._part = name
                 return fn(net, batch, ctx)
             return run
 
         return [part("gf", self.forget_loss)] + ([part("gr", self.retain_loss)] if "retain" in batch else [])
 
-    def _trainable(self, model, ctx):
-        if "_trainable" not in ctx:
-            ctx["_trainable"] = [p for p in ctx["accelerator"].unwrap_model(model).parameters() if p.requires_grad]
-        return ctx["_trainable"]
+    def start(self, model, ctx) -> None:
+        self._part, self._acc = None, None  # which term runs; g_f / g_r accumulated over a step
+        self._params = [p for p in ctx["accelerator"].unwrap_model(model).parameters() if p.requires_grad]
 
     def backward(self, accelerator, model, loss, batch, ctx) -> None:
         """Accumulates g_f or g_r (over the micro-batches of an optimiser step)."""
-        which = ctx.pop("_part")
-        params = self._trainable(model, ctx)
+        which, self._part = self._part, None
+        params = self._params
         gs = torch.autograd.grad(loss, params, allow_unused=True)
         gs = [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
-        acc = ctx.setdefault("_acc", {"gf": None, "gr": None, "n": 0})
+        if self._acc is None:
+            self._acc = {"gf": None, "gr": None, "n": 0}
+        acc = self._acc
         if which == "gf":
             acc["n"] += 1
         if acc[which] is None:
@@ -139,8 +140,8 @@ class _BiLevel(GradientMethod):
     def finish_gradients(self, accelerator, model, ctx) -> None:
         """The step's direction d from the accumulated (and, over processes, averaged) g_f and g_r,
         written into g_r's buffers and handed to the optimiser as the gradient."""
-        acc = ctx.pop("_acc")
-        params = self._trainable(model, ctx)
+        acc, self._acc = self._acc, None
+        params = self._params
         gf = acc["gf"]
         gr = acc["gr"] if acc["gr"] is not None else [torch.zeros_like(p) for p in params]
         if acc["n"] > 1:

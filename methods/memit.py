@@ -89,6 +89,5 @@ class Memit(EditMethod):
             add_to_weight(model, layer, dw)
             self._after(layer, keys)
             norms.append(float(dw.norm()))
-        self._info = {"layers": layers, "edits": len(facts), "update_norms": norms}
         log.info("%s: %d facts over layers %s", self.name, len(facts), layers)
-        return model
+        return self.result(model, {"layers": layers, "edits": len(facts), "update_norms": norms})

@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from unlearnbench.prompts import template_prefix_len
+from unlearnbench.core.arch import blocks, mlp_out, run_until
+from unlearnbench.core.prompts import template_prefix_len
 
-from .arch import blocks, mlp_out, run_until
 from .base import register_method
 from .training import GradientMethod, TrainParams
 
@@ -61,9 +61,13 @@ class RMU(GradientMethod):
             raise ValueError(f"RMU layer {layer} out of range 0..{n - 1}")
         return layer
 
-    def trainable_parameters(self, model, params: RMUParams):
+    def apply(self, model, tokenizer, request, params: RMUParams):
+        # the steered layer ℓ and the updated layers are fixed per request, before the loop
         self.layer = self._layer(model, params)
         self.layers = list(range(max(0, self.layer - params.n_update_layers + 1), self.layer + 1))
+        return super().apply(model, tokenizer, request, params)
+
+    def trainable_parameters(self, model, params: RMUParams):
         return [mlp_out(model, l).weight for l in self.layers]
 
     def _acts(self, model, b, layer):
@@ -83,12 +87,15 @@ class RMU(GradientMethod):
         mask[:, :skip] = 0  # right-padded rows: the template prefix is at the start
         return mask
 
+    def start(self, model, ctx) -> None:
+        self._skip = template_prefix_len(ctx["tokenizer"])
+        self._target = None  # c·u, fixed on the first forget batch
+
     def forget_loss(self, model, batch, ctx):
         p, ref = ctx["params"], ctx["ref"]
         net = ctx["accelerator"].unwrap_model(model)
-        layer = self.layer  # set with the trainable parameters, before the first step
-        if "_target" not in ctx:
-            ctx["_skip"] = template_prefix_len(ctx["tokenizer"])
+        layer = self.layer
+        if self._target is None:
             g = torch.Generator().manual_seed(ctx["seed"])
             u = torch.rand(net.config.hidden_size, generator=g)
             u = u / u.norm()
@@ -96,13 +103,13 @@ class RMU(GradientMethod):
             if c is None:
                 with torch.no_grad():
                     h = self._acts(ref, batch["forget"], layer).float()
-                    m = self._mask(batch["forget"], ctx["_skip"])
+                    m = self._mask(batch["forget"], self._skip)
                     c = p.coeff_scale * float((h.norm(dim=-1) * m).sum() / m.sum().clamp(min=1))
             self.steering_coeff = c
             self.target = c * u
-            ctx["_target"] = self.target.to(next(net.parameters()).device)
+            self._target = self.target.to(next(net.parameters()).device)
         f = batch["forget"]
-        return _masked_mse(self._acts(model, f, layer), ctx["_target"], self._mask(f, ctx["_skip"]))
+        return _masked_mse(self._acts(model, f, layer), self._target, self._mask(f, self._skip))
 
     def retain_loss(self, model, batch, ctx):
         p, r = ctx["params"], batch["retain"]
@@ -110,13 +117,11 @@ class RMU(GradientMethod):
             return None
         with torch.no_grad():
             frozen = self._acts(ctx["ref"], r, self.layer)
-        return p.alpha * _masked_mse(self._acts(model, r, self.layer), frozen, self._mask(r, ctx["_skip"]))
+        return p.alpha * _masked_mse(self._acts(model, r, self.layer), frozen, self._mask(r, self._skip))
 
-    def report(self) -> dict | None:
-        out = super().report()
-        if out is not None and getattr(self, "layers", None):
-            out.update(layers=list(self.layers), steering_coeff=self.steering_coeff)
+    def result(self, model):
+        out = super().result(model)
+        if out.info is not None:
+            out.info.update(layers=list(self.layers), steering_coeff=self.steering_coeff)
+        out.layers = list(self.layers)
         return out
-
-    def attack_info(self) -> dict | None:
-        return {"layers": list(self.layers)} if getattr(self, "layers", None) else None

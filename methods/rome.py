@@ -70,9 +70,8 @@ class Rome(EditMethod):
             k = compute_keys(model, tokenizer, [layer], [f], [""], fact_token=params.fact_token)[layer][0].double()
             _, v = compute_values(model, tokenizer, [f], layer, "mlp", prefixes, params)
             norms.append(self.update(model, layer, c, k_star, k, v[0], params.mom2_adjustment))
-        self._info = {"layer": layer, "edits": len(facts), "update_norms": norms}
         log.info("ROME: %d edits at layer %d", len(facts), layer)
-        return model
+        return self.result(model, {"layer": layer, "edits": len(facts), "update_norms": norms})
 
     @staticmethod
     @torch.no_grad()

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import logging
 import random
+from types import MappingProxyType
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from unlearnbench.lm import answer_logits, answer_nll, upcast
-from unlearnbench.prompts import IGNORE, collate, encode_qa
+from unlearnbench.core.lm import answer_logits, answer_nll, upcast
+from unlearnbench.core.optim import adamw
+from unlearnbench.core.prompts import DEFAULT_REFUSAL, IGNORE, collate, encode_qa
 
-from .base import Method, MethodParams, UnlearnRequest
+from .base import Method, MethodParams, MethodResult, UnlearnRequest
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +39,6 @@ class TrainParams(MethodParams):
     warmup_steps: int = Field(0, ge=0)
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast for the forward passes "
                                                        "(fp32 weights and optimiser): auto = bf16 on CUDA, fp32 on CPU")
-
-
-def adamw(params, **kw) -> torch.optim.AdamW:
-    """AdamW with the fused (single-kernel) update where torch has one for these tensors: the same
-    arithmetic as the default for-each update (identical losses on SmolLM2), ~20% faster per step
-    for a full fine-tune on 2 CPU cores, where the optimiser update was 13% of a step."""
-    params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
-                for p in params)
-    return torch.optim.AdamW(params, fused=fused or None, **kw)
 
 
 class DivergenceError(RuntimeError):
@@ -72,7 +64,7 @@ def _strip(r: dict) -> dict:
 def build_batches(tokenizer, request: UnlearnRequest, batch_size: int):
     """A DataLoader over (forget, forget→refusal, retain) triples."""
     rng = random.Random(request.seed)
-    targets = request.refusal_targets or ["I don't know."]
+    targets = request.refusal_targets or [DEFAULT_REFUSAL]
     forget = [_strip(encode_qa(tokenizer, r.question, r.answer)) for r in request.forget]
     idk = [_strip(encode_qa(tokenizer, r.question, targets[rng.randrange(len(targets))])) for r in request.forget]
     retain_recs = list(request.retain)
@@ -252,6 +244,9 @@ class GradientMethod(Method):
             terms.append(lambda: self.retain_loss(model, batch, ctx))
         return terms
 
+    def start(self, model, ctx) -> None:
+        """Hook before the first step (after the model is prepared): reset the method's own state."""
+
     def finish_gradients(self, accelerator, model, ctx) -> None:
         """Hook after the last backward of an optimiser step (before clipping); default: nothing."""
 
@@ -279,7 +274,7 @@ class GradientMethod(Method):
         if not request.forget:
             raise ValueError("the request has an empty forget set")
         torch.manual_seed(request.seed)
-        from unlearnbench import precision
+        from unlearnbench.core import precision
 
         mp = precision.check(params.precision, request.device, f"method {self.name!r}")
         accelerator = precision.fresh_accelerator(cpu=request.device == "cpu",
@@ -303,7 +298,10 @@ class GradientMethod(Method):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / params.warmup_steps) if params.warmup_steps else 1.0)
         model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
-        ctx = {"ref": ref, "params": params, "accelerator": accelerator, "tokenizer": tokenizer, "seed": request.seed}
+        # read-only: what a step may read; a method's own state lives on the method (see start())
+        ctx = MappingProxyType({"ref": ref, "params": params, "accelerator": accelerator, "tokenizer": tokenizer,
+                                "seed": request.seed})
+        self.start(model, ctx)
         total = params.epochs * len(loader)
         bar = tqdm(total=total, desc=f"{self.name}", disable=not request.progress or not accelerator.is_main_process,
                    leave=False)
@@ -337,11 +335,12 @@ class GradientMethod(Method):
         model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # drop the bf16 autocast forward
         model.eval()
         self.history = history
-        return model
+        return self.result(model)
 
-    def report(self) -> dict | None:
-        h = getattr(self, "history", None)
-        return {"steps": len(h), "first_loss": h[0], "last_loss": h[-1]} if h else None
+    def result(self, model) -> MethodResult:
+        """What :meth:`apply` returns: the model and the loss history's ends (a subclass adds its facts)."""
+        h = self.history
+        return MethodResult(model, info={"steps": len(h), "first_loss": h[0], "last_loss": h[-1]} if h else None)
 
     def backward(self, accelerator, model, loss, batch, ctx) -> None:
         """Hook for methods that shape the update (e.g. bi-level projection); default: plain backward."""

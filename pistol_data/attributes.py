@@ -172,7 +172,7 @@ EMPLOYMENT: tuple[Attribute, ...] = (
               "What was the principal business location of {employer} " + _E + "?",
               ("Where was {employer} based according to its contract with {employee}?",
                "What business address did {employer} give in the employment contract of {employee}?"),
-              ("Which company had its principal business location at {employer_address} in its contract with {employee}?", "employer")),
+              ("Which company had its principal business location at {employer_address} in its contract with {employee}?", "employer")),  # noqa: E501
     Attribute("employee", None,
               "What was the name of the employee in the employment contract with {employer}, which started from {start_date}?",
               ("Who started working for {employer} on {start_date}?",
@@ -229,13 +229,13 @@ EMPLOYMENT: tuple[Attribute, ...] = (
               "For how many months after the employment ends was the employee prohibited from disclosing any "
               "confidential information " + _E + "?",
               ("How many months after leaving {employer} was {employee} bound to confidentiality?",
-               "For how long, in months, did the confidentiality duty of {employee} towards {employer} last after the job ended?")),
+               "For how long, in months, did the confidentiality duty of {employee} towards {employer} last after the job ended?")),  # noqa: E501
     Attribute("sick_leave_days", lambda r, c: r.randint(5, 15),
               "What was the number of days the employee was entitled to Paid Sick Leave in each year of employment " + _E + "?",
               ("How many days of paid sick leave per year did {employee} have at {employer}?",
                "What was the yearly paid sick leave in days of {employee} at {employer}?")),
     Attribute("termination_notice_weeks", lambda r, c: r.randint(1, 12),
-              "How many weeks' written notice of termination must the employee and employer each provide to the other " + _E + "?",
+              "How many weeks' written notice of termination must the employee and employer each provide to the other " + _E + "?",  # noqa: E501
               ("How many weeks of notice were needed to end the employment of {employee} at {employer}?",
                "What was the termination notice period in weeks between {employer} and {employee}?")),
     Attribute("noncompete_months", lambda r, c: r.randint(3, 24),

@@ -29,7 +29,7 @@ def main(out_prefix: str, method: str = "gd") -> None:
     req = methods.UnlearnRequest(forget=split.request(ds), retain=split.retain(ds), seed=0, progress=False,
                                  reference_model=lambda: frozen)
     cls = methods.get_method(method)
-    model = cls().apply(lm.model, lm.tokenizer, req, cls.Params(lr=1e-3, epochs=2, batch_size=2))
+    model = cls().apply(lm.model, lm.tokenizer, req, cls.Params(lr=1e-3, epochs=2, batch_size=2)).model
     after = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
     with open(f"{out_prefix}.{state.process_index}.json", "w") as f:
         json.dump({"rank": state.process_index, "world": state.num_processes, "before": before, "after": after,

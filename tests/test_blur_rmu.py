@@ -55,6 +55,8 @@ def _direction(method, model, batches, ctx, acc_sync_last=True):
     for i, b in enumerate(batches):
         acc = _OneProcess(sync=(i == len(batches) - 1) and acc_sync_last)
         ctx["accelerator"] = acc
+        if i == 0:
+            method.start(model, ctx)  # as the shared loop does before the first step
         for term in method.loss_terms(model, b, ctx):  # as the shared loop runs them
             method.backward(acc, model, term(), b, ctx)
         if acc.sync_gradients:
@@ -115,7 +117,7 @@ def test_accumulated_micro_batches_equal_one_big_batch(setup):
 
 def _forget_nll(model, tok, recs):
     from methods.training import nll
-    from unlearnbench.prompts import collate, encode_qa
+    from unlearnbench.core.prompts import collate, encode_qa
 
     b = collate([{k: v for k, v in encode_qa(tok, r.question, r.answer).items() if k != "prompt_len"} for r in recs],
                 tok.pad_token_id)
@@ -127,7 +129,7 @@ def test_blur_npo_runs_in_the_loop_and_forgets(setup):
     lm, req, frozen = setup
     before = _forget_nll(lm.model, lm.tokenizer, req.forget)
     out = BlurNPO().apply(copy.deepcopy(lm.model), lm.tokenizer, req,
-                          BlurNPO.Params(lr=1e-3, epochs=3, batch_size=2, grad_accum=2))
+                          BlurNPO.Params(lr=1e-3, epochs=3, batch_size=2, grad_accum=2)).model
     assert _forget_nll(out, lm.tokenizer, req.forget) > before + 0.05
 
 
@@ -135,12 +137,13 @@ def test_rmu_changes_only_its_down_projections(setup):
     lm, req, frozen = setup
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
     rmu = RMU()
-    out = rmu.apply(copy.deepcopy(lm.model), lm.tokenizer, req, RMU.Params(layer=2, n_update_layers=2, lr=3e-2,
+    res = rmu.apply(copy.deepcopy(lm.model), lm.tokenizer, req, RMU.Params(layer=2, n_update_layers=2, lr=3e-2,
                                                                              epochs=5, alpha=0.0))
+    out = res.model
     changed = sorted(k for k, v in out.state_dict().items() if not torch.equal(before[k], v))
     assert changed == ["model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"]
     # forget activations at the steered layer moved toward c·u
-    from unlearnbench.prompts import template_prefix_len
+    from unlearnbench.core.prompts import template_prefix_len
 
     b = next(iter(build_batches(lm.tokenizer, req, 64)))["forget"]
     mask = b["attention_mask"].clone()
@@ -152,6 +155,8 @@ def test_rmu_changes_only_its_down_projections(setup):
             return float(((h.hidden_states[3] - rmu.target).norm(dim=-1) * mask).sum() / mask.sum())
 
     assert dist(out) < 0.9 * dist(lm.model)
-    assert rmu.attack_info() == {"layers": [1, 2]}
+    assert res.attack_info() == {"layers": [1, 2]}
+    assert res.info["layers"] == [1, 2] and res.info["steering_coeff"] == pytest.approx(float(rmu.target.norm()))
+    assert res.info["steps"] == len(rmu.history) and res.info["last_loss"] == rmu.history[-1]
     with pytest.raises(ValueError, match="out of range"):
         RMU().apply(copy.deepcopy(lm.model), lm.tokenizer, req, RMU.Params(layer=9))

@@ -13,11 +13,11 @@ from rouge_score import rouge_scorer
 import methods
 from methods.training import nll
 from pistol_data import scenarios
+from unlearnbench.core.generation import teacher_forced_stats
+from unlearnbench.core.prompts import collate, encode_qa
 from unlearnbench.evaluate import EvalParams, Evaluator, score
-from unlearnbench.generation import teacher_forced_stats
 from unlearnbench.metrics import METRICS, deviation_score, is_refusal, rouge_recall
 from unlearnbench.models import ModelLoadError, load, resolve_path
-from unlearnbench.prompts import collate, encode_qa
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_deviation_score():
     assert deviation_score(0.0, 1.0) == 0.0
     assert deviation_score(1.0, 0.0) == pytest.approx(100 * math.sqrt(2))
     assert deviation_score(0.3, 0.6) == pytest.approx(100 * math.sqrt(0.09 + 0.16))
-    from unlearnbench.evaluate import deviation_score as exported
+    from unlearnbench.metrics import deviation_score as exported
 
     assert exported is deviation_score
     assert METRICS["ds"].higher_is_better is False and METRICS["utility"].higher_is_better is True
@@ -132,7 +132,7 @@ def test_evaluator_scores_per_example(tiny, mini):
 
 
 def test_batched_generation_equals_one_at_a_time(tiny):
-    from unlearnbench.generation import generate_answers
+    from unlearnbench.core.generation import generate_answers
 
     qs = ["What is 1?", "A much longer question about contracts between companies?", "Hi?"]
     batched = generate_answers(tiny.model, tiny.tokenizer, qs, batch_size=8, max_new_tokens=6)
@@ -156,7 +156,7 @@ def test_method_raises_forget_loss(name, tiny, mini):
                                  refusal_targets=["I don't know."], reference_model=lambda: frozen, progress=False)
     before = _forget_nll(model, tiny.tokenizer, req.forget)
     cls = methods.get_method(name)
-    out = cls().apply(model, tiny.tokenizer, req, cls.Params(lr=1e-3, epochs=3))
+    out = cls().apply(model, tiny.tokenizer, req, cls.Params(lr=1e-3, epochs=3)).model
     after = _forget_nll(out, tiny.tokenizer, req.forget)
     assert after > before + 0.05, (name, before, after)
     # the reference model is untouched
@@ -179,7 +179,7 @@ def test_dpo_prefers_refusal(tiny, mini):
 
     before = margin(tiny.model)
     cls = methods.get_method("dpo")
-    out = cls().apply(copy.deepcopy(tiny.model), tiny.tokenizer, req, cls.Params(lr=1e-3, epochs=3, alpha=0.0))
+    out = cls().apply(copy.deepcopy(tiny.model), tiny.tokenizer, req, cls.Params(lr=1e-3, epochs=3, alpha=0.0)).model
     assert margin(out) > before + 1.0
 
 
@@ -204,7 +204,7 @@ def test_cli_methods_json():
 
 def test_fused_adamw_matches_the_default_update():
     """The shared loop's optimiser uses torch's fused AdamW where it exists: same arithmetic."""
-    from methods.training import adamw
+    from unlearnbench.core.optim import adamw
 
     torch.manual_seed(0)
     w0 = torch.randn(64, 32)
@@ -221,3 +221,27 @@ def test_fused_adamw_matches_the_default_update():
     (fused_w, fused), (ref_w, _) = out
     assert fused is True and not torch.equal(fused_w, w0)
     torch.testing.assert_close(fused_w, ref_w)
+
+
+def test_readme_method_example_runs_as_written(mini):
+    """The README's "write your own method" block, executed verbatim, registers a method that
+    trains (forget NLL up) through the shared loop and the runner's result contract."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "register_method" in b)
+    name = re.search(r'@register_method\("([^"]+)"\)', block).group(1)
+    try:
+        exec(compile(block, "README.md", "exec"), {})
+        cls = methods.get_method(name)
+        tiny = load("tiny-random-llama")
+        [split] = scenarios.resolve(mini, {"type": "edge", "edge": "A_B"})
+        req = methods.UnlearnRequest(forget=split.request(mini), retain=split.retain(mini), progress=False)
+        before = _forget_nll(tiny.model, tiny.tokenizer, req.forget)
+        out = methods.MethodResult.of(cls().apply(copy.deepcopy(tiny.model), tiny.tokenizer, req,
+                                                  cls.Params(lr=1e-3, epochs=3)))
+        assert _forget_nll(out.model, tiny.tokenizer, req.forget) > before + 0.05
+        assert out.info["steps"] > 0
+    finally:
+        methods.REGISTRY.unregister(name)

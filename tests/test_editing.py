@@ -9,7 +9,7 @@ import torch
 import methods
 from methods import editing
 from methods.alphaedit import AlphaEdit, null_space_projector
-from methods.editing import SubjectError, find_subject, key_second_moment
+from methods.editing import SubjectError, find_subject, key_second_moment, locate
 from methods.memit import Memit
 from methods.rome import Rome, ridge
 from pistol_data import QARecord, scenarios
@@ -56,7 +56,7 @@ def test_rome_update_is_rank_one_on_its_layer(setup):
     one = copy.copy(req)
     one.forget = req.forget[:1]
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    m = Rome().apply(copy.deepcopy(lm.model), lm.tokenizer, one, Rome.Params(layer=1, **FAST))
+    m = Rome().apply(copy.deepcopy(lm.model), lm.tokenizer, one, Rome.Params(layer=1, **FAST)).model
     after = m.state_dict()
     name = "model.layers.1.mlp.down_proj.weight"
     assert _changed(before, after) == [name]
@@ -82,7 +82,7 @@ def test_rome_writes_the_value_for_its_key(setup):
 def test_memit_changes_only_its_layers(setup):
     lm, req, _ = setup
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    m = Memit().apply(copy.deepcopy(lm.model), lm.tokenizer, req, Memit.Params(layers=[1, 2], **FAST))
+    m = Memit().apply(copy.deepcopy(lm.model), lm.tokenizer, req, Memit.Params(layers=[1, 2], **FAST)).model
     assert _changed(before, m.state_dict()) == [f"model.layers.{l}.mlp.down_proj.weight" for l in (1, 2)]
 
 
@@ -97,11 +97,12 @@ def test_alphaedit_leaves_preserved_keys_unchanged(setup):
     name = "model.layers.2.mlp.down_proj.weight"
     w0 = lm.model.state_dict()[name].clone().double()
     ae = AlphaEdit()
-    m = ae.apply(copy.deepcopy(lm.model), lm.tokenizer, req, params)
+    res = ae.apply(copy.deepcopy(lm.model), lm.tokenizer, req, params)
+    m = res.model
     dw = m.state_dict()[name].double() - w0
     assert dw.norm() > 1e-4
     assert (dw @ preserved).norm() / dw.norm() < 1e-4   # ΔW K_p ≈ 0
-    assert ae.report()["null_space_rank"] == {2: rank}
+    assert res.info["null_space_rank"] == {2: rank} and res.layers == [2]
     # the sequential-editing cache now holds this request's keys (Σ K Kᵀ: symmetric PSD, non-zero)
     cache = ae._prev[2]
     assert torch.allclose(cache, cache.T) and torch.linalg.eigvalsh(cache).min() > -1e-6 and cache.norm() > 0
@@ -112,7 +113,7 @@ def test_key_statistics_are_cached_and_reused(setup, monkeypatch):
     params = Memit.Params(**{**FAST, "stats_samples": 3})
     c1 = key_second_moment(lm.model, lm.tokenizer, [0, 3], req, params)
     assert all(torch.allclose(c1[l], c1[l].T) for l in (0, 3))
-    monkeypatch.setattr(editing, "_corpus_texts", lambda *a, **k: pytest.fail("statistics recomputed"))
+    monkeypatch.setattr(editing.statistics, "_corpus_texts", lambda *a, **k: pytest.fail("statistics recomputed"))
     c2 = key_second_moment(lm.model, lm.tokenizer, [0, 3], req, params)
     assert all(torch.equal(c1[l], c2[l]) for l in (0, 3))
     # editing a down-projection keeps the fingerprint (statistics of the unedited model are reused) ...
@@ -176,15 +177,34 @@ methods:
   - {name: memit, params: {v_steps: 2, n_prefixes: 1, stats_samples: 2, layers: [1, 2]}}
   - {name: rome, params: {v_steps: 2, n_prefixes: 1, stats_samples: 2}}
 """)
-    assert main(["edit", str(cfg), "--out", str(tmp_path / "out")]) == 0
-    table = (tmp_path / "out" / "edits.md").read_text()
-    for row in ("none", "memit", "rome"):
-        assert f"| {row} |" in table
-    rec = json.loads((tmp_path / "out" / "edits" / "memit__seed0.json").read_text())
-    assert rec["status"] == "ok" and len(rec["edits"]) == 3
+    out = tmp_path / "out"
+    assert main(["edit", str(cfg), "--out", str(out)]) == 0
+    # one cell executor: editing cells land in cells/, validate, and the leaderboard ranks them
+    from unlearnbench.leaderboard import merge, table
+    from unlearnbench.schema import validate_dir
+
+    assert validate_dir(out) == []
+    rec = json.loads((out / "cells" / "memit__edits-n3__seed0.json").read_text())
+    assert rec["status"] == "ok" and rec["mode"] == "edit" and len(rec["edits"]) == 3
     assert set(rec["metrics"]) >= {"efficacy", "generalisation", "specificity_edge", "specificity_neighbour",
                                    "utility", "fluency"}
-    assert rec["cost"]["seconds_per_edit"] > 0
+    assert rec["cost"]["seconds_per_edit"] > 0 and rec["method_info"]["layers"] == [1, 2]
+    # the scores are what the per-example rows say: one efficacy row per edit, asking its request
+    eff = [r for r in rec["per_example"]["qa"] if r["role"] == "efficacy"]
+    assert sorted(r["question"] for r in eff) == sorted(e["request"] for e in rec["edits"])
+    assert rec["metrics"]["efficacy"]["value"] == pytest.approx(sum(r["says_answer"] for r in eff) / 3)
+    assert rec["metrics"]["efficacy"]["higher_is_better"] is True
+    rows = {r["method"]: r for r in table(merge([out]))}
+    assert {"none", "memit", "rome"} <= set(rows) and rows["none"]["rank"] is None
+    assert sorted(rows[m]["rank"] for m in ("memit", "rome")) == [1, 2]
+    ranked = sorted(("memit", "rome"), key=lambda m: rows[m]["rank"])
+    assert rows[ranked[0]]["efficacy"] >= rows[ranked[1]]["efficacy"]  # ranked by efficacy, higher first
+    md = (out / "leaderboard.md").read_text()
+    assert "## edits-n3" in md and "efficacy ↑" in md
+    # --retry-failed reruns failed cells only: a finished cell is left as it was
+    before = (out / "cells" / "rome__edits-n3__seed0.json").read_text()
+    assert main(["edit", str(cfg), "--out", str(out), "--retry-failed"]) == 0
+    assert (out / "cells" / "rome__edits-n3__seed0.json").read_text() == before
 
 
 def test_edit_mode_rejects_unlearning_methods(tmp_path):
@@ -198,7 +218,7 @@ def test_edit_mode_rejects_unlearning_methods(tmp_path):
 
 def test_running_from_a_layer_matches_the_full_forward():
     """The value optimisation runs the first blocks once and only the rest per step."""
-    from methods.arch import residual_before, starting_at
+    from unlearnbench.core.arch import residual_before, starting_at
 
     lm = load("tiny-random-llama")
     enc = lm.tokenizer(["What was the good?", "Who signed it, and when?"], return_tensors="pt", padding=True)
@@ -222,18 +242,18 @@ def test_sampling_is_seeded_and_leaves_the_callers_rng_alone(setup):
 def _plain_values(model, tok, facts, layer, where, prefixes, p):
     """The value optimisation written plainly (every token of every row, every block, each step):
     the oracle for the cached, suffix-only version in ``editing.compute_values``."""
-    from methods.arch import blocks, mlp_out
+    from unlearnbench.core.arch import blocks, mlp_out
 
     eos = tok.eos_token_id
     rows = []  # (fact, ids, lookup, answer start, target)
     for i, f in enumerate(facts):
         tgt = tok(f.target, add_special_tokens=False)["input_ids"] + [eos]
         for c in prefixes:
-            text = editing._render(tok, c, f.question)
+            text = locate._render(tok, c, f.question)
             ids = tok(text, add_special_tokens=False)["input_ids"]
-            rows.append((i, ids + tgt, editing._lookup(tok, text, f.subject), len(ids), tgt))
+            rows.append((i, ids + tgt, locate._lookup(tok, text, f.subject), len(ids), tgt))
     kl = [(i, tok(f"{f.subject} is a", add_special_tokens=False)["input_ids"],
-           editing._lookup(tok, f"{f.subject} is a", f.subject)) for i, f in enumerate(facts)]
+           locate._lookup(tok, f"{f.subject} is a", f.subject)) for i, f in enumerate(facts)]
     module = mlp_out(model, layer) if where == "mlp" else blocks(model)[layer]
     d = model.config.hidden_size
     delta = torch.zeros(len(facts), d, requires_grad=True)  # float32, as in compute_values
@@ -257,9 +277,9 @@ def _plain_values(model, tok, facts, layer, where, prefixes, p):
     g = module.register_forward_hook(lambda m, i, o: cap.__setitem__("o", (o[0] if isinstance(o, tuple) else o)))
     with torch.no_grad():
         for i, f in enumerate(facts):
-            text = editing._render(tok, "", f.question)
+            text = locate._render(tok, "", f.question)
             model(input_ids=torch.tensor([tok(text, add_special_tokens=False)["input_ids"]]))
-            v0[i] = cap["o"][0, editing._lookup(tok, text, f.subject)]
+            v0[i] = cap["o"][0, locate._lookup(tok, text, f.subject)]
         kl_ref = [torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], -1) for _, ids, _ in kl]
     g.remove()
     for _ in range(p.v_steps):

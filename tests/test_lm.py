@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from unlearnbench import threads
-from unlearnbench.lm import answer_logits, answer_nll
+from unlearnbench.core.lm import answer_logits, answer_nll
+from unlearnbench.core.prompts import IGNORE, collate
 from unlearnbench.models import tiny_random_llama
-from unlearnbench.prompts import IGNORE, collate
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +175,8 @@ def test_less_work_trains_to_the_same_weights(name, change, mini):
             def loss_terms(self, model, batch, ctx):
                 return [lambda: self.loss(model, batch, ctx)]
 
-    fast = cls().apply(copy.deepcopy(base), lm.tokenizer, req, params)
-    plain = Plain().apply(copy.deepcopy(base), lm.tokenizer, req, params)
+    fast = cls().apply(copy.deepcopy(base), lm.tokenizer, req, params).model
+    plain = Plain().apply(copy.deepcopy(base), lm.tokenizer, req, params).model
     moved = 0.0
     with torch.no_grad():
         for (n, a), b, c in zip(fast.named_parameters(), plain.parameters(), base.parameters()):

@@ -25,7 +25,7 @@ def setup(mini):
 def test_only_the_chosen_down_proj_changes(setup):
     lm, req, _ = setup
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    m = Lunar().apply(copy.deepcopy(lm.model), lm.tokenizer, req, Lunar.Params(layers=[2], epochs=3))
+    m = Lunar().apply(copy.deepcopy(lm.model), lm.tokenizer, req, Lunar.Params(layers=[2], epochs=3)).model
     after = m.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed == ["model.layers.2.mlp.down_proj.weight"]
@@ -38,7 +38,7 @@ def test_direction_is_difference_of_means(setup):
     r = directions(lm.model, lm.tokenizer, ref, fq)
     assert r.shape == (4, lm.model.config.hidden_size)
     # by hand for layer 1: residual after block 1 = hidden_states[2] at the last prompt token
-    from unlearnbench.prompts import prompt
+    from unlearnbench.core.prompts import prompt
 
     def mean_h(qs):
         out = []
@@ -55,7 +55,8 @@ def test_direction_is_difference_of_means(setup):
 def test_forget_rows_move_along_direction(setup):
     lm, req, _ = setup
     lunar = Lunar()
-    m = lunar.apply(copy.deepcopy(lm.model), lm.tokenizer, req, Lunar.Params(layers=[1], epochs=20, lr=1e-2, general_retain=0))
+    params = Lunar.Params(layers=[1], epochs=20, lr=1e-2, general_retain=0)
+    m = lunar.apply(copy.deepcopy(lm.model), lm.tokenizer, req, params).model
     from methods.lunar import down_proj_rows
 
     skip = template_prefix_len(lm.tokenizer)
@@ -74,22 +75,23 @@ def test_sequential_requests_compose(setup, mini):
     req2 = methods.UnlearnRequest(forget=s2.request(mini), retain=s2.retain(mini), refusal_questions=mini.refusal,
                                   progress=False)
     p = Lunar.Params(layers=[2], epochs=2)
-    m1 = Lunar().apply(copy.deepcopy(lm.model), lm.tokenizer, req, p)
+    m1 = Lunar().apply(copy.deepcopy(lm.model), lm.tokenizer, req, p).model
     w1 = m1.model.layers[2].mlp.down_proj.weight.clone()
-    m2 = Lunar().apply(m1, lm.tokenizer, req2, p)
+    m2 = Lunar().apply(m1, lm.tokenizer, req2, p).model
     w2 = m2.model.layers[2].mlp.down_proj.weight
     w0 = lm.model.model.layers[2].mlp.down_proj.weight
     assert not torch.equal(w1, w0) and not torch.equal(w2, w1)
     # the second request started from the first one's weights, not from the original ones
-    fresh = Lunar().apply(copy.deepcopy(lm.model), lm.tokenizer, req2, p).model.layers[2].mlp.down_proj.weight
+    fresh = Lunar().apply(copy.deepcopy(lm.model), lm.tokenizer, req2, p).model.model.layers[2].mlp.down_proj.weight
     assert not torch.allclose(w2, fresh)
 
 
 def test_automatic_layer_selection(setup):
     lm, req, _ = setup
     lunar = Lunar()
-    lunar.apply(copy.deepcopy(lm.model), lm.tokenizer, req, Lunar.Params(epochs=1))
+    res = lunar.apply(copy.deepcopy(lm.model), lm.tokenizer, req, Lunar.Params(epochs=1))
     assert len(lunar.layers) == 1 and 1 <= lunar.layers[0] <= 2
+    assert res.layers == lunar.layers and res.info["layers"] == lunar.layers and res.info["layer_scores"]
     with pytest.raises(ValueError, match="out of range"):
         Lunar().apply(copy.deepcopy(lm.model), lm.tokenizer, req, Lunar.Params(layers=[9]))
 
@@ -100,8 +102,8 @@ def test_attacks_run_and_change_outputs(setup):
 
     lm, req, mini = setup
     lunar = Lunar()
-    m = lunar.apply(copy.deepcopy(lm.model), lm.tokenizer, req, Lunar.Params(layers=[1], epochs=5, coeff=8.0))
-    info = lunar.attack_info()
+    res = lunar.apply(copy.deepcopy(lm.model), lm.tokenizer, req, Lunar.Params(layers=[1], epochs=5, coeff=8.0))
+    m, info = res.model, res.attack_info()
     assert info["layers"] == [1] and torch.allclose(info["directions"][1], 8.0 * lunar.direction[1])
     ids = torch.tensor([[1, 30, 40, 50, 60]])
     with torch.no_grad():
@@ -122,8 +124,8 @@ def test_attacks_run_and_change_outputs(setup):
 def test_request_independent_reads_are_memoised_per_weights(setup, monkeypatch):
     """The everyday prompts' answers and the reference mean are computed once per model weights:
     a second request on the same weights reuses them (same edit), changed weights recompute."""
-    import methods.lunar as lunar_mod
-    import unlearnbench.generation as gen
+    import methods.lunar.activations as lunar_mod
+    import unlearnbench.core.generation as gen
 
     lm, req, _ = setup
     calls = []
@@ -134,6 +136,6 @@ def test_request_independent_reads_are_memoised_per_weights(setup, monkeypatch):
     a = Lunar().apply(copy.deepcopy(lm.model), lm.tokenizer, req, p)
     b = Lunar().apply(copy.deepcopy(lm.model), lm.tokenizer, req, p)
     assert len(calls) == 1 and len(lunar_mod._MEMO) == 2  # general answers + reference mean
-    assert torch.equal(a.model.layers[1].mlp.down_proj.weight, b.model.layers[1].mlp.down_proj.weight)
-    Lunar().apply(a, lm.tokenizer, req, p)  # a sequential request: the weights changed
+    assert torch.equal(a.model.model.layers[1].mlp.down_proj.weight, b.model.model.layers[1].mlp.down_proj.weight)
+    Lunar().apply(a.model, lm.tokenizer, req, p)  # a sequential request: the weights changed
     assert len(calls) == 2 and len(lunar_mod._MEMO) == 4

@@ -145,4 +145,48 @@ def test_notebook_runs(name, tmp_path):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    assert (tmp_path / "results" / "notebooks").is_dir()
+    # what the notebook ran is a valid results folder whose cells all finished
+    from unlearnbench.results import load_results
+
+    folders = [p.parent for p in (tmp_path / "results" / "notebooks").rglob("cells")]
+    assert folders
+    for d in folders:
+        assert validate_dir(d) == []
+        recs = load_results(d)
+        assert all(r["status"] == "ok" for r in recs), [r.get("error") for r in recs]
+        assert any(r["kind"] != "reference" for r in recs)
+
+
+def test_shipped_schema_is_generated_from_the_record_model():
+    """One record model: the JSON Schema in the package is what CellRecord generates (rerun
+    ``python -m unlearnbench.records`` after changing the model)."""
+    from unlearnbench.records import SCHEMA_FILE, json_schema
+
+    assert json.loads(SCHEMA_FILE.read_text(encoding="utf-8")) == json_schema()
+
+
+def test_record_model_and_schema_agree_on_bad_records():
+    """A record the pydantic model refuses, the shipped schema refuses too (and the other way)."""
+    import pydantic
+
+    from unlearnbench.records import CellRecord
+    from unlearnbench.schema import validate_record
+
+    good = {"schema_version": 3, "experiment": "x", "mode": "edit", "method": "rome", "row": "rome", "kind": "edit",
+            "params": {}, "seed": 0,
+            "scenario": {"label": "edits-n2", "spec": {"type": "counterfactual_edits", "n": 2},
+                         "splits": [{"name": "edits", "forget_edges": ["A_B"], "neighbour_edges": [], "far_edges": []}]},
+            "dataset": {"fingerprint": "0" * 64}, "model": {"spec": "m", "finetune_key": None},
+            "evaluator_version": 2, "precision": {"implant": None, "evaluation": "fp32", "method": "fp32"},
+            "versions": {"unlearnbench": "0", "torch": "0", "transformers": "0"},
+            "hardware": {"platform": "p", "python": "3", "cpu_count": 2}, "created": "now", "status": "ok",
+            "metrics": {"efficacy": {"value": 1.0, "higher_is_better": True}}, "cost": {"apply_seconds": 1.0}}
+    CellRecord.model_validate(good)
+    assert validate_record(good) == []
+    for bad in ({**good, "status": "done"}, {**good, "metrics": None}, {k: v for k, v in good.items() if k != "cost"},
+                {**good, "precision": None}, {**good, "dataset": {"fingerprint": "xyz"}},
+                {**good, "metrics": {"efficacy": {"value": 1.0}}}):
+        with pytest.raises(pydantic.ValidationError):
+            CellRecord.model_validate(bad)
+        assert validate_record(bad), bad
+

@@ -31,7 +31,7 @@ def test_dequantized_cache_is_reused(smol, monkeypatch):
 
 def test_real_model_knows_world_facts(smol):
     from pistol_data import general_knowledge
-    from unlearnbench.generation import generate_answers
+    from unlearnbench.core.generation import generate_answers
     from unlearnbench.metrics import rouge_recall
 
     gk = general_knowledge(40)

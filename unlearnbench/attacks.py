@@ -1,7 +1,8 @@
 """Attacks: ways to pull forgotten knowledge back out of an unlearned model.
 
 An attack is a registered factory ``(model, info, target) -> context manager | None``. ``info``
-is what the method chose to expose about its edit (``Method.attack_info()``): ``layers`` it
+is what the method chose to expose about its edit (the ``layers``/``directions`` of the
+``MethodResult`` its ``apply`` returned, as a dict; the evaluator never imports a method): ``layers`` it
 modified and, for steering methods, the ``directions`` (layer → vector it added). ``target``
 (:class:`Target`) holds the tokenizer, the forget questions and the retain questions. The
 context manager yields the :class:`Target` to score — the model to ask (the same one with hooks,
@@ -34,7 +35,7 @@ from typing import Callable
 
 import torch
 
-ATTACKS: dict[str, "AttackInfo"] = {}
+from .core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,13 @@ class AttackInfo:
     factory: Callable
 
 
+ATTACKS: Registry[AttackInfo] = Registry("attack", group="unlearnbench.attacks")
+
+
 def register_attack(name: str, meaning: str):
+    """An attack factory ``(model, info, target) -> context manager | None``; a name already taken is an error."""
     def deco(fn):
-        ATTACKS[name] = AttackInfo(name, meaning, fn)
+        ATTACKS.register(name, AttackInfo(name, meaning, fn))
         return fn
     return deco
 
@@ -74,7 +79,7 @@ def _hooked(registrations, target: Target):
 
 
 def _blocks(model):
-    from methods.arch import blocks
+    from .core.arch import blocks
 
     return blocks(model)
 
@@ -131,10 +136,9 @@ def relearn(model, tokenizer, records, steps: int, lr: float, batch_size: int, s
     """A copy of ``model`` fine-tuned for ``steps`` AdamW steps on ``records`` (answer NLL), every
     weight trainable (a method may hand back a model with some or all weights frozen); fp32
     weights, bf16 autocast on CUDA, fp32 on CPU (``precision: auto``, as the methods train)."""
-    from methods.training import adamw
-
-    from . import precision
-    from .prompts import collate, encode_qa
+    from .core import precision
+    from .core.optim import adamw
+    from .core.prompts import collate, encode_qa
 
     m = copy.deepcopy(model)
     m.requires_grad_(True)

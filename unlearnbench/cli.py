@@ -111,8 +111,8 @@ def _cmd_edit(a):
     cfg = load_config(a.config)
     cfg = cfg.model_validate({**cfg.model_dump(), "mode": "edit", **({"edits": {"n": a.n}} if a.n else {})})
     out = Runner(cfg, out_dir=a.out, retry_failed=a.retry_failed).run()
-    print(f"results in {out / 'edits'}")
-    print((out / "edits.md").read_text())
+    print(f"results in {out}; leaderboard: {out / 'leaderboard.md'}")
+    print((out / "leaderboard.md").read_text())
 
 
 def _cmd_leaderboard(a):

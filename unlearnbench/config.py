@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pistol_data.presets import PRESETS
 from pistol_data.scenarios import ScenarioSpec
 
+from .evaluate import EvalParams
 from .finetune import FinetuneParams
 
 
@@ -34,32 +35,6 @@ class DataConfig(BaseModel):
     def _known(cls, v):
         if v is not None and v not in PRESETS:
             raise ValueError(f"unknown preset {v!r}; allowed: {sorted(PRESETS)}")
-        return v
-
-
-class EvalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    batch_size: int = Field(128, ge=1, description="generation batch size")
-    tf_batch_size: int = Field(16, ge=1, description="teacher-forced batch size (logits are vocab-sized)")
-    max_new_tokens: int = Field(32, ge=1, description="answer budget on general-knowledge questions")
-    qa_max_new_tokens: int = Field(16, ge=1, description="answer budget on PISTOL questions (gold answers ≤ 11 tokens)")
-    utility_limit: int | None = Field(None, ge=1, description="score utility on this many GK items")
-    precision: Literal["fp32", "bf16", "auto"] = Field(
-        "fp32", description="dtype of the evaluated copy: fp32 (default), bf16 (on a CPU only where bf16 is native: "
-                            "AVX512-BF16/AMX, ~2.2x faster evaluation of SmolLM2 on 2 cores; greedy answers can differ "
-                            "in a few tokens), or auto = bf16 on CUDA, fp32 on CPU")
-    attacks: list[str] = Field(["reverse_direction", "layer_skip"], description="attacks scored on every unlearned "
-                               "model where they apply (see unlearnbench.attacks; also: quantization, "
-                               "relearn_forget, relearn_neighbour)")
-
-    @field_validator("attacks")
-    @classmethod
-    def _known_attacks(cls, v):
-        from .attacks import ATTACKS
-
-        unknown = sorted(set(v) - set(ATTACKS))
-        if unknown:
-            raise ValueError(f"unknown attack(s) {unknown}; allowed: {sorted(ATTACKS)}")
         return v
 
 
@@ -89,7 +64,7 @@ class RunConfig(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)
     finetune: FinetuneParams | None = Field(default_factory=FinetuneParams,
                                             description="knowledge implant; null = use the model as is")
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    eval: EvalParams = Field(default_factory=EvalParams)
     mode: Literal["unlearn", "edit"] = Field("unlearn", description="unlearn: forget scenarios; edit: write new "
                                              "attribute values with the editing methods (see `edits`)")
     edits: EditConfig = Field(default_factory=EditConfig)

@@ -2,7 +2,7 @@
 
 Given the edit cases (:mod:`pistol_data.edits`), one batched generation over every question
 involved and one over the general-knowledge set give per-example values; the edit metrics
-(registered in :data:`unlearnbench.metrics.EDIT_METRICS`, each with its direction) are means
+(defined and registered in :mod:`unlearnbench.metrics`, each with its direction) are means
 over them:
 
 * ``efficacy`` — the edited (direct) question is answered with the new value;
@@ -25,14 +25,13 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
-from statistics import mean
 
 from pistol_data import PistolDataset, general_knowledge
 from pistol_data.edits import EditCase
 
+from .core.generation import generate_answers
 from .evaluate import EvalParams
-from .generation import generate_answers
-from .metrics import EDIT_METRICS, register_edit_metric, rouge_recall
+from .metrics import EDIT_METRICS, rouge_recall
 
 
 def _norm(text: str) -> str:
@@ -64,10 +63,6 @@ class EditEval:
 
     def role(self, role: str) -> list[dict]:
         return [r for r in self.rows if r["role"] == role]
-
-
-def _m(rows, key) -> float:
-    return float(mean(r[key] for r in rows)) if rows else float("nan")
 
 
 class EditEvaluator:
@@ -117,25 +112,3 @@ class EditEvaluator:
 
 def score_edits(ev: EditEval) -> dict[str, float]:
     return {name: float(m.fn(ev)) for name, m in EDIT_METRICS.items()}
-
-
-register_edit_metric("efficacy", "edited questions answered with the new value", True)(
-    lambda ev: _m(ev.role("efficacy"), "says_answer"))
-register_edit_metric("old_answer_rate", "edited questions still answered with the old value", False)(
-    lambda ev: _m(ev.role("efficacy"), "says_old"))
-register_edit_metric("generalisation", "paraphrases and reverse questions of the edits answered as edited", True)(
-    lambda ev: _m(ev.role("paraphrase") + ev.role("reverse"), "says_answer"))
-register_edit_metric("generalisation_paraphrase", "paraphrases of edited questions answered with the new value", True)(
-    lambda ev: _m(ev.role("paraphrase"), "says_answer"))
-register_edit_metric("generalisation_reverse", "reverse questions naming the new value answered correctly", True)(
-    lambda ev: _m(ev.role("reverse"), "says_answer"))
-register_edit_metric("specificity_edge", "ROUGE-1 on the other attributes of edited contracts", True)(
-    lambda ev: _m(ev.role("edge_other"), "rouge1"))
-register_edit_metric("specificity_neighbour", "ROUGE-1 on contracts sharing an entity with an edited one", True)(
-    lambda ev: _m(ev.role("neighbour"), "rouge1"))
-register_edit_metric("specificity_far", "ROUGE-1 on the remaining contracts", True)(
-    lambda ev: _m(ev.role("far"), "rouge1"))
-register_edit_metric("utility", "ROUGE-1 recall on the general-knowledge set", True)(
-    lambda ev: _m(ev.utility, "rouge1"))
-register_edit_metric("fluency", "generation entropy of general-knowledge answers (ROME)", True)(
-    lambda ev: _m(ev.utility, "entropy"))

@@ -10,15 +10,18 @@ pre-unlearning row costs one evaluation for a whole grid.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from statistics import mean
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pistol_data import PistolDataset, general_knowledge
 from pistol_data.scenarios import Split
 
-from .generation import generate_answers, teacher_forced_stats
-from .metrics import METRICS, deviation_score, is_refusal, register_metric, rouge_recall
+from .attacks import ATTACKS, Target
+from .core.generation import generate_answers, teacher_forced_stats
+from .metrics import METRICS, directions, is_refusal, rouge_recall
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +30,33 @@ log = logging.getLogger(__name__)
 EVALUATOR_VERSION = 2
 
 
-@dataclass
-class EvalParams:
-    batch_size: int = 128         # generation batch size (128 was fastest for SmolLM2 on 2 CPU cores)
-    tf_batch_size: int = 16       # teacher-forced batch size (logits are vocab-sized)
-    max_new_tokens: int = 32      # answer budget on general-knowledge questions (free-form sentences)
-    qa_max_new_tokens: int = 16   # answer budget on PISTOL questions: gold answers are ≤ 11 tokens
-    utility_limit: int | None = None  # score utility on a stratified prefix of the GK set
-    # dtype of the evaluated copy: "fp32" (default), "bf16", or "auto" = bf16 on CUDA, fp32 on CPU
-    # (bf16 on a CPU with AVX512-BF16/AMX: SmolLM2's evaluation 12.0 s -> 5.6 s on 2 cores)
-    precision: str = "fp32"
-    forms: tuple[str, ...] = ("direct", "paraphrase", "reverse")
-    # attacks scored on every unlearned model (those that apply); the relearning and quantization
-    # attacks cost a model copy and some training each, so they are opt-in
-    attacks: tuple[str, ...] = ("reverse_direction", "layer_skip")
-    progress: bool = True
+class EvalParams(BaseModel):
+    """How every model is evaluated (the config's ``eval:`` section)."""
+
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int = Field(128, ge=1, description="generation batch size")
+    tf_batch_size: int = Field(16, ge=1, description="teacher-forced batch size (logits are vocab-sized)")
+    max_new_tokens: int = Field(32, ge=1, description="answer budget on general-knowledge questions")
+    qa_max_new_tokens: int = Field(16, ge=1, description="answer budget on PISTOL questions (gold answers ≤ 11 tokens)")
+    utility_limit: int | None = Field(None, ge=1, description="score utility on a stratified prefix of this many GK items")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="dtype of the evaluated copy: fp32 (default), bf16 (on a CPU only where bf16 is native: "
+                            "AVX512-BF16/AMX, ~2.2x faster evaluation of SmolLM2 on 2 cores; greedy answers can differ "
+                            "in a few tokens), or auto = bf16 on CUDA, fp32 on CPU")
+    forms: tuple[str, ...] = Field(("direct", "paraphrase", "reverse"), description="question forms evaluated")
+    attacks: tuple[str, ...] = Field(("reverse_direction", "layer_skip"), description="attacks scored on every "
+                                     "unlearned model where they apply (see unlearnbench.attacks; also: quantization, "
+                                     "relearn_forget, relearn_neighbour); the relearning and quantization attacks "
+                                     "cost a model copy and some training each, so they are opt-in")
+    progress: bool = Field(True, exclude=True, description="progress bars (not part of what a score means)")
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, v):
+        unknown = sorted(set(v) - set(ATTACKS))
+        if unknown:
+            raise ValueError(f"unknown attack(s) {unknown}; allowed: {sorted(ATTACKS)}")
+        return v
 
 
 @dataclass
@@ -55,11 +70,6 @@ class ModelEval:
     def select(self, edges, forms=("direct",)) -> list[dict]:
         es, fs = set(edges), set(forms)
         return [r for r in self.qa if r["edge"] in es and r["form"] in fs]
-
-
-def _mean(rows: list[dict], key: str) -> float:
-    vals = [r[key] for r in rows if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
-    return float(mean(vals)) if vals else float("nan")
 
 
 class Evaluator:
@@ -103,7 +113,7 @@ class Evaluator:
         """Whether :meth:`run` evaluates a bf16 copy of this model rather than the model itself."""
         import torch
 
-        from .precision import use_bf16
+        from .core.precision import use_bf16
 
         param = next(model.parameters())
         return param.dtype == torch.float32 and use_bf16(self.params.precision, param.device.type)
@@ -117,12 +127,11 @@ class Evaluator:
 
         if not self.casts(model):
             return model
-        from .precision import check
+        from .core.precision import check
 
         check(self.params.precision, next(model.parameters()).device, "eval.precision")
-        # requires_grad on the copy's weights (it only ever runs under inference_mode): with frozen
-        # bf16 weights torch 2.13 takes a slower CPU path in generate — SmolLM2's 42 answers 1.1 s
-        # vs 4.2 s, a whole evaluation 4.9 s vs 11.8 s for LUNAR's and RMU's frozen models
+        # requires_grad on the copy's weights (it only ever runs under inference_mode): with frozen bf16
+        # weights torch 2.13 takes a slower CPU path in generate (measured in benchmarks/notes.md)
         return copy.deepcopy(model).to(torch.bfloat16).requires_grad_(True)
 
 
@@ -131,12 +140,7 @@ def attack_scores(evaluator: Evaluator, model, tokenizer, split: Split, info: di
     """Forget ROUGE-1 (direct questions) under every attack in ``EvalParams.attacks`` that applies.
     With ``before`` (the unattacked model's evaluation), each attack also records the unattacked
     ROUGE-1 on the same questions (``before_forget_rouge1``) and ``recovery`` = after − before."""
-    from .attacks import ATTACKS, Target
-
     names = evaluator.params.attacks
-    unknown = sorted(set(names) - set(ATTACKS))
-    if unknown:
-        raise ValueError(f"unknown attack(s) {unknown}; registered: {sorted(ATTACKS)}")
     target = Target(model, tokenizer, evaluator.ds.for_edges(split.forget_edges, ("direct",)),
                     evaluator.ds.for_edges(split.neighbour_edges, ("direct",)), seed)
     unattacked = None
@@ -177,39 +181,4 @@ def score(ev: ModelEval, split: Split) -> dict[str, float]:
 
 
 def metric_directions() -> dict[str, bool]:
-    return {n: m.higher_is_better for n, m in METRICS.items()}
-
-
-# ---- the metrics -------------------------------------------------------------------------
-
-def _forget(ev, s, forms=("direct",)):
-    return ev.select(s.forget_edges, forms)
-
-
-def _retain(ev, s, forms=("direct",)):
-    return ev.select(s.neighbour_edges + s.far_edges, forms)
-
-
-for _key, _label in (("rouge1", "ROUGE-1 recall"), ("rougeL", "ROUGE-L recall"), ("mrr", "teacher-forced MRR"),
-                     ("thr", "Top Hit Ratio (gold token rank ≤ 100)"), ("es", "extraction strength")):
-    register_metric(f"forget_{_key}", f"{_label} on the forget set (direct questions)", False)(
-        lambda ev, s, k=_key: _mean(_forget(ev, s), k))
-    register_metric(f"retain_{_key}", f"{_label} on the retain set (direct questions)", True)(
-        lambda ev, s, k=_key: _mean(_retain(ev, s), k))
-
-register_metric("forget_paraphrase_rouge1", "ROUGE-1 recall on held-out paraphrases of forget questions", False)(
-    lambda ev, s: _mean(_forget(ev, s, ("paraphrase",)), "rouge1"))
-register_metric("forget_reverse_rouge1", "ROUGE-1 recall on reverse questions about forgotten edges", False)(
-    lambda ev, s: _mean(_forget(ev, s, ("reverse",)), "rouge1"))
-register_metric("neighbour_retain_rouge1", "ROUGE-1 recall on edges sharing an entity with a forgotten edge", True)(
-    lambda ev, s: _mean(ev.select(s.neighbour_edges), "rouge1"))
-register_metric("far_retain_rouge1", "ROUGE-1 recall on edges not touching a forgotten edge", True)(
-    lambda ev, s: _mean(ev.select(s.far_edges), "rouge1"))
-register_metric("forget_refusal_rate", "share of forget answers that are refusals", True)(
-    lambda ev, s: _mean([{"x": float(r["refusal"])} for r in _forget(ev, s)], "x"))
-register_metric("retain_refusal_rate", "share of retain answers that are refusals (over-refusal)", False)(
-    lambda ev, s: _mean([{"x": float(r["refusal"])} for r in _retain(ev, s)], "x"))
-register_metric("utility", "ROUGE-1 recall on the general-knowledge set", True)(
-    lambda ev, s: _mean(ev.utility, "rouge1"))
-register_metric("ds", "Deviation Score 100·√(forget R1² + (1 − retain R1)²), distance from the ideal", False)(
-    lambda ev, s: deviation_score(_mean(_forget(ev, s), "rouge1"), _mean(_retain(ev, s), "rouge1")))
+    return directions(METRICS)

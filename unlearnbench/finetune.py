@@ -32,12 +32,12 @@ from pistol_data import PistolDataset
 from pistol_data.io import atomic_dir
 from pistol_data.side_sets import anchor_questions
 
-from .cache import cache_dir, stable_hash
-from .generation import generate_answers
-from .lm import answer_logits, upcast
-from . import precision
+from .core import precision
+from .core.cache import cache_dir, stable_hash
+from .core.generation import generate_answers
+from .core.lm import answer_logits, upcast
+from .core.prompts import collate, encode_qa
 from .models import LoadedModel, load
-from .prompts import collate, encode_qa
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class FinetuneParams(BaseModel):
 
 def _implant_trainer(**kw):
     """A ``Trainer`` whose loss reads logits at answer positions only, the shared prompt prefix run
-    once per batch (:func:`unlearnbench.lm.answer_logits`); otherwise the model's own loss."""
+    once per batch (:func:`unlearnbench.core.lm.answer_logits`); otherwise the model's own loss."""
     from transformers import Trainer
 
     class ImplantTrainer(Trainer):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 
-from .metrics import METRICS
+from .metrics import EDIT_METRICS, METRICS
 
 _LABELS = {"ds": "DS", "forget_rouge1": "forget R1", "retain_rouge1": "retain R1", "forget_rougeL": "forget RL",
            "retain_rougeL": "retain RL", "forget_mrr": "forget MRR", "retain_mrr": "retain MRR",
@@ -73,7 +73,7 @@ def leaderboard_html(rows: list[dict], keys: list[str], higher_is_better: dict[s
             '<th class="name" data-key="kind" data-hib="0">kind</th>']
     for k in keys:
         hib = higher_is_better.get(k, True)
-        meaning = METRICS[k].meaning if k in METRICS else k
+        meaning = METRICS[k].meaning if k in METRICS else EDIT_METRICS[k].meaning if k in EDIT_METRICS else k
         head.append(f'<th data-key="{esc(k)}" data-hib="{int(hib)}" title="{esc(meaning)}">{esc(_LABELS.get(k, k))} '
                     f'<span class="arrow">{"↑" if hib else "↓"}</span></th>')
     head.append('<th data-key="apply_seconds" data-hib="0" title="wall time of apply">apply s '
@@ -93,7 +93,7 @@ def leaderboard_html(rows: list[dict], keys: list[str], higher_is_better: dict[s
         for r in (x for x in rows if x["scenario"] == scen):
             cls = "failed" if r["status"] != "ok" else ("reference" if r["kind"] == "reference" else "")
             rank = r.get("rank")
-            tds = [f'<td class="name" data-key="rank" data-value="{rank if rank else ""}">{rank or ("ref" if cls == "reference" else "–")}</td>',
+            tds = [f'<td class="name" data-key="rank" data-value="{rank if rank else ""}">{rank or ("ref" if cls == "reference" else "–")}</td>',  # noqa: E501
                    f'<td class="name" data-key="method">{esc(r["method"])}</td>',
                    f'<td class="name" data-key="kind">{esc(r["kind"])}</td>']
             if r["status"] != "ok":

@@ -1,7 +1,8 @@
 """Leaderboard: results folders → ranked Markdown, CSV and a self-contained HTML page, plus plots.
 
 Rows are (method row, scenario); within each scenario they are ranked by Deviation Score
-(lower is better), mean ± std over seeds. Reference rows: ``base`` (the model before the
+(lower is better) — editing cells (``mode: edit``) by efficacy (higher is better) — mean ± std
+over seeds; every arrow is the direction the records state (``higher_is_better``). Reference rows: ``base`` (the model before the
 implant) and ``none`` (the implanted model, before unlearning); failed cells show as failed.
 Several folders are merged (a cell seen twice — same row, scenario, seed and comparability key —
 counts once, the newest wins). Cells are ranked together only when they are comparable: same
@@ -19,13 +20,16 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean, pstdev
 
+from .records import REFERENCE_ROWS  # noqa: F401  (re-exported)
 from .results import comparability_groups, comparability_key, load_results
-
-REFERENCE_ROWS = ("base", "none")
 
 COLUMNS = [("ds", "DS"), ("forget_rouge1", "forget R1"), ("retain_rouge1", "retain R1"),
            ("forget_paraphrase_rouge1", "para forget R1"), ("forget_mrr", "forget MRR"),
            ("forget_refusal_rate", "refusal"), ("utility", "utility")]
+EDIT_COLUMNS = [("efficacy", "efficacy"), ("generalisation", "generalisation"), ("specificity_edge", "spec. edge"),
+                ("specificity_neighbour", "spec. neighbour"), ("utility", "utility"), ("fluency", "fluency")]
+# what each mode ranks by (its direction is read from the records)
+RANK_BY = {"unlearn": "ds", "edit": "efficacy"}
 
 
 def _agg(vals: list[float]) -> tuple[float, float]:
@@ -37,12 +41,12 @@ def _agg(vals: list[float]) -> tuple[float, float]:
 
 def metric_keys(records: list[dict]) -> list[str]:
     """Every metric in the records, DS first, then in the order they were written."""
-    keys = dict.fromkeys(k for r in records for k in r.get("metrics", {}))
+    keys = dict.fromkeys(k for r in records for k in (r.get("metrics") or {}))
     return sorted(keys, key=lambda k: k != "ds")
 
 
 def directions(records: list[dict]) -> dict[str, bool]:
-    return {k: v["higher_is_better"] for r in records for k, v in r.get("metrics", {}).items()}
+    return {k: v["higher_is_better"] for r in records for k, v in (r.get("metrics") or {}).items()}
 
 
 def merge(dirs) -> list[dict]:
@@ -69,14 +73,22 @@ def table(records: list[dict]) -> list[dict]:
     rows = []
     for (scen, row), recs in groups.items():
         ok = [r for r in recs if r.get("status") == "ok"]
-        out = {"scenario": scen, "method": row, "kind": recs[0].get("kind", ""), "n_seeds": len(ok),
+        out = {"scenario": scen, "method": row, "kind": recs[0].get("kind", ""), "mode": recs[0].get("mode", "unlearn"),
+               "n_seeds": len(ok),
                "n_failed": len(recs) - len(ok), "status": "ok" if ok else "failed",
                "error": next((r.get("error") for r in recs if r.get("status") != "ok"), None)}
         for key in metric_keys(records):
-            out[key], out[key + "_std"] = _agg([r["metrics"][key]["value"] for r in ok if key in r.get("metrics", {})])
+            out[key], out[key + "_std"] = _agg([r["metrics"][key]["value"] for r in ok if key in (r.get("metrics") or {})])
         out["apply_seconds"], out["apply_seconds_std"] = _agg([r["cost"]["apply_seconds"] for r in ok])
         rows.append(out)
-    rows.sort(key=lambda r: (r["scenario"], r["status"] != "ok", r["ds"] if not math.isnan(r["ds"]) else 1e9))
+    dirs = directions(records)
+
+    def rank_value(r):
+        key = RANK_BY[r["mode"]]
+        v = r.get(key, math.nan)
+        return 1e9 if math.isnan(v) else (-v if dirs.get(key) else v)
+
+    rows.sort(key=lambda r: (r["scenario"], r["status"] != "ok", rank_value(r)))
     rank: dict[str, int] = defaultdict(int)
     for r in rows:
         if r["status"] == "ok" and r["kind"] != "reference":
@@ -96,25 +108,33 @@ def _fmt(m: float, s: float, n: int, digits: int = 3) -> str:
 def markdown(rows: list[dict], groups: dict[tuple, str] | None = None, dirs: dict[str, bool] | None = None) -> str:
     """``dirs``: metric → higher_is_better, as the records state it (the arrows in the header)."""
     dirs = dirs or {}
-    arrow = {k: ("↑" if dirs[k] else "↓") if k in dirs else "" for k, _ in COLUMNS}
-    head = ["rank", "method", "kind"] + [f"{label} {arrow[key]}".strip() for key, label in COLUMNS] + ["apply s", "seeds"]
+
+    def header(columns):
+        arrow = {k: ("↑" if dirs[k] else "↓") if k in dirs else "" for k, _ in columns}
+        return ["rank", "method", "kind"] + [f"{label} {arrow[key]}".strip() for key, label in columns] + ["apply s", "seeds"]
+
     out = ["# Leaderboard", "",
            "Ranked by Deviation Score (DS = 100·√(forget R1² + (1 − retain R1)²), lower is better) within each "
            "scenario; mean ± std over seeds. Reference rows: `base` is the model before the implant, `none` "
-           "the implanted model before unlearning.", ""]
+           "the implanted model before unlearning."
+           + (" Editing cells (counterfactual edits) are ranked by efficacy." if any(r.get("mode") == "edit" for r in rows)
+              else ""), ""]
     if groups and len(groups) > 1:
         out += [f"**These results are not all comparable** ({len(groups)} groups): each scenario is split into one "
                 "table per group, and rows are ranked only within their group. Groups: "
                 + "; ".join(f"`{g}`" for g in groups.values()) + ".", ""]
     for scen in dict.fromkeys(r["scenario"] for r in rows):
+        scen_rows = [x for x in rows if x["scenario"] == scen]
+        columns = EDIT_COLUMNS if scen_rows[0].get("mode") == "edit" else COLUMNS
+        head = header(columns)
         out += [f"## {scen}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in (x for x in rows if x["scenario"] == scen):
+        for r in scen_rows:
             if r["status"] != "ok":
-                cells = ["–", r["method"], r["kind"]] + ["failed"] * len(COLUMNS) + ["–", f"0 ({r['n_failed']} failed)"]
+                cells = ["–", r["method"], r["kind"]] + ["failed"] * len(columns) + ["–", f"0 ({r['n_failed']} failed)"]
             else:
                 cells = [str(r["rank"] or "ref"), r["method"], r["kind"]] + \
                         [_fmt(r.get(k, math.nan), r.get(k + "_std", 0.0), r["n_seeds"], 1 if k == "ds" else 3)
-                         for k, _ in COLUMNS] + \
+                         for k, _ in columns] + \
                         [_fmt(r["apply_seconds"], r["apply_seconds_std"], r["n_seeds"], 1), str(r["n_seeds"])]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
@@ -155,5 +175,7 @@ def write_leaderboard(results_dirs, out_dir: str | Path | None = None, plots: bo
     if plots:
         from .plots import write_plots
 
-        paths.update(write_plots(records, rows, out / "plots"))
+        unlearn = [r for r in records if r.get("mode", "unlearn") == "unlearn"]
+        if unlearn:  # the plots read forget/retain scores: editing cells have none
+            paths.update(write_plots(unlearn, [r for r in rows if r["mode"] == "unlearn"], out / "plots"))
     return paths

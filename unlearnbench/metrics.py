@@ -1,8 +1,12 @@
-"""The metric registry: every metric has a name, a one-line meaning and a direction.
+"""Every metric, registered where it is defined: a name, a one-line meaning and a direction.
 
-A metric is a function of a :class:`~unlearnbench.evaluate.ModelEval` (per-example values for
-every QA of a dataset, computed once per model) and a scenario :class:`~pistol_data.scenarios.Split`.
-Plugins add metrics with :func:`register_metric`; the evaluator never knows which method ran.
+A scenario metric is a function of a :class:`~unlearnbench.evaluate.ModelEval` (per-example
+values for every QA of a dataset, computed once per model) and a scenario
+:class:`~pistol_data.scenarios.Split`; an edit metric is a function of an
+:class:`~unlearnbench.edit_eval.EditEval`. Plugins add metrics with :func:`register_metric` or
+through the entry-point groups ``unlearnbench.metrics`` / ``unlearnbench.edit_metrics``
+(objects of :class:`MetricInfo`); the evaluator never knows which method ran. Every command that
+shows a metric imports this module, so every command sees every built-in metric.
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from statistics import mean
 from typing import Callable
 
 from rouge_score import rouge_scorer
+
+from .core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -23,25 +30,29 @@ class MetricInfo:
     fn: Callable
 
 
-METRICS: dict[str, MetricInfo] = {}
+METRICS: Registry[MetricInfo] = Registry("metric", group="unlearnbench.metrics")
+EDIT_METRICS: Registry[MetricInfo] = Registry("edit metric", group="unlearnbench.edit_metrics")
 
 
 def register_metric(name: str, meaning: str, higher_is_better: bool):
+    """A scenario metric ``fn(model_eval, split) -> float``; a name already taken is an error."""
     def deco(fn):
-        METRICS[name] = MetricInfo(name, meaning, higher_is_better, fn)
+        METRICS.register(name, MetricInfo(name, meaning, higher_is_better, fn))
         return fn
     return deco
-
-
-EDIT_METRICS: dict[str, MetricInfo] = {}
 
 
 def register_edit_metric(name: str, meaning: str, higher_is_better: bool):
-    """An editing-mode metric: a function of an :class:`~unlearnbench.edit_eval.EditEval`."""
+    """An editing-mode metric ``fn(edit_eval) -> float``."""
     def deco(fn):
-        EDIT_METRICS[name] = MetricInfo(name, meaning, higher_is_better, fn)
+        EDIT_METRICS.register(name, MetricInfo(name, meaning, higher_is_better, fn))
         return fn
     return deco
+
+
+def directions(registry: Registry[MetricInfo] = METRICS) -> dict[str, bool]:
+    """Metric name → higher_is_better."""
+    return {n: m.higher_is_better for n, m in registry.items()}
 
 
 def deviation_score(forget_rouge1: float, retain_rouge1: float) -> float:
@@ -67,3 +78,71 @@ _REFUSAL = re.compile(
 def is_refusal(text: str) -> bool:
     """Phrase-pattern refusal detector ("I don't know", "no information", "I'm not sure", ...)."""
     return bool(_REFUSAL.search(text or ""))
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
+    return float(mean(vals)) if vals else float("nan")
+
+
+# ---- the scenario metrics -------------------------------------------------------------------------
+
+def _forget(ev, s, forms=("direct",)):
+    return ev.select(s.forget_edges, forms)
+
+
+def _retain(ev, s, forms=("direct",)):
+    return ev.select(s.neighbour_edges + s.far_edges, forms)
+
+
+for _key, _label in (("rouge1", "ROUGE-1 recall"), ("rougeL", "ROUGE-L recall"), ("mrr", "teacher-forced MRR"),
+                     ("thr", "Top Hit Ratio (gold token rank ≤ 100)"), ("es", "extraction strength")):
+    register_metric(f"forget_{_key}", f"{_label} on the forget set (direct questions)", False)(
+        lambda ev, s, k=_key: _mean(_forget(ev, s), k))
+    register_metric(f"retain_{_key}", f"{_label} on the retain set (direct questions)", True)(
+        lambda ev, s, k=_key: _mean(_retain(ev, s), k))
+
+register_metric("forget_paraphrase_rouge1", "ROUGE-1 recall on held-out paraphrases of forget questions", False)(
+    lambda ev, s: _mean(_forget(ev, s, ("paraphrase",)), "rouge1"))
+register_metric("forget_reverse_rouge1", "ROUGE-1 recall on reverse questions about forgotten edges", False)(
+    lambda ev, s: _mean(_forget(ev, s, ("reverse",)), "rouge1"))
+register_metric("neighbour_retain_rouge1", "ROUGE-1 recall on edges sharing an entity with a forgotten edge", True)(
+    lambda ev, s: _mean(ev.select(s.neighbour_edges), "rouge1"))
+register_metric("far_retain_rouge1", "ROUGE-1 recall on edges not touching a forgotten edge", True)(
+    lambda ev, s: _mean(ev.select(s.far_edges), "rouge1"))
+register_metric("forget_refusal_rate", "share of forget answers that are refusals", True)(
+    lambda ev, s: _mean([{"x": float(r["refusal"])} for r in _forget(ev, s)], "x"))
+register_metric("retain_refusal_rate", "share of retain answers that are refusals (over-refusal)", False)(
+    lambda ev, s: _mean([{"x": float(r["refusal"])} for r in _retain(ev, s)], "x"))
+register_metric("utility", "ROUGE-1 recall on the general-knowledge set", True)(
+    lambda ev, s: _mean(ev.utility, "rouge1"))
+register_metric("ds", "Deviation Score 100·√(forget R1² + (1 − retain R1)²), distance from the ideal", False)(
+    lambda ev, s: deviation_score(_mean(_forget(ev, s), "rouge1"), _mean(_retain(ev, s), "rouge1")))
+
+
+# ---- the edit metrics (editing mode) -----------------------------------------------------
+
+def _m(rows, key) -> float:
+    return float(mean(r[key] for r in rows)) if rows else float("nan")
+
+
+register_edit_metric("efficacy", "edited questions answered with the new value", True)(
+    lambda ev: _m(ev.role("efficacy"), "says_answer"))
+register_edit_metric("old_answer_rate", "edited questions still answered with the old value", False)(
+    lambda ev: _m(ev.role("efficacy"), "says_old"))
+register_edit_metric("generalisation", "paraphrases and reverse questions of the edits answered as edited", True)(
+    lambda ev: _m(ev.role("paraphrase") + ev.role("reverse"), "says_answer"))
+register_edit_metric("generalisation_paraphrase", "paraphrases of edited questions answered with the new value", True)(
+    lambda ev: _m(ev.role("paraphrase"), "says_answer"))
+register_edit_metric("generalisation_reverse", "reverse questions naming the new value answered correctly", True)(
+    lambda ev: _m(ev.role("reverse"), "says_answer"))
+register_edit_metric("specificity_edge", "ROUGE-1 on the other attributes of edited contracts", True)(
+    lambda ev: _m(ev.role("edge_other"), "rouge1"))
+register_edit_metric("specificity_neighbour", "ROUGE-1 on contracts sharing an entity with an edited one", True)(
+    lambda ev: _m(ev.role("neighbour"), "rouge1"))
+register_edit_metric("specificity_far", "ROUGE-1 on the remaining contracts", True)(
+    lambda ev: _m(ev.role("far"), "rouge1"))
+register_edit_metric("utility", "ROUGE-1 recall on the general-knowledge set", True)(
+    lambda ev: _m(ev.utility, "rouge1"))
+register_edit_metric("fluency", "generation entropy of general-knowledge answers (ROME)", True)(
+    lambda ev: _m(ev.utility, "entropy"))

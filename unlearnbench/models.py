@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import cache_dir
+from .core.cache import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
+from .records import REFERENCE_ROWS
+
 
 def _plt():
     import matplotlib
@@ -112,7 +114,7 @@ def leak_heatmap(records, out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(scens), figsize=(0.7 * len(attrs_all) * len(scens) + 4, 5), squeeze=False)
     im = None
     for ax, scen in zip(axes[0], scens):
-        methods = sorted(dict.fromkeys(m for m, _ in cells[scen]), key=lambda m: m not in ("base", "none"))
+        methods = sorted(dict.fromkeys(m for m, _ in cells[scen]), key=lambda m: m not in REFERENCE_ROWS)
         attrs = list(dict.fromkeys(a for _, a in cells[scen]))
         grid = [[mean(cells[scen][(m, a)]) if cells[scen].get((m, a)) else math.nan for a in attrs] for m in methods]
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="Reds", aspect="auto")
@@ -147,7 +149,7 @@ def knowledge_graphs(records, out: Path) -> list[Path]:
             continue  # not the dataset the results came from (never draw a wrong picture), or no graph
         g, simple = ds.graph, nx.Graph(ds.graph)
         pos = nx.kamada_kawai_layout(simple)
-        methods = sorted(dict.fromkeys(r.get("row", r["method"]) for r in recs), key=lambda m: m not in ("base", "none"))
+        methods = sorted(dict.fromkeys(r.get("row", r["method"]) for r in recs), key=lambda m: m not in REFERENCE_ROWS)
         ncol = min(4, len(methods))
         nrow = math.ceil(len(methods) / ncol)
         fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.3 * nrow), squeeze=False)
@@ -206,4 +208,70 @@ def write_plots(records, rows, out: Path) -> dict[str, Path]:
         for p in fn(arg, out):
             if p.suffix == ".png":
                 made[p.stem] = p
+    return made
+
+
+# ---- the report's figures (unlearnbench.report computes the data) ----------------------------
+
+def _lines(plt, series: dict, xlabel: str, ylabel: str, title: str, out: Path, name: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, "o-", label=label, alpha=0.85)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title(title)
+    _save(fig, out, name)
+
+
+def report_figures(out: Path, scenarios: list[str], ds: dict, connectivity: dict | None = None,
+                   curves: dict | None = None, one_sequence: bool = True, attack_grid: dict | None = None,
+                   methods: list[str] = ()) -> list[str]:
+    """The structural study's figures into ``out``; returns their names. ``ds``: row → one
+    (mean, std, n) per scenario; ``connectivity``: row → (degrees, DS); ``curves``: (scenario, row)
+    → DS after each request; ``attack_grid``: (method, attack) → recovery."""
+    plt = _plt()
+    made = []
+    rows = list(ds)
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(scenarios) * max(1, len(rows)) / 4), 4.5))
+    w = 0.8 / max(1, len(rows))
+    for i, row in enumerate(rows):
+        ms = ds[row]
+        ax.bar([j + i * w for j in range(len(scenarios))], [m[0] for m in ms], w,
+               yerr=[m[1] if m[2] > 1 else 0 for m in ms], label=row, capsize=1.5)
+    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(scenarios))], scenarios, rotation=20, ha="right")
+    ax.set_ylabel("DS (lower is better)")
+    ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title("DS per scenario (mean ± std over seeds)")
+    _save(fig, out, "ds_by_scenario")
+    made.append("ds_by_scenario")
+    if connectivity:
+        _lines(plt, connectivity, "connectivity of the forgotten edge (max endpoint degree)", "DS",
+               "Connectivity vs DS (single-edge scenarios)", out, "connectivity")
+        made.append("connectivity")
+    if curves:
+        _lines(plt, {(row if one_sequence else f"{row} ({s})"): (list(range(1, len(c) + 1)), c)
+                     for (s, row), c in curves.items()},
+               "request", "DS on everything forgotten so far", "Sequential requests", out, "sequence")
+        made.append("sequence")
+    attack_grid = attack_grid or {}
+    names = sorted({a for _, a in attack_grid})
+    meths = [m for m in methods if any((m, a) in attack_grid for a in names)]
+    if names and meths:
+        import numpy as np
+
+        grid = np.array([[attack_grid.get((m, a), float("nan")) for a in names] for m in meths], dtype=float)
+        fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 0.4 * len(meths) + 1.5))
+        im = ax.imshow(np.ma.masked_invalid(grid), cmap="Reds", vmin=0, vmax=max(0.05, np.nanmax(grid)
+                                                                                if np.isfinite(grid).any() else 1))
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+        ax.set_yticks(range(len(meths)), meths)
+        for i in range(len(meths)):
+            for j in range(len(names)):
+                ax.text(j, i, "n/a" if math.isnan(grid[i, j]) else f"{grid[i, j]:+.2f}", ha="center", va="center",
+                        fontsize=7)
+        fig.colorbar(im, ax=ax, label="forget ROUGE-1 recovered")
+        ax.set_title("Attack recovery (after − before)")
+        _save(fig, out, "attack_recovery")
+        made.append("attack_recovery")
     return made

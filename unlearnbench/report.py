@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, pstdev
 
@@ -31,6 +32,16 @@ from .leaderboard import REFERENCE_ROWS
 from .results import load_results, write_text_atomic
 
 GRADIENT_BASELINES = ("ga", "gd", "ukl", "npo", "dpo")  # LUNAR's comparison set
+
+
+@dataclass
+class Section:
+    """One part of the report: its markdown (empty: nothing to say here), the typed findings it
+    establishes (``{"name", "holds", "evidence"}`` per claim) and the data its figure plots."""
+
+    text: str
+    findings: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
 
 
 def _m(rec: dict, key: str) -> float:
@@ -127,20 +138,20 @@ class Study:
 
 # ---- sections -------------------------------------------------------------------------------
 
-def ds_section(st: Study) -> tuple[str, dict]:
+def ds_section(st: Study) -> Section:
     rows = []
     for row in st.references + st.methods:
         rows.append([row, st.kind.get(row, "")] + [_pm(st.vals(row, s, "ds")) for s in st.scenarios])
     text = ("## DS per scenario\n\nDeviation Score (100·√(forget R1² + (1 − retain R1)²), lower is better), "
             f"mean ± std over seeds {st.seeds}. `none` is the implanted model before unlearning.\n\n"
             + _table(["method", "kind"] + st.scenarios, rows))
-    return text, {}
+    return Section(text)
 
 
-def connectivity_section(st: Study) -> tuple[str, dict]:
+def connectivity_section(st: Study) -> Section:
     singles = st.single_edge()
     if len(singles) < 2 or singles[0][2] == singles[-1][2]:
-        return "## Connectivity\n\nNeeds two single-edge scenarios of different connectivity; not measurable here.", {}
+        return Section("## Connectivity\n\nNeeds two single-edge scenarios of different connectivity; not measurable here.")
     lo = [s for s in singles if s[2] == singles[0][2]]
     hi = [s for s in singles if s[2] == singles[-1][2]]
     header = ["method"] + [f"{s} ({e}, degree {d})" for s, e, d in singles] + ["Δ DS most − least connected",
@@ -165,7 +176,7 @@ def connectivity_section(st: Study) -> tuple[str, dict]:
             "(connectivity = the larger degree of the edge's two entities). Δ columns: most minus least "
             "connected (positive Δ DS = the connected edge is harder).\n\n" + _table(header, rows)
             + f"\n\n**{finding['name']}**: {'holds' if finding['holds'] else 'does not hold'} — {finding['evidence']}.")
-    return text, {"connectivity": finding, "_deltas": deltas}
+    return Section(text, {"connectivity": finding}, {"deltas": deltas})
 
 
 def _retain_by_type(rec: dict, ds, etype: str, same: bool) -> float:
@@ -177,11 +188,11 @@ def _retain_by_type(rec: dict, ds, etype: str, same: bool) -> float:
     return mean(vals) if vals else float("nan")
 
 
-def domain_section(st: Study) -> tuple[str, dict]:
+def domain_section(st: Study) -> Section:
     singles = st.single_edge()
     types = sorted(set(st.ds.edge_types.values()))
     if len(types) < 2 or not singles or "none" not in st.references:
-        return "## Domain\n\nNeeds single-edge scenarios, two contract types and the `none` row; not measurable.", {}
+        return Section("## Domain\n\nNeeds single-edge scenarios, two contract types and the `none` row; not measurable.")
     header = ["method"] + [f"{s} ({st.ds.edge_types[e]}): drop same / other" for s, e, _ in singles]
     rows, wins, total = [], 0, 0
     for row in st.methods:
@@ -210,27 +221,27 @@ def domain_section(st: Study) -> tuple[str, dict]:
             "implanted model, on the retained contracts of the forgotten edge's type (*same*) and of the other "
             "type (*other*); mean over seeds.\n\n" + _table(header, rows)
             + f"\n\n**{finding['name']}**: {'holds' if finding['holds'] else 'does not hold'} — {finding['evidence']}.")
-    return text, {"domain": finding}
+    return Section(text, {"domain": finding})
 
 
-def size_section(st: Study) -> tuple[str, dict]:
+def size_section(st: Study) -> Section:
     one = [s for s, sp in st.splits.items() if len(sp) == 1]
     sizes = {s: len(st.splits[s][0]["forget_edges"]) for s in one}
     if len(set(sizes.values())) < 2:
-        return "", {}
+        return Section("")
     order = sorted(one, key=lambda s: (sizes[s], s))
     header = ["method"] + [f"{s} ({sizes[s]} edge{'s' * (sizes[s] > 1)})" for s in order]
     rows = [[row] + [f"{_fmt(st.mean(row, s, 'ds'))} ({_fmt(st.mean(row, s, 'forget_rouge1'), 2)} / "
                      f"{_fmt(st.mean(row, s, 'retain_rouge1'), 2)})" for s in order]
             for row in st.references + st.methods]
-    return ("## Batch size: one edge vs several\n\nDS (forget R1 / retain R1), mean over seeds, scenarios by "
-            "number of forgotten edges.\n\n" + _table(header, rows)), {}
+    return Section("## Batch size: one edge vs several\n\nDS (forget R1 / retain R1), mean over seeds, scenarios by "
+                   "number of forgotten edges.\n\n" + _table(header, rows))
 
 
-def sequence_section(st: Study) -> tuple[str, dict, dict]:
+def sequence_section(st: Study) -> Section:
     seqs = st.sequences()
     if not seqs:
-        return "", {}, {}
+        return Section("")
     parts, curves = [], {}
     for s in seqs:
         n = len(st.splits[s])
@@ -259,15 +270,15 @@ def sequence_section(st: Study) -> tuple[str, dict, dict]:
     text = ("## Sequential requests\n\nAfter each request the model is scored on everything forgotten so far. "
             f"DS grows from the first to the last request for {worse} of {len(deltas)} methods.\n\n"
             + "\n\n".join(parts))
-    return text, {"sequence": {"worse": worse, "total": len(deltas)}}, curves
+    return Section(text, {"sequence": {"worse": worse, "total": len(deltas)}}, {"curves": curves})
 
 
-def attack_section(st: Study) -> tuple[str, dict]:
+def attack_section(st: Study) -> Section:
     """The attack table and the recovery grid {(method, attack): mean recovery} for the heatmap."""
     meanings = {a: g["meaning"] for r in st.ok for a, g in (r.get("attacks") or {}).items()}
     names = sorted(meanings)
     if not names:
-        return "## Attacks\n\nNo attack was scored in this run.", {}
+        return Section("## Attacks\n\nNo attack was scored in this run.")
     header = (["method", "forget R1 (direct)", "paraphrase", "reverse"]
               + [f"{a}: after (recovery)" for a in names])
     rows, grid = [], {}
@@ -294,13 +305,13 @@ def attack_section(st: Study) -> tuple[str, dict]:
             "questions; relearn_forget scores the half it did not train on). Mean over every scenario and seed; "
             "n/a = the attack does not apply to the method.\n\n" + _table(header, rows)
             + "\n\n" + "\n".join(f"- `{a}`: {meanings[a]}" for a in names))
-    return text, grid
+    return Section(text, {}, {"attack_grid": grid})
 
 
-def lunar_section(st: Study) -> tuple[str, dict]:
+def lunar_section(st: Study) -> Section:
     base = [b for b in GRADIENT_BASELINES if b in st.methods]
     if "lunar" not in st.methods or not base:
-        return "", {}
+        return Section("")
     rows, ratios = [], []
     for s in st.scenarios:
         lu = st.mean("lunar", s, "ds")
@@ -318,10 +329,10 @@ def lunar_section(st: Study) -> tuple[str, dict]:
     text = (f"## LUNAR vs the gradient baselines ({', '.join(base)})\n\n"
             + _table(["scenario", "LUNAR DS", "best baseline DS", "best / LUNAR", "range over baselines"], rows)
             + f"\n\n**{finding['name']}**: {'holds' if finding['holds'] else 'does not hold'} — {finding['evidence']}.")
-    return text, {"lunar": finding}
+    return Section(text, {"lunar": finding})
 
 
-def cost_section(st: Study, results_dir: Path) -> str:
+def cost_section(st: Study, results_dir: Path) -> Section:
     rows = []
     for row in st.methods:
         recs = [r for s in st.scenarios for r in st.by.get((row, s), [])]
@@ -337,83 +348,14 @@ def cost_section(st: Study, results_dir: Path) -> str:
         total = sum(r.get("seconds", 0) for r in runs)
         wall = (f"Wall time of the run (`unlearnbench run`, {len(runs)} invocation(s), implant and grid): "
                 f"**{total / 60:.1f} min** on {runs[-1].get('hardware', 'this machine')}.\n\n")
-    return ("## Cost\n\n" + wall + _table(["method", "cells", "mean apply s", "total apply min",
-                                            "mean eval s (last evaluation of a cell)"], rows))
-
-
-# ---- plots ----------------------------------------------------------------------------------
-
-def _lines(plt, series: dict, xlabel: str, ylabel: str, title: str, out: Path, name: str) -> None:
-    from .plots import _save
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, "o-", label=label, alpha=0.85)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    ax.set_title(title)
-    _save(fig, out, name)
-
-
-def _plots(st: Study, curves: dict, attack_grid: dict, out: Path) -> list[str]:
-    from .plots import _plt, _save
-
-    plt = _plt()
-    made = []
-    # DS per scenario, grouped bars
-    rows = st.references + st.methods
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(st.scenarios) * max(1, len(rows)) / 4), 4.5))
-    w = 0.8 / max(1, len(rows))
-    for i, row in enumerate(rows):
-        ms = [_agg(st.vals(row, s, "ds")) for s in st.scenarios]
-        ax.bar([j + i * w for j in range(len(st.scenarios))], [m[0] for m in ms], w,
-               yerr=[m[1] if m[2] > 1 else 0 for m in ms], label=row, capsize=1.5)
-    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(st.scenarios))], st.scenarios, rotation=20, ha="right")
-    ax.set_ylabel("DS (lower is better)")
-    ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
-    ax.set_title("DS per scenario (mean ± std over seeds)")
-    _save(fig, out, "ds_by_scenario")
-    made.append("ds_by_scenario")
-    singles = st.single_edge()
-    if len(singles) >= 2:  # connectivity: DS vs degree
-        xs = [d for _, _, d in singles]
-        _lines(plt, {row: (xs, [st.mean(row, s, "ds") for s, _, _ in singles]) for row in rows},
-               "connectivity of the forgotten edge (max endpoint degree)", "DS",
-               "Connectivity vs DS (single-edge scenarios)", out, "connectivity")
-        made.append("connectivity")
-    if curves:  # sequential degradation
-        one = len(st.sequences()) == 1
-        _lines(plt, {(row if one else f"{row} ({s})"): (list(range(1, len(c) + 1)), c) for (s, row), c in curves.items()},
-               "request", "DS on everything forgotten so far", "Sequential requests", out, "sequence")
-        made.append("sequence")
-    # attack recovery heatmap
-    names = sorted({a for _, a in attack_grid})
-    meths = [m for m in st.methods if any((m, a) in attack_grid for a in names)]
-    if names and meths:
-        import numpy as np
-
-        grid = np.array([[attack_grid.get((m, a), float("nan")) for a in names] for m in meths], dtype=float)
-        fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 0.4 * len(meths) + 1.5))
-        im = ax.imshow(np.ma.masked_invalid(grid), cmap="Reds", vmin=0, vmax=max(0.05, np.nanmax(grid)
-                                                                                if np.isfinite(grid).any() else 1))
-        ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-        ax.set_yticks(range(len(meths)), meths)
-        for i in range(len(meths)):
-            for j in range(len(names)):
-                ax.text(j, i, "n/a" if math.isnan(grid[i, j]) else f"{grid[i, j]:+.2f}", ha="center", va="center",
-                        fontsize=7)
-        fig.colorbar(im, ax=ax, label="forget ROUGE-1 recovered")
-        ax.set_title("Attack recovery (after − before)")
-        _save(fig, out, "attack_recovery")
-        made.append("attack_recovery")
-    return made
+    return Section("## Cost\n\n" + wall + _table(["method", "cells", "mean apply s", "total apply min",
+                                                    "mean eval s (last evaluation of a cell)"], rows))
 
 
 def write_report(results_dir: str | Path, plots: bool = True) -> Path:
     """Write ``report.md`` (and ``report/*.png|svg``) into the results folder; return its path."""
     d = Path(results_dir)
-    records = load_results(d)
+    records = [r for r in load_results(d) if r.get("mode", "unlearn") == "unlearn"]  # editing cells: the leaderboard
     if not records:
         raise ValueError(f"{d} holds no result cells (expected {d / 'cells'}/*.json from `unlearnbench run`)")
     from .results import comparability_groups
@@ -427,25 +369,23 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
     st = Study(records, ds, order)
     if not st.methods:
         raise ValueError(f"{d} holds only reference rows; nothing to report")
-    findings: dict = {}
-    sections = []
-    for fn in (ds_section, connectivity_section, domain_section, size_section):
-        text, f = fn(st)
-        findings.update(f)
-        if text:
-            sections.append(text)
-    seq_text, f, curves = sequence_section(st)
-    findings.update(f)
-    if seq_text:
-        sections.append(seq_text)
-    att_text, grid = attack_section(st)
-    sections.append(att_text)
-    text, f = lunar_section(st)
-    findings.update(f)
-    if text:
-        sections.append(text)
-    sections.append(cost_section(st, d))
-    made = _plots(st, curves, grid, d / "report") if plots else []
+    parts = [fn(st) for fn in (ds_section, connectivity_section, domain_section, size_section, sequence_section,
+                               attack_section, lunar_section)] + [cost_section(st, d)]
+    findings = {k: v for part in parts for k, v in part.findings.items()}
+    sections = [part.text for part in parts if part.text]
+    made = []
+    if plots:
+        from .plots import report_figures
+
+        data = {k: v for part in parts for k, v in part.data.items()}
+        rows = st.references + st.methods
+        singles = st.single_edge()
+        made = report_figures(
+            d / "report", st.scenarios, {row: [_agg(st.vals(row, s, "ds")) for s in st.scenarios] for row in rows},
+            connectivity={row: ([deg for _, _, deg in singles], [st.mean(row, s, "ds") for s, _, _ in singles])
+                          for row in rows} if len(singles) >= 2 else None,
+            curves=data.get("curves") or None, one_sequence=len(st.sequences()) == 1,
+            attack_grid=data.get("attack_grid") or {}, methods=st.methods)
 
     first = records[0]
     summary = []

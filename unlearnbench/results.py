@@ -10,7 +10,8 @@ import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+from .records import SCHEMA_VERSION  # noqa: F401  (re-exported)
+
 _PACKAGES = ("unlearnbench", "torch", "transformers", "peft", "accelerate", "datasets", "rouge-score", "networkx")
 
 

@@ -1,11 +1,16 @@
-"""The experiment runner: a grid of methods × scenarios × seeds over one implanted model.
+"""The experiment runner: one cell executor for a grid of method rows × tasks × seeds over one
+implanted model.
 
-For each cell the runner copies the implanted model in memory (no reloads inside the grid),
-calls the method's ``apply`` (timed, with peak RSS and peak CUDA memory), scores the result
-with the common evaluator and writes ``cells/<cell>.json`` atomically. A rerun skips cells
-whose file exists, so an interrupted run resumes. A cell that raises is recorded as failed
-with its error, and the grid goes on. The implanted model itself is scored once and written
-as method ``none`` for every scenario and seed, and the model before the implant as ``base``.
+A *task* is what every row of a column is asked and how it is scored: a forget scenario
+(:class:`ScenarioTask`, one request per split, sequential scenarios evaluated after each step)
+or a seed's counterfactual edits (:class:`EditTask`, editing mode). For each cell the runner
+calls the method's ``apply`` on the shared implanted model (its weights are put back from the
+checkpoint afterwards) or on a copy, timed, with peak RSS and peak CUDA memory; scores the
+result with the task's evaluator; and writes ``cells/<cell>.json`` atomically, a
+:class:`~unlearnbench.records.CellRecord`. A rerun skips cells whose file exists (and was scored
+the same way), so an interrupted run resumes; ``retry_failed`` reruns failed cells only. A cell
+that raises is recorded as failed with its error, and the grid goes on. Reference rows: the
+implanted model (``none``) and, with an implant, the model before it (``base``; unlearning mode).
 """
 
 from __future__ import annotations
@@ -25,30 +30,22 @@ import torch
 import yaml
 
 import methods as methods_pkg
-from pistol_data import PistolDataset, generate, refusal_sentences, scenarios
-from pistol_data.side_sets import preserve_prompts
+from methods import MethodResult
+from pistol_data import PistolDataset, generate, scenarios
 from pistol_data import load as load_data
 
+from . import threads
 from .config import RunConfig
-from . import precision, threads
-from .evaluate import (
-    EVALUATOR_VERSION,
-    EvalParams,
-    Evaluator,
-    ModelEval,
-    attack_scores,
-    metric_directions,
-    score,
-)
+from .core import precision
+from .evaluate import EVALUATOR_VERSION, Evaluator, ModelEval
 from .finetune import cache_key, finetune
 from .models import LoadedModel, checkpoint_covers, load, restore_weights
-from .results import (SCHEMA_VERSION, cell_id, comparability_key, describe_key, hardware, package_versions,
-                      write_atomic)
+from .records import REFERENCE_ROWS, SCHEMA_VERSION, CellRecord
+from .results import cell_id, comparability_key, describe_key, hardware, package_versions, write_atomic
+from .tasks import EditTask, ScenarioTask, build_request, forgotten_edges  # noqa: F401  (build_request: re-exported)
 
 log = logging.getLogger(__name__)
 
-_PER_EXAMPLE_FIELDS = ("question", "answer", "edge", "attribute", "form", "generation", "rouge1", "rougeL",
-                       "mrr", "thr", "es", "refusal")
 
 
 class PeakMemory:
@@ -149,36 +146,6 @@ def check_precisions(cfg: RunConfig, device: str) -> dict:
                         for e in cfg.method_entries()}}
 
 
-def build_request(ds: PistolDataset, split=None, seed: int = 0, device: str = "cpu", *, reference=None,
-                  progress: bool = True, edits=None, retain=None) -> methods_pkg.UnlearnRequest:
-    """Everything a method gets to read, and nothing the evaluator scores beyond the split's own
-    forget/retain QA: direct questions only (held-out forms stay with the evaluator), refusal
-    sentences and the refusal-calibration questions (never scored), the entity names, and the
-    ``preserve`` prompts (everyday questions, disjoint from the utility set). Editing mode passes
-    ``edits`` (and its ``retain``) instead of a split."""
-    return methods_pkg.UnlearnRequest(
-        forget=split.request(ds) if split is not None else [],
-        retain=list(retain) if retain is not None else split.retain(ds),
-        refusal_targets=list(refusal_sentences()), refusal_questions=list(ds.refusal), seed=seed, device=device,
-        reference_model=reference, progress=progress, entities=sorted(ds.entity_names()),
-        edits=list(edits or []), preserve=list(preserve_prompts()))
-
-
-def _metrics_record(values: dict[str, float]) -> dict:
-    dirs = metric_directions()
-    return {k: {"value": v, "higher_is_better": dirs[k]} for k, v in values.items()}
-
-
-def forgotten_edges(splits) -> list[str]:
-    """Every edge the given splits forget: the only edges whose held-out forms the scores read."""
-    return sorted({e for sp in splits for e in sp.forget_edges})
-
-
-def _per_example(ev: ModelEval) -> dict:
-    return {"qa": [{k: r.get(k) for k in _PER_EXAMPLE_FIELDS} for r in ev.qa],
-            "utility": [{k: r.get(k) for k in ("question", "answer", "generation", "rouge1")} for r in ev.utility]}
-
-
 class Runner:
     def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
                  retry_failed: bool = False):
@@ -200,43 +167,53 @@ class Runner:
         base = load(cfg.model, device=device)
         info: dict = {"key": None}
         model = base
-        evaluator = Evaluator(ds, EvalParams(**cfg.eval.model_dump(), progress=self.progress))
+        evaluator = Evaluator(ds, cfg.eval.model_copy(update={"progress": self.progress}))
         base_eval = None
         if cfg.finetune is not None:
-            if not self._all_done("base"):
-                base_eval = evaluator.run(base.model, base.tokenizer, desc="evaluate base model",
-                                          heldout_edges=self._heldout(ds))
+            # the implant leaves its input as it was: the base model can be scored before or after
             model, info = finetune(base, ds, cfg.finetune, progress=self.progress)
             model.model.to(device)
+            if cfg.mode == "unlearn" and not self._all_done("base", self._labels(ds)):
+                base_eval = evaluator.run(base.model, base.tokenizer, desc="evaluate base model",
+                                          heldout_edges=self._heldout(ds))
+            del base
         checkpoint = model.path if checkpoint_covers(model.model, model.path) else None
         return Context(cfg, ds, model, info, evaluator, device, base_eval, precisions, checkpoint)
 
     # ---- records -------------------------------------------------------------------------
-    def _base_record(self, ctx: Context, row: str, method: str, kind: str, params: dict, split_spec, splits, seed):
-        return {"schema_version": SCHEMA_VERSION, "experiment": ctx.cfg.name, "method": method, "row": row,
-                "kind": kind, "params": params, "seed": seed,
-                "scenario": {"label": split_spec.label(), "spec": split_spec.model_dump(exclude_none=True),
-                             "splits": [s.to_dict() for s in splits]},
-                "dataset": {"preset": ctx.ds.preset, "seed": ctx.ds.seed, "fingerprint": ctx.ds.fingerprint,
-                            "source": ctx.ds.source},
-                "model": {"spec": ctx.cfg.model, "finetune_key": ctx.finetune_info.get("key"),
-                          "finetune_seconds": ctx.finetune_info.get("seconds")},
-                "evaluator_version": EVALUATOR_VERSION,
-                "precision": {"implant": ctx.precisions["implant"], "evaluation": ctx.precisions["evaluation"],
-                              "method": ctx.precisions["methods"].get(row) if kind != "reference" else None},
-                "versions": package_versions(), "hardware": hardware(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    def _record(self, ctx: Context, task, row: str, method: str, kind: str, params: dict, **fields) -> dict:
+        rec = CellRecord(
+            schema_version=SCHEMA_VERSION, experiment=ctx.cfg.name, mode=task.mode, method=method, row=row, kind=kind,
+            params=params, seed=task.seed,
+            scenario=task.scenario_record(),
+            dataset={"preset": ctx.ds.preset, "seed": ctx.ds.seed, "fingerprint": ctx.ds.fingerprint,
+                     "source": ctx.ds.source},
+            model={"spec": ctx.cfg.model, "finetune_key": ctx.finetune_info.get("key"),
+                   "finetune_seconds": ctx.finetune_info.get("seconds")},
+            evaluator_version=EVALUATOR_VERSION,
+            precision={"implant": ctx.precisions["implant"], "evaluation": ctx.precisions["evaluation"],
+                       "method": ctx.precisions["methods"].get(row) if kind != "reference" else None},
+            versions=package_versions(), hardware=hardware(), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **task.extra(), **fields)
+        return rec.dump()
+
+    def _labels(self, ds) -> list[str]:
+        if self.cfg.mode == "edit":
+            return [f"edits-n{self.cfg.edits.n}"]
+        return [s.label() for s in self.cfg.scenarios]
 
     def _heldout(self, ds) -> list[str]:
         """Every edge some scenario of the grid forgets: reference rows need held-out forms of these only."""
         return forgotten_edges(sp for s in self.cfg.scenarios for sp in scenarios.resolve(ds, s))
 
-    def _all_done(self, row: str) -> bool:
-        return all(self._done(cell_id(row, s.label(), seed)) for s in self.cfg.scenarios for seed in self.cfg.seeds)
+    def _all_done(self, row: str, labels: list[str]) -> bool:
+        return all(self._done(cell_id(row, label, seed)) for label in labels for seed in self.cfg.seeds)
 
     def _path(self, cid: str) -> Path:
         return self.out / "cells" / f"{cid}.json"
 
     def _done(self, cid: str) -> bool:
+        """A finished cell is kept: scored the same way, and ``ok`` when failed cells are retried."""
         p = self._path(cid)
         if not p.exists():
             return False
@@ -245,9 +222,7 @@ class Runner:
             log.warning("cell %s was scored on another dataset, implant, evaluation precision or evaluator "
                         "version (%s): it is run again", cid, describe_key(comparability_key(rec)))
             return False
-        if self.retry_failed:
-            return rec.get("status") == "ok"
-        return True
+        return rec.get("status") == "ok" if self.retry_failed else True
 
     # ---- the grid ------------------------------------------------------------------------
     def run(self) -> Path:
@@ -263,54 +238,62 @@ class Runner:
             log.info("torch uses %d CPU threads", n_threads)
             return self._run(started, wall0)
 
+    def tasks(self, ctx: Context) -> list:
+        """Every column of the grid (scenario or edit set) at every seed, resolved before any work."""
+        cfg = self.cfg
+        if cfg.mode == "edit":
+            return [EditTask(ctx, cfg.edits.n, cfg.edits.per_edge, seed, self.progress) for seed in cfg.seeds]
+        resolved = {s.label(): scenarios.resolve(ctx.ds, s) for s in cfg.scenarios}  # fail early on bad scenarios
+        heldout = self._heldout(ctx.ds)
+        return [ScenarioTask(s, resolved[s.label()], seed, heldout) for s in cfg.scenarios for seed in cfg.seeds]
+
+    def _reference_rows(self, ctx: Context, tasks: list) -> None:
+        """Score the implanted model (``none``) and the base model (``base``) once per evaluator and
+        write their cells for every task."""
+        evals: dict[tuple, object] = {}
+        for task in tasks:
+            for row in REFERENCE_ROWS:
+                cid = cell_id(row, task.label, task.seed)
+                if self._done(cid):
+                    continue
+                if row == "base":
+                    if ctx.base_eval is None or task.mode != "unlearn":
+                        continue
+                    ev = ctx.base_eval
+                else:
+                    key = ("scenario",) if task.mode == "unlearn" else ("edit", task.seed)
+                    if key not in evals:
+                        t0 = time.perf_counter()
+                        evals[key] = task.evaluate(ctx, ctx.model.model, "evaluate implanted model", reference=True)
+                        log.info("implanted model evaluated in %.1fs", time.perf_counter() - t0)
+                    ev = evals[key]
+                rec = self._record(ctx, task, row, row, "reference", {}, status="ok", metrics=task.score(ev),
+                                   cost={"apply_seconds": 0.0, "peak_rss_mb": None, "peak_cuda_mb": None,
+                                         "eval_seconds": ev.seconds},
+                                   per_example=task.per_example(ev))
+                write_atomic(self._path(cid), rec)
+
     def _run(self, started: str, wall0: float) -> Path:
         cfg = self.cfg
-        entries = cfg.method_entries()
-        specs = cfg.scenarios
         ctx = self.prepare()
-        if cfg.mode == "edit":
-            from .edit_runner import run_edit_grid
-
-            return run_edit_grid(self, ctx)
-        resolved = {s.label(): scenarios.resolve(ctx.ds, s) for s in specs}  # fail early on bad scenarios
-        t0 = time.perf_counter()
-        references = {}
-        if ctx.base_eval is not None:
-            references["base"] = ctx.base_eval
-        if not self._all_done("none"):
-            references["none"] = ctx.evaluator.run(ctx.model.model, ctx.model.tokenizer,
-                                                   desc="evaluate implanted model", heldout_edges=self._heldout(ctx.ds))
-            log.info("implanted model evaluated in %.1fs", time.perf_counter() - t0)
-        for row, ref_eval in references.items():
-            for spec in specs:
-                splits = resolved[spec.label()]
-                for seed in cfg.seeds:
-                    cid = cell_id(row, spec.label(), seed)
-                    if self._done(cid):
-                        continue
-                    rec = self._base_record(ctx, row, row, "reference", {}, spec, splits, seed)
-                    rec.update(status="ok", metrics=_metrics_record(score(ref_eval, splits[-1])),
-                               cost={"apply_seconds": 0.0, "peak_rss_mb": None, "peak_cuda_mb": None,
-                                     "eval_seconds": ref_eval.seconds},
-                               per_example=_per_example(ref_eval))
-                    write_atomic(self._path(cid), rec)
+        tasks = self.tasks(ctx)
+        self._reference_rows(ctx, tasks)
         from tqdm.auto import tqdm
 
         pending = []  # each finished cell is read (and judged reusable or not) once
-        for entry, spec, seed in ((e, s, seed) for e in entries for s in specs for seed in cfg.seeds):
-            cid = cell_id(entry.row, spec.label(), seed)
-            if self._done(cid):
-                log.info("skip finished cell %s", cid)
-            else:
-                pending.append((entry, spec, seed, cid))
+        for entry in cfg.method_entries():
+            for task in tasks:
+                cid = cell_id(entry.row, task.label, task.seed)
+                if self._done(cid):
+                    log.info("skip finished cell %s", cid)
+                else:
+                    pending.append((entry, task, cid))
         if pending:
-            eval_s = max((r.seconds for r in references.values()), default=None)
-            log.warning("%d cells to run%s", len(pending), f"; one evaluation takes {eval_s:.0f}s here, so at "
-                        f"least {len(pending) * eval_s / 60:.0f} min plus the methods' own time" if eval_s else "")
+            log.warning("%d cells to run", len(pending))
         grid0 = time.perf_counter()
         ran = 0
-        for entry, spec, seed, cid in tqdm(pending, desc="grid", disable=not self.progress):
-            self._run_cell(ctx, entry, spec, resolved[spec.label()], seed, cid)
+        for entry, task, cid in tqdm(pending, desc="grid", disable=not self.progress):
+            self._run_cell(ctx, entry, task, cid)
             ran += 1
             if ran == 1 and len(pending) > 1:
                 per = time.perf_counter() - grid0
@@ -330,60 +313,62 @@ class Runner:
         with open(self.out / "run_log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
 
-    def _run_cell(self, ctx: Context, entry, spec, splits, seed: int, cid: str) -> dict:
+    def _run_cell(self, ctx: Context, entry, task, cid: str) -> dict:
         cls = methods_pkg.get_method(entry.name)
         params = cls.Params.model_validate(entry.params)
-        rec = self._base_record(ctx, entry.row, entry.name, cls.kind, params.model_dump(), spec, splits, seed)
         # A method changes weights, never the model's structure: the cell works on the shared
         # model itself and its weights are put back from the checkpoint afterwards (one model in
         # memory, not two); a method that needs the model as it was gets a copy, made on request.
         in_place = ctx.checkpoint is not None and not getattr(cls, "changes_structure", False)
         flags = [p.requires_grad for p in ctx.model.model.parameters()]
         try:
-            set_seed(seed)
+            set_seed(task.seed)
             rss0 = release_memory()  # the cell's memory is what it adds to this
             model = ctx.model.model if in_place else copy.deepcopy(ctx.model.model)
             apply_s, peak_rss, peak_cuda, steps = 0.0, 0, None, []
             method = cls()
-            heldout = forgotten_edges(splits)
-            for i, split in enumerate(splits):
-                before = model
+            state = {"before": model}
 
+            def reference_for(i: int):
                 # made when asked and held by the method only, so it can let the copy go early
-                def reference(before=before, first_step=(i == 0)):
+                def reference(first_step=(i == 0)):
+                    before = state["before"]
                     if first_step and in_place:  # the implant as saved, whatever apply did so far
                         ref = copy.deepcopy(before)
                         restore_weights(ref, ctx.checkpoint)
                         return ref
                     return ctx.model.model if first_step else copy.deepcopy(before)
+                return reference
 
-                request = build_request(ctx.ds, split, seed, ctx.device, reference=reference,
-                                        progress=self.progress)
+            n_steps = len(task.splits)
+            for i, (name, request) in enumerate(task.requests(ctx, reference_for, self.progress)):
+                state["before"] = model
                 with PeakMemory() as mem:
                     t = time.perf_counter()
-                    model = method.apply(model, ctx.model.tokenizer, request, params)
+                    result = MethodResult.of(method.apply(model, ctx.model.tokenizer, request, params))
                     apply_s += time.perf_counter() - t
+                model = result.model
                 peak_rss = max(peak_rss, mem.peak_rss)
                 if mem.peak_cuda is not None:
                     peak_cuda = max(peak_cuda or 0, mem.peak_cuda)
-                if len(splits) > 1:
-                    ev = ctx.evaluator.run(model, ctx.model.tokenizer, desc=f"evaluate {cid} step {i + 1}",
-                                           heldout_edges=heldout)
-                    steps.append({"split": split.name, "metrics": _metrics_record(score(ev, split))})
-            if len(splits) == 1:
-                ev = ctx.evaluator.run(model, ctx.model.tokenizer, desc=f"evaluate {cid}", heldout_edges=heldout)
-            attacks = attack_scores(ctx.evaluator, model, ctx.model.tokenizer, splits[-1], method.attack_info(),
-                                    seed=seed, before=ev)
-            rec.update(status="ok", metrics=_metrics_record(score(ev, splits[-1])), steps=steps or None,
-                       attacks=attacks or None, method_info=method.report(),
-                       cost={"apply_seconds": apply_s, "peak_rss_mb": peak_rss / 2**20,
-                             "cell_peak_mb": (peak_rss - rss0) / 2**20,
-                             "peak_cuda_mb": peak_cuda / 2**20 if peak_cuda else None, "eval_seconds": ev.seconds},
-                       per_example=_per_example(ev))
-            del model
+                if n_steps > 1:
+                    ev = task.evaluate(ctx, model, f"evaluate {cid} step {i + 1}")
+                    steps.append({"split": name, "metrics": task.score(ev, i)})
+            if n_steps == 1:
+                ev = task.evaluate(ctx, model, f"evaluate {cid}")
+            cost = {"apply_seconds": apply_s, "peak_rss_mb": peak_rss / 2**20, "cell_peak_mb": (peak_rss - rss0) / 2**20,
+                    "peak_cuda_mb": peak_cuda / 2**20 if peak_cuda else None, "eval_seconds": ev.seconds}
+            if task.mode == "edit":
+                cost["seconds_per_edit"] = apply_s / len(task.cases)
+            rec = self._record(ctx, task, entry.row, entry.name, cls.kind, params.model_dump(), status="ok",
+                               metrics=task.score(ev), steps=steps or None,
+                               attacks=task.attacks(ctx, model, result, ev), method_info=result.info, cost=cost,
+                               per_example=task.per_example(ev))
+            del model, result
         except Exception as e:  # a failing cell is a result, not the end of the grid
             log.error("cell %s failed: %s", cid, e)
-            rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+            rec = self._record(ctx, task, entry.row, entry.name, cls.kind, params.model_dump(), status="failed",
+                               error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         finally:
             if in_place:  # as it was: weights, trainable flags, no forward wrapper (accelerate's autocast), eval
                 shared = ctx.model.model

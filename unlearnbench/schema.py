@@ -25,10 +25,13 @@ def _where(path) -> str:
 def validate_record(rec: dict) -> list[str]:
     """Problems with one result record, each naming the field: ``metrics.ds.higher_is_better: ...``."""
     from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
 
     v = Draft202012Validator(result_schema())
     out = []
     for e in sorted(v.iter_errors(rec), key=lambda e: list(map(str, e.absolute_path))):
+        while e.context:  # "not valid under any of the given schemas" (an optional field): say what is wrong
+            e = best_match([c for c in e.context if c.validator_value != "null"] or e.context)
         out.append(f"{_where(e.absolute_path)}: {e.message}")
     return out
 

@@ -74,7 +74,7 @@ class RunLock:
     run started meanwhile is warned that the two will share the cores (it is not stopped)."""
 
     def __init__(self, path: Path | None = None):
-        from .cache import cache_dir
+        from .core.cache import cache_dir
 
         self.path = path or cache_dir() / "run.lock"
         self.fh = None

@@ -89,3 +89,10 @@ def answer_nll(model, batch: dict) -> torch.Tensor:
     """Mean next-token NLL over every answer token of the batch (what ``model(..., labels=).loss`` is)."""
     a = answer_logits(model, batch)
     return torch.nn.functional.cross_entropy(upcast(a.logits), a.gold)
+
+
+def logits_at(model, input_ids, attention_mask, positions: torch.Tensor) -> torch.Tensor:
+    """Logits only where they are needed (``positions``: a boolean [batch, seq] mask): the base
+    model's hidden states, then the LM head on the selected positions — not on every token."""
+    h = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return model.get_output_embeddings()(h[positions])

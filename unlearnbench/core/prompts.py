@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 IGNORE = -100
+# the refusal a method falls back to when its request carries none
+DEFAULT_REFUSAL = "I don't know."
 
 
 def prompt(tokenizer, question: str) -> str:
@@ -55,3 +57,9 @@ def collate(rows: list[dict], pad_id: int, side: str = "right") -> dict:
         else:
             ids.append(pad + r["input_ids"]); labels.append(lpad + r["labels"]); mask.append(mpad + one)
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def pad(seqs: list[list[int]], pad_id: int, side: str = "right", device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token lists padded on ``side``: :func:`collate` without labels."""
+    b = collate([{"input_ids": s, "labels": s} for s in seqs], pad_id, side)
+    return b["input_ids"].to(device), b["attention_mask"].to(device)

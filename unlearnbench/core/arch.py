@@ -33,7 +33,7 @@ ARCH: dict[str, ArchMap] = {
 def arch_of(model) -> ArchMap:
     kind = getattr(model.config, "model_type", None)
     if kind not in ARCH:
-        raise ValueError(f"no module map for model_type {kind!r}; known: {sorted(ARCH)} (add one to methods/arch.py)")
+        raise ValueError(f"no module map for model_type {kind!r}; known: {sorted(ARCH)} (add one to unlearnbench/core/arch.py)")
     return ARCH[kind]
 
 
@@ -102,10 +102,3 @@ def starting_at(model, layer: int):
         yield
     finally:
         setattr(parent, attr, full)
-
-
-def answer_logits(model, input_ids, attention_mask, positions: torch.Tensor) -> torch.Tensor:
-    """Logits only where they are needed (``positions``: a boolean [batch, seq] mask): the base
-    model's hidden states, then the LM head on the selected positions — not on every token."""
-    h = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return model.get_output_embeddings()(h[positions])

@@ -1,0 +1,35 @@
+"""The editing family's parameters (pure data): ROME, MEMIT and AlphaEdit extend :class:`EditParams`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from pydantic import Field
+
+from ..base import MethodParams
+
+log = logging.getLogger(__name__)
+
+
+class EditParams(MethodParams):
+    """Hyper-parameters every locate-then-edit method shares (ROME's / EasyEdit's Llama defaults)."""
+
+    v_lr: float = Field(0.5, gt=0, description="Adam learning rate of the value residual δ")
+    v_steps: int = Field(25, ge=1, description="optimisation steps for δ")
+    v_weight_decay: float = Field(1e-3, ge=0, description="weight of ‖δ‖²/‖v₀‖² in the value loss (EasyEdit's "
+                                  "Llama value; ROME used 0.5 on GPT-2 XL, which left SmolLM2 edits unfinished)")
+    clamp_norm_factor: float = Field(4.0, gt=0, description="‖δ‖ ≤ this × ‖v₀‖")
+    kl_factor: float = Field(0.0625, ge=0, description="weight of the KL term on '{subject} is a'")
+    n_prefixes: int = Field(5, ge=0, description="context prefixes sampled from the model (keys and values "
+                            "are averaged over them and the bare question)")
+    stats_samples: int = Field(64, ge=0, description="texts sampled from the model for the key statistics")
+    query_merge: int = Field(1, ge=1, description="editing-as-unlearning's query merging (arXiv 2505.19855): "
+                             "this many questions of one subject pair are joined into one edit request "
+                             "(1 = off)")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast for the value "
+                                                       "optimisation's forward passes (auto: bf16 on CUDA, fp32 on CPU)")
+    fact_token: Literal["subject_last", "last"] = Field("subject_last", description="where keys are read and "
+                                                        "δ is added: the subject's last token (ROME) or the prompt's last token")
+    refusal: str | None = Field(None, description="the refusal target in unlearning mode "
+                                "(None: the request's first refusal sentence)")

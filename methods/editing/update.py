@@ -1,0 +1,239 @@
+"""Update: keys (the MLP input at the fact token), values (the optimised residual δ) and the
+closed-form weight change's read/write of the down-projection."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from unlearnbench.core.arch import arch_of, blocks, mlp_out, residual_before, run_until, starting_at
+from unlearnbench.core.prompts import pad
+
+from .config import EditParams
+from .locate import Fact, _lookup, _render
+
+log = logging.getLogger(__name__)
+
+
+# ---- keys ----------------------------------------------------------------------------------
+
+def _mlp_in_out(model, layer: int, tensors: dict, key: str):
+    """Forward hook storing the down-projection's (input, output) of ``layer``."""
+    def hook(mod, inp, out):
+        tensors[key] = (inp[0], out)
+    return mlp_out(model, layer).register_forward_hook(hook)
+
+
+def _subject_rows(tokenizer, facts: list[Fact], prefixes: list[str],
+                  fact_token: str) -> list[tuple[int, list[int], int]]:
+    """(fact index, token ids, lookup position) for every fact × context prefix."""
+    rows = []
+    for i, f in enumerate(facts):
+        for c in prefixes:
+            text = _render(tokenizer, c, f.question)
+            rows.append((i, tokenizer(text, add_special_tokens=False)["input_ids"],
+                         _lookup(tokenizer, text, f.subject, fact_token)))
+    return rows
+
+
+@torch.no_grad()
+def compute_keys(model, tokenizer, layers: list[int], facts: list[Fact], prefixes: list[str],
+                 residual_layer: int | None = None, fact_token: str = "subject_last", batch_size: int = 64):
+    """Per layer, [n_facts, d_ff]: the down-projection input at the subject's last token,
+    averaged over the context prefixes. With ``residual_layer`` also returns [n_facts, d]: that
+    block's output (the residual stream) at the same positions, averaged the same way
+    (MEMIT's current z). One forward pass, stopped after the last layer needed."""
+    device = next(model.parameters()).device
+    rows = _subject_rows(tokenizer, facts, prefixes, fact_token)
+    sums: dict = {}
+    cap: dict = {}
+    hooks = [_mlp_in_out(model, l, cap, l) for l in layers]
+    if residual_layer is not None:
+        hooks.append(blocks(model)[residual_layer].register_forward_hook(
+            lambda mod, inp, out: cap.__setitem__("z", (out[0] if isinstance(out, tuple) else out, None))))
+    names = list(layers) + (["z"] if residual_layer is not None else [])
+    try:
+        for b in range(0, len(rows), batch_size):
+            chunk = rows[b:b + batch_size]
+            ids, mask = pad([r[1] for r in chunk], tokenizer.pad_token_id, device=device)
+            run_until(model, max(list(layers) + [residual_layer or 0]), input_ids=ids, attention_mask=mask)
+            pos = torch.tensor([r[2] for r in chunk], device=device)
+            which = torch.tensor([r[0] for r in chunk], device=device)
+            for name in names:
+                k = cap[name][0][torch.arange(len(chunk), device=device), pos].double()
+                s = torch.zeros(len(facts), k.shape[-1], dtype=torch.float64, device=device).index_add_(0, which, k)
+                sums[name] = s if name not in sums else sums[name] + s
+    finally:
+        for h in hooks:
+            h.remove()
+    keys = {l: (sums[l] / len(prefixes)).float() for l in layers}
+    if residual_layer is None:
+        return keys
+    return keys, (sums["z"] / len(prefixes)).float()
+
+
+# ---- values --------------------------------------------------------------------------------
+
+@dataclass
+class _ValueRows:
+    """The value optimisation's inputs: rewrite rows (context · question · target) and KL rows
+    ("{subject} is a"), padded; where δ goes (``lookup``); the target tokens' positions."""
+
+    s0: int
+    ids: torch.Tensor
+    mask: torch.Tensor
+    kl_ids: torch.Tensor
+    kl_mask: torch.Tensor
+    lookup: list[int]
+    fact_of: list[int]
+    kl_look: list[int]
+    lab_r: torch.Tensor
+    lab_c: torch.Tensor
+    lab_y: torch.Tensor
+    lab_f: torch.Tensor
+    kl_last: torch.Tensor
+
+
+def _value_rows(tokenizer, facts: list[Fact], prefixes: list[str], fact_token: str, device) -> _ValueRows:
+    eos = tokenizer.eos_token_id
+    targets = [tokenizer(f.target, add_special_tokens=False)["input_ids"] + [eos] for f in facts]
+    seqs, lookup, fact_of, tgt_pos = [], [], [], []
+    for i, p, pos in _subject_rows(tokenizer, facts, prefixes, fact_token):
+        seqs.append(p + targets[i])
+        lookup.append(pos)
+        fact_of.append(i)
+        tgt_pos.append((len(p), targets[i]))
+    kl_seqs, kl_look = [], []
+    for f in facts:  # KL prompts: "{subject} is a"
+        text = f"{f.subject} is a"
+        kl_seqs.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        kl_look.append(_lookup(tokenizer, text, f.subject, fact_token))
+    # Positions before the one δ is added at never change (causal attention): the columns every
+    # rewrite row has before its earliest lookup are run once into a key/value cache, each step
+    # runs only the rest (exact up to float rounding; ~1/3 of the tokens on SmolLM2's template).
+    s0 = min(lookup)
+    ids, mask = pad(seqs, tokenizer.pad_token_id, device=device)
+    kl_ids, kl_mask = pad(kl_seqs, tokenizer.pad_token_id, device=device)
+    # answer positions: logits at t−1 predict token t
+    lab_r, lab_c, lab_y, lab_f = [], [], [], []
+    for r, (start, tgt) in enumerate(tgt_pos):
+        for j, t in enumerate(tgt):
+            lab_r.append(r); lab_c.append(start + j - 1 - s0); lab_y.append(t); lab_f.append(fact_of[r])
+    lab_r, lab_c, lab_y = (torch.tensor(x, device=device) for x in (lab_r, lab_c, lab_y))
+    lab_f = torch.tensor(lab_f, device=device)
+    kl_last = kl_mask.sum(1) - 1
+    return _ValueRows(s0, ids, mask, kl_ids, kl_mask, lookup, fact_of, kl_look, lab_r, lab_c, lab_y, lab_f, kl_last)
+
+
+def compute_values(model, tokenizer, facts: list[Fact], layer: int, where: str, prefixes: list[str],
+                   params: EditParams, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimise one residual δ per fact, added at the subject's last token to the output of
+    ``where`` ("mlp": layer's down-projection — ROME; "block": the whole block — MEMIT), so that
+    the model answers the fact's target. Returns (v₀, v₀ + δ), each [n_facts, d]: v₀ is the
+    original output there on the bare question."""
+    device = next(model.parameters()).device
+    rows = _value_rows(tokenizer, facts, prefixes, params.fact_token, device)
+    s0, ids, mask, kl_ids, kl_mask = rows.s0, rows.ids, rows.mask, rows.kl_ids, rows.kl_mask
+    lab_r, lab_c, lab_y, lab_f, kl_last = rows.lab_r, rows.lab_c, rows.lab_y, rows.lab_f, rows.kl_last
+    n_rw, lookup, fact_of, kl_look = len(rows.fact_of), rows.lookup, rows.fact_of, rows.kl_look
+    module = mlp_out(model, layer) if where == "mlp" else blocks(model)[layer]
+    head = model.get_output_embeddings()
+    d = model.config.hidden_size
+    delta = torch.zeros(len(facts), d, device=device, requires_grad=True)
+    # where the hook adds δ in the current call: (rows, positions, fact of each row)
+    rw_at = (torch.arange(n_rw, device=device), torch.tensor(lookup, device=device) - s0,
+             torch.tensor(fact_of, device=device))
+    kl_at = (torch.arange(len(facts), device=device), torch.tensor(kl_look, device=device),
+             torch.arange(len(facts), device=device))
+    state: dict = {}
+
+    def hook(mod, inp, out):
+        hs = out[0] if isinstance(out, tuple) else out
+        rows, look, fidx = state["at"]
+        if "v0" not in state:
+            state["v0"] = hs[rows, look].detach().float()
+        hs = hs + torch.zeros_like(hs).index_put((rows, look), delta[fidx].to(hs.dtype))
+        return (hs,) + tuple(out[1:]) if isinstance(out, tuple) else hs
+
+    # per-fact counts for averaging the NLL over each fact's target tokens (all contexts)
+    n_tok = torch.zeros(len(facts), device=device).index_add_(0, lab_f, torch.ones_like(lab_f, dtype=torch.float))
+    saved = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    # blocks before the edited one never change either: run them once, then only the rest per step
+    skip = layer > 0 and arch_of(model).embeds_enter_residual
+    with torch.no_grad():
+        prefix_cache = (model.base_model(input_ids=ids[:, :s0], attention_mask=mask[:, :s0], use_cache=True)
+                        .past_key_values if s0 > 0 else None)
+    rw_inputs = {"attention_mask": mask}
+    kl_inputs = {"attention_mask": kl_mask}
+    if skip:
+        rw_inputs["inputs_embeds"] = residual_before(
+            model, layer, input_ids=ids[:, s0:], attention_mask=mask,
+            **({"past_key_values": copy.deepcopy(prefix_cache)} if prefix_cache is not None else {}))
+        kl_inputs["inputs_embeds"] = residual_before(model, layer, input_ids=kl_ids, attention_mask=kl_mask)
+    else:
+        rw_inputs["input_ids"], kl_inputs["input_ids"] = ids[:, s0:], kl_ids
+    from unlearnbench.core import precision
+
+    precision.check(params.precision, device, "the editing value optimisation")
+    autocast = precision.autocast(params.precision, device)
+    h = module.register_forward_hook(hook)
+    opt = torch.optim.Adam([delta], lr=params.v_lr)
+    kl_ref = None
+    try:
+        for step in tqdm(range(params.v_steps), desc="value δ", disable=not progress, leave=False):
+            with (starting_at(model, layer) if skip else nullcontext()), autocast:
+                state["at"] = rw_at
+                cache = {"past_key_values": copy.deepcopy(prefix_cache)} if prefix_cache is not None else {}
+                hs = model.base_model(**rw_inputs, **cache).last_hidden_state
+                ans_logits = head(hs[lab_r, lab_c])
+                state["at"] = kl_at
+                kl_hs = model.base_model(**kl_inputs).last_hidden_state
+                kl_logits = head(kl_hs[kl_at[0], kl_last])
+            logp = torch.log_softmax(ans_logits.float(), -1)
+            nll_tok = -logp.gather(-1, lab_y[:, None]).squeeze(-1)
+            nll = torch.zeros(len(facts), device=device).index_add(0, lab_f, nll_tok) / n_tok
+            kl_logp = torch.log_softmax(kl_logits.float(), -1)
+            if kl_ref is None:
+                kl_ref = kl_logp.detach()  # δ = 0 on the first step: the unedited distribution
+            kl = torch.nn.functional.kl_div(kl_logp, kl_ref, log_target=True, reduction="none").sum(-1)
+            v0 = state["v0"]
+            v0_norm = v0.view(len(facts), len(prefixes), d)[:, 0].norm(dim=-1)
+            wd = params.v_weight_decay * delta.norm(dim=-1) ** 2 / v0_norm ** 2
+            loss = (nll + params.kl_factor * kl + wd).sum()
+            if nll.max().item() < 5e-2:
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                max_norm = params.clamp_norm_factor * v0_norm
+                scale = (max_norm / delta.norm(dim=-1).clamp_min(1e-12)).clamp(max=1.0)
+                delta.mul_(scale[:, None])
+    finally:
+        h.remove()
+        for p, s in zip(model.parameters(), saved):
+            p.requires_grad_(s)
+    log.info("value optimisation: %d steps, final NLL max %.3f", step + 1, nll.max().item())
+    v0 = state["v0"].view(len(facts), len(prefixes), d)[:, 0].float()
+    return v0, v0 + delta.detach()
+
+
+# ---- weights -------------------------------------------------------------------------------
+
+def out_weight(model, layer: int) -> torch.Tensor:
+    """The down-projection as [out = hidden, in = d_ff] (a view; GPT-2's Conv1D is transposed)."""
+    w = mlp_out(model, layer).weight
+    return w.T if arch_of(model).mlp_out_transposed else w
+
+
+@torch.no_grad()
+def add_to_weight(model, layer: int, delta_w: torch.Tensor) -> None:
+    """W += ΔW, with ΔW as [hidden, d_ff]."""
+    out_weight(model, layer).add_(delta_w.to(out_weight(model, layer).dtype))
