@@ -52,6 +52,7 @@ class PistolDataset:
     seed: int | None
     refusal: list[QARecord] = field(default_factory=list)
     source: str = "generated"
+    holdout: list[QARecord] = field(default_factory=list)  # never implanted (membership non-members)
 
     # ---- views -------------------------------------------------------------------------
     @cached_property
@@ -90,6 +91,34 @@ class PistolDataset:
         es = set(edges)
         return [r for r in self.qa if r.edge in es and (forms is None or r.form in forms)]
 
+    def perturbed_answers(self, k: int = 3) -> dict[tuple[str, str | None], list[str]]:
+        """(edge, attribute) of every direct question, graph and holdout → up to ``k`` wrong but
+        plausible answers: the same attribute's answers on other contracts, never the true one
+        (TOFU's perturbed answers, arXiv 2401.06121, which were written by hand). Deterministic."""
+        rows = self.direct() + list(self.holdout)
+        pool: dict[str | None, set[str]] = defaultdict(set)
+        for r in rows:
+            pool[r.attribute].add(r.answer)
+        out = {}
+        for r in rows:
+            cands = sorted(pool[r.attribute] - {r.answer})
+            random.Random(f"perturb-{r.edge}-{r.attribute}").shuffle(cands)
+            out[(r.edge, r.attribute)] = cands[:k]
+        return out
+
+    def without_edges(self, edges) -> "PistolDataset":
+        """The dataset as if the contracts ``edges`` had never existed (every form of their QA and the
+        edges themselves removed; refusal rows and holdout unchanged): what the retrained oracle
+        is implanted with."""
+        drop = set(edges)
+        unknown = drop - set(self.edge_ids)
+        if unknown:
+            raise ValueError(f"unknown edge(s) {sorted(unknown)}")
+        g = self.graph.copy()
+        g.remove_edges_from([(u, v, k) for u, v, k in self.graph.edges(keys=True) if k in drop])
+        return PistolDataset(graph=g, qa=[r for r in self.qa if r.edge not in drop], preset=self.preset,
+                             seed=self.seed, refusal=list(self.refusal), source=self.source, holdout=list(self.holdout))
+
     def entity_names(self) -> set[str]:
         return {d["name"] for _, d in self.graph.nodes(data=True) if d.get("name")}
 
@@ -100,16 +129,25 @@ class PistolDataset:
                 "n_persons": kinds.get("person", 0), "n_edges": self.graph.number_of_edges(),
                 "n_qa": len(self.qa), "n_qa_direct": forms.get("direct", 0),
                 "n_qa_paraphrase": forms.get("paraphrase", 0), "n_qa_reverse": forms.get("reverse", 0),
-                "n_refusal": len(self.refusal)}
+                "n_refusal": len(self.refusal), "n_holdout": len(self.holdout)}
 
     # ---- identity ----------------------------------------------------------------------
-    def canonical(self) -> dict:
-        return {"preset": self.preset, "seed": self.seed, "graph": graph_to_json(self.graph),
-                "qa": [r.to_dict() for r in self.qa], "refusal": [r.to_dict() for r in self.refusal]}
+    def canonical(self, holdout: bool = True) -> dict:
+        out = {"preset": self.preset, "seed": self.seed, "graph": graph_to_json(self.graph),
+               "qa": [r.to_dict() for r in self.qa], "refusal": [r.to_dict() for r in self.refusal]}
+        if holdout and self.holdout:
+            out["holdout"] = [r.to_dict() for r in self.holdout]
+        return out
 
     @cached_property
     def fingerprint(self) -> str:
+        """Everything the dataset holds, the holdout contracts included."""
         return hashlib.sha256(canonical_json(self.canonical()).encode("utf-8")).hexdigest()
+
+    @cached_property
+    def train_fingerprint(self) -> str:
+        """What an implant can read (graph, QA, refusal rows; not the holdout): the implant's cache key."""
+        return hashlib.sha256(canonical_json(self.canonical(holdout=False)).encode("utf-8")).hexdigest()
 
     def manifest(self) -> dict:
         return {"preset": self.preset, "seed": self.seed, "source": self.source,
@@ -140,6 +178,21 @@ def _attributes_for(topo: Topology, contract_type: str) -> tuple[Attribute, ...]
     return attrs
 
 
+def _contract(ctype: str, a: tuple[str, str], b: tuple[str, str], names: NameFactory, rng: random.Random) -> dict:
+    """A contract's fields between parties ``a`` and ``b`` (name, address): every attribute is
+    drawn, so values don't depend on which attributes a preset asks about."""
+    a_field, b_field = _PARTY_FIELDS[ctype]
+    c: dict = {a_field: a[0], b_field: b[0], f"{a_field}_address": a[1], f"{b_field}_address": b[1]}
+    if ctype == "sales":
+        c["delivery_address"] = names.address()
+    else:
+        c["work_location"] = names.address()
+    for attr in ATTRIBUTES[ctype]:
+        if attr.draw is not None:
+            c[attr.name] = attr.draw(rng, c)
+    return c
+
+
 def _build_graph(topo: Topology, rng: random.Random) -> nx.MultiGraph:
     names = NameFactory(rng)
     g = nx.MultiGraph()
@@ -151,19 +204,32 @@ def _build_graph(topo: Topology, rng: random.Random) -> nx.MultiGraph:
                 name = names.person() if kind == "person" else names.company()
                 g.add_node(node, kind=kind, name=name, address=names.address())
     for eid, u, v, ctype in topo.edges:
-        a_field, b_field = _PARTY_FIELDS[ctype]
-        c: dict = {a_field: g.nodes[u]["name"], b_field: g.nodes[v]["name"],
-                   f"{a_field}_address": g.nodes[u]["address"],
-                   f"{b_field}_address": g.nodes[v]["address"]}
-        if ctype == "sales":
-            c["delivery_address"] = names.address()
-        else:
-            c["work_location"] = names.address()
-        for attr in ATTRIBUTES[ctype]:  # every attribute is drawn, so values don't depend on subsets
-            if attr.draw is not None:
-                c[attr.name] = attr.draw(rng, c)
+        c = _contract(ctype, (g.nodes[u]["name"], g.nodes[u]["address"]), (g.nodes[v]["name"], g.nodes[v]["address"]),
+                      names, rng)
         g.add_edge(u, v, key=eid, type=ctype, attributes=c)
     return g
+
+
+def holdout_contracts(topo: Topology, preset: str, seed: int,
+                      exclude_names: set[str]) -> tuple[list[QARecord], set[str]]:
+    """Contracts that are never implanted: one per contract of the graph, of the same type and
+    drawn the same way, between fresh entities (none of ``exclude_names``); their direct
+    questions (edge ids ``holdout1``, ``holdout2``, ...). They are the non-members of membership
+    inference: same distribution as the forget set, never seen in training. Also returns the
+    names it made up."""
+    rng = random.Random(f"holdout-{preset}-{seed}")
+    names = NameFactory(rng, exclude=exclude_names)
+    out: list[QARecord] = []
+    for i, (_, _, _, ctype) in enumerate(topo.edges, 1):
+        a = (names.company(), names.address())
+        b = ((names.person() if ctype == "employment" else names.company()), names.address())
+        c = _contract(ctype, a, b, names, rng)
+        for attr in _attributes_for(topo, ctype):
+            t = attr.templates[0]  # the direct template
+            out.append(QARecord(question=t.text.format(**c), answer=attr.answer(c), edge=f"holdout{i}",
+                                attribute=attr.name, form="direct", template_id=t.id))
+    return out, names.used - set(exclude_names)
+
 
 
 def _questions(g: nx.MultiGraph, topo: Topology) -> list[QARecord]:
@@ -191,5 +257,7 @@ def generate(preset: str = "pistol-1", seed: int = 0, n_refusal: int = 120) -> P
     g = _build_graph(topo, rng)
     qa = _questions(g, topo)
     ds = PistolDataset(graph=g, qa=qa, preset=preset, seed=seed)
-    ds.refusal = refusal_calibration(seed, exclude_names=ds.entity_names(), n=n_refusal)
+    ds.holdout, made_up = holdout_contracts(topo, preset, seed, ds.entity_names())
+    # the refusal questions' made-up entities are neither the graph's nor the holdout's
+    ds.refusal = refusal_calibration(seed, exclude_names=ds.entity_names() | made_up, n=n_refusal)
     return ds

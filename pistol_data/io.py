@@ -1,6 +1,7 @@
 """Reading and writing datasets: our directory format and the original PISTOL JSON list.
 
 A dataset directory holds ``qa.jsonl`` (every QA record, one per line), ``refusal.jsonl``,
+``holdout.jsonl`` (never-implanted contracts' direct questions; generated datasets),
 ``graph.json`` (networkx node-link) and ``manifest.json`` (preset, seed, counts, fingerprint).
 Files are written to a temporary directory and renamed into place, so a failure never leaves
 a half-written dataset behind.
@@ -61,6 +62,8 @@ def save(ds: PistolDataset, out_dir: str | os.PathLike, overwrite: bool = False)
     with atomic_dir(out) as tmp:
         (tmp / "qa.jsonl").write_text(_jsonl(ds.qa), encoding="utf-8")
         (tmp / "refusal.jsonl").write_text(_jsonl(ds.refusal), encoding="utf-8")
+        if ds.holdout:
+            (tmp / "holdout.jsonl").write_text(_jsonl(ds.holdout), encoding="utf-8")
         (tmp / "graph.json").write_text(json.dumps(graph_to_json(ds.graph), sort_keys=True, indent=1,
                                                    ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "manifest.json").write_text(json.dumps(ds.manifest(), sort_keys=True, indent=2) + "\n",
@@ -92,8 +95,10 @@ def load_dir(path: str | os.PathLike) -> PistolDataset:
     except (json.JSONDecodeError, KeyError, nx.NetworkXError) as e:
         raise DataFormatError(f"{p}: malformed manifest.json or graph.json ({e})") from None
     refusal = _read_jsonl(p / "refusal.jsonl") if (p / "refusal.jsonl").exists() else []
+    holdout = _read_jsonl(p / "holdout.jsonl") if (p / "holdout.jsonl").exists() else []
     ds = PistolDataset(graph=graph, qa=_read_jsonl(p / "qa.jsonl"), preset=manifest.get("preset", "?"),
-                       seed=manifest.get("seed"), refusal=refusal, source=manifest.get("source", "generated"))
+                       seed=manifest.get("seed"), refusal=refusal, source=manifest.get("source", "generated"),
+                       holdout=holdout)
     if manifest.get("fingerprint") and manifest["fingerprint"] != ds.fingerprint:
         raise DataFormatError(f"{p}: fingerprint mismatch: manifest says {manifest['fingerprint'][:12]}…, "
                               f"the files hash to {ds.fingerprint[:12]}… (files edited by hand?)")

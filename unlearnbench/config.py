@@ -68,6 +68,9 @@ class RunConfig(BaseModel):
     mode: Literal["unlearn", "edit"] = Field("unlearn", description="unlearn: forget scenarios; edit: write new "
                                              "attribute values with the editing methods (see `edits`)")
     edits: EditConfig = Field(default_factory=EditConfig)
+    reference: list[Literal["retrain"]] = Field(default_factory=list, description="extra reference rows: "
+                                               "retrain = the implant run without each forget set (the oracle; "
+                                               "forget quality and privleak compare with it)")
     methods: list[MethodEntry] | Literal["all"] = "all"
     scenarios: list[ScenarioSpec] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=lambda: [0])
@@ -100,6 +103,8 @@ class RunConfig(BaseModel):
             raise ValueError("scenarios: at least one scenario is needed")
         if not self.seeds:
             raise ValueError("seeds: at least one seed is needed")
+        if "retrain" in self.reference and (self.finetune is None or self.mode != "unlearn"):
+            raise ValueError("reference: retrain needs an implant (finetune) and mode 'unlearn'")
         return self
 
     def method_entries(self) -> list[MethodEntry]:

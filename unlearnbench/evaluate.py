@@ -10,7 +10,8 @@ pre-unlearning row costs one evaluation for a whole grid.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from statistics import mean
 from typing import Literal
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # Bumped whenever what a metric means or how it is computed changes: cells of different
 # evaluator versions are never ranked together (leaderboard, report).
-EVALUATOR_VERSION = 2
+EVALUATOR_VERSION = 3  # 3: holdout contracts, membership inference and truth ratio
 
 
 class EvalParams(BaseModel):
@@ -44,6 +45,7 @@ class EvalParams(BaseModel):
                             "AVX512-BF16/AMX, ~2.2x faster evaluation of SmolLM2 on 2 cores; greedy answers can differ "
                             "in a few tokens), or auto = bf16 on CUDA, fp32 on CPU")
     forms: tuple[str, ...] = Field(("direct", "paraphrase", "reverse"), description="question forms evaluated")
+    n_perturbed: int = Field(3, ge=1, description="perturbed (wrong) answers per forget question for the truth ratio")
     attacks: tuple[str, ...] = Field(("reverse_direction", "layer_skip"), description="attacks scored on every "
                                      "unlearned model where they apply (see unlearnbench.attacks; also: quantization, "
                                      "relearn_forget, relearn_neighbour); the relearning and quantization attacks "
@@ -61,11 +63,17 @@ class EvalParams(BaseModel):
 
 @dataclass
 class ModelEval:
-    """Per-example values of one model. ``qa``: one dict per QA record; ``utility``: one per GK item."""
+    """Per-example values of one model. ``qa``: one dict per QA record (direct questions of
+    forgotten edges also carry ``tr``, the truth ratio); ``utility``: one per GK item;
+    ``holdout``: one per direct question of a never-implanted contract (the non-members)."""
 
     qa: list[dict]
     utility: list[dict]
     seconds: float = 0.0
+    holdout: list[dict] = field(default_factory=list)
+    # the retrained oracle's evaluation, when the grid has one for this forget set (metrics that
+    # compare with retraining read it; the runner attaches it before scoring)
+    oracle: "ModelEval | None" = None
 
     def select(self, edges, forms=("direct",)) -> list[dict]:
         es, fs = set(edges), set(forms)
@@ -78,6 +86,8 @@ class Evaluator:
         self.params = params or EvalParams()
         self.qa = [r for r in ds.qa if r.form in self.params.forms]
         self.gk = general_knowledge(self.params.utility_limit)
+        self.holdout = list(ds.holdout) if "direct" in self.params.forms else []
+        self.perturbed = ds.perturbed_answers(self.params.n_perturbed)
 
     def run(self, model, tokenizer, desc: str = "evaluate", heldout_edges=None) -> ModelEval:
         """Evaluate every direct question, general knowledge, and the held-out forms (paraphrase,
@@ -107,7 +117,35 @@ class Evaluator:
             r1, rl = rouge_recall(g, r.answer)
             util_rows.append({"question": r.question, "answer": r.answer, "category": r.attribute,
                               "generation": g, "rouge1": r1, "rougeL": rl})
-        return ModelEval(qa_rows, util_rows, seconds=time.perf_counter() - t0)
+        # the never-implanted contracts, scored like forget QA (own calls: the batches above stay as they were)
+        hold_gens = generate_answers(model, tokenizer, [r.question for r in self.holdout], batch_size=p.batch_size,
+                                     max_new_tokens=p.qa_max_new_tokens, progress=p.progress, desc=f"{desc} (holdout)")
+        hold_tf = teacher_forced_stats(model, tokenizer, [(r.question, r.answer) for r in self.holdout],
+                                       batch_size=p.tf_batch_size, progress=p.progress)
+        hold_rows = [{**r.to_dict(), "generation": g, "rouge1": rouge_recall(g, r.answer)[0], **t}
+                     for r, g, t in zip(self.holdout, hold_gens, hold_tf)]
+        self._truth_ratios(model, tokenizer, [x for x in qa_rows if x["form"] == "direct"
+                                              and (keep is None or x["edge"] in keep)])
+        return ModelEval(qa_rows, util_rows, seconds=time.perf_counter() - t0, holdout=hold_rows)
+
+    def _truth_ratios(self, model, tokenizer, rows: list[dict]) -> None:
+        """``tr`` on each row: TOFU's truth ratio (arXiv 2401.06121 §2.5.1), the mean over perturbed
+        answers of P(a_pert | q)^(1/|a_pert|) divided by P(a | q)^(1/|a|); here a is the true answer
+        itself (TOFU divides by a paraphrased answer: PISTOL's answers are short values with no
+        paraphrase). Near 0: the true answer is far likelier; ≥ 1: no preference for it."""
+        pairs, owner = [], []
+        for i, x in enumerate(rows):
+            for a in self.perturbed.get((x["edge"], x["attribute"]), []):
+                pairs.append((x["question"], a))
+                owner.append(i)
+        p = self.params
+        tf = teacher_forced_stats(model, tokenizer, pairs, batch_size=p.tf_batch_size, progress=p.progress)
+        wrong: dict[int, list[float]] = {}
+        for i, t in zip(owner, tf):
+            wrong.setdefault(i, []).append(math.exp(-t["nll"]))
+        for i, x in enumerate(rows):
+            x["tr"] = float(mean(wrong[i]) / math.exp(-x["nll"])) if i in wrong and math.isfinite(x["nll"]) \
+                else float("nan")
 
     def casts(self, model) -> bool:
         """Whether :meth:`run` evaluates a bf16 copy of this model rather than the model itself."""

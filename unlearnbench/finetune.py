@@ -150,13 +150,14 @@ def set_trainable(model, params: FinetuneParams) -> None:
 
 
 def cache_key(model_spec: str, ds: PistolDataset, params: FinetuneParams, device: str = "cpu") -> str:
-    """Model × dataset fingerprint × hyper-parameters, with ``precision`` as it resolves on ``device``
+    """Model × the dataset's training fingerprint (not its holdout) × hyper-parameters, with
+    ``precision`` as it resolves on ``device``
     (``auto`` trains in bf16 on CUDA and fp32 on CPU: two different implants, two keys)."""
     hp = {**params.model_dump(), "precision": precision.resolve(params.precision, device),
           "implant_version": IMPLANT_VERSION}
     if hp["freeze_below"] == 0:  # added later: at its no-op value, implants cached before it stay valid
         del hp["freeze_below"]
-    return f"{Path(model_spec).name}-{ds.fingerprint[:12]}-{stable_hash(hp)}"
+    return f"{Path(model_spec).name}-{ds.train_fingerprint[:12]}-{stable_hash(hp)}"
 
 
 def finetune(base: LoadedModel, ds: PistolDataset, params: FinetuneParams | None = None,

@@ -25,7 +25,8 @@ from .results import comparability_groups, comparability_key, load_results
 
 COLUMNS = [("ds", "DS"), ("forget_rouge1", "forget R1"), ("retain_rouge1", "retain R1"),
            ("forget_paraphrase_rouge1", "para forget R1"), ("forget_mrr", "forget MRR"),
-           ("forget_refusal_rate", "refusal"), ("utility", "utility")]
+           ("forget_refusal_rate", "refusal"), ("utility", "utility"), ("forget_quality", "forget quality"),
+           ("mia_minkpp", "MIA AUC")]
 EDIT_COLUMNS = [("efficacy", "efficacy"), ("generalisation", "generalisation"), ("specificity_edge", "spec. edge"),
                 ("specificity_neighbour", "spec. neighbour"), ("utility", "utility"), ("fluency", "fluency")]
 # what each mode ranks by (its direction is read from the records)

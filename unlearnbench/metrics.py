@@ -120,6 +120,76 @@ register_metric("ds", "Deviation Score 100·√(forget R1² + (1 − retain R1)�
     lambda ev, s: deviation_score(_mean(_forget(ev, s), "rouge1"), _mean(_retain(ev, s), "rouge1")))
 
 
+# ---- membership inference and truth ratio ------------------------------------------------
+# Members: the forget set's direct questions; non-members: the never-implanted holdout contracts
+# (same templates, same value distributions). AUC via scikit-learn; 0.5 = indistinguishable.
+
+def _finite(rows, key):
+    return [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+
+
+def mia_auc(members: list[dict], nonmembers: list[dict], key: str, sign: float = 1.0) -> float:
+    """ROC AUC of ``sign × row[key]`` as a membership score (members labelled 1)."""
+    m, n = _finite(members, key), _finite(nonmembers, key)
+    if not m or not n:
+        return float("nan")
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score([1] * len(m) + [0] * len(n), [sign * v for v in m + n]))
+
+
+for _name, _key, _sign, _label in (
+        ("mia_loss", "nll", -1.0, "the answer's loss (LOSS attack, Yeom et al. arXiv 1709.01604)"),
+        ("mia_zlib", "zlib", -1.0, "the loss over the answer's zlib entropy (Carlini et al. arXiv 2012.07805)"),
+        ("mia_mink", "mink", 1.0, "Min-K% (k = 0.4, arXiv 2310.16789)"),
+        ("mia_minkpp", "minkpp", 1.0, "Min-K%++ (k = 0.4, arXiv 2404.02936)")):
+    register_metric(_name, f"membership-inference AUC, forget vs never-implanted contracts, by {_label}; "
+                    "0.5 = the forget set looks unseen", False)(
+        lambda ev, s, k=_key, sg=_sign: mia_auc(_forget(ev, s), getattr(ev, "holdout", []), k, sg))
+
+register_metric("forget_truth_ratio", "TOFU's truth ratio on forget questions: P(wrong answers) / P(true answer), "
+                "per token; near 0 = the true answer is still preferred", True)(
+    lambda ev, s: _mean(_forget(ev, s), "tr"))
+register_metric("holdout_rouge1", "ROUGE-1 recall on never-implanted contracts: what guessing alone scores "
+                "(a forget ROUGE-1 at this level is as low as it can usefully go)", False)(
+    lambda ev, s: _mean(getattr(ev, "holdout", []), "rouge1"))
+
+
+def forget_quality(truth_ratios: list[float], oracle_truth_ratios: list[float]) -> float:
+    """TOFU's forget quality (arXiv 2401.06121 §2.5.2): the p-value of the two-sample
+    Kolmogorov–Smirnov test between a model's and the retrained oracle's forget truth ratios
+    (scipy); ≥ 0.05: indistinguishable from retraining at that level."""
+    a, b = [v for v in truth_ratios if math.isfinite(v)], [v for v in oracle_truth_ratios if math.isfinite(v)]
+    if not a or not b:
+        return float("nan")
+    from scipy.stats import ks_2samp
+
+    return float(ks_2samp(a, b).pvalue)
+
+
+def privleak(auc: float, oracle_auc: float) -> float:
+    """MUSE's PrivLeak (arXiv 2407.06460 §3): the relative gap (AUC − AUC_oracle) / AUC_oracle of a
+    membership-inference AUC (Min-K%) to the retrained oracle's; 0 is ideal, > 0 leaks, < 0
+    over-unlearns. (MUSE reports it ×100.)"""
+    return (auc - oracle_auc) / oracle_auc if oracle_auc else float("nan")
+
+
+def _oracle_forget(ev, s):
+    oracle = getattr(ev, "oracle", None)
+    return None if oracle is None else _forget(oracle, s)
+
+
+register_metric("forget_quality", "KS-test p-value between the forget truth ratios of this model and of the "
+                "retrained oracle (TOFU); ≥ 0.05: indistinguishable from retraining", True)(
+    lambda ev, s: forget_quality(_finite(_forget(ev, s), "tr"), _finite(_oracle_forget(ev, s), "tr"))
+    if _oracle_forget(ev, s) is not None else float("nan"))
+register_metric("privleak", "MUSE's PrivLeak: relative gap of the Min-K% membership AUC to the retrained "
+                "oracle's; 0 is ideal, > 0 leaks, < 0 over-unlearns", False)(
+    lambda ev, s: privleak(mia_auc(_forget(ev, s), ev.holdout, "mink"),
+                           mia_auc(_oracle_forget(ev, s), ev.oracle.holdout, "mink"))
+    if _oracle_forget(ev, s) is not None else float("nan"))
+
+
 # ---- the edit metrics (editing mode) -----------------------------------------------------
 
 def _m(rows, key) -> float:

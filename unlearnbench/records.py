@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 3
 # the rows every grid scores besides its methods: the model before the implant, the implanted model
-REFERENCE_ROWS = ("base", "none")
+REFERENCE_ROWS = ("base", "none", "retrain")  # retrain: the implant without the forget set (opt-in)
 Precision = Literal["fp32", "bf16"]
 
 

@@ -308,6 +308,44 @@ def attack_section(st: Study) -> Section:
     return Section(text, {}, {"attack_grid": grid})
 
 
+def oracle_section(st: Study) -> Section:
+    """Retraining and membership inference: per method, forget quality against the retrained
+    oracle (how many scenario × seed cells reach p ≥ 0.05), membership AUCs and privleak."""
+    keys = ("forget_quality", "mia_loss", "mia_minkpp", "privleak", "forget_truth_ratio")
+    if not any(math.isfinite(_m(r, k)) for r in st.ok for k in keys):
+        return Section("")
+    has_oracle = "retrain" in st.references
+    header = ["row", "forget quality (p)", "cells p ≥ 0.05", "MIA AUC loss", "MIA AUC Min-K%++", "privleak",
+              "truth ratio"]
+    rows, same, leak = [], [], []
+    for row in st.references + st.methods:
+        recs = [r for s in st.scenarios for r in st.by.get((row, s), [])]
+        if not recs:
+            continue
+        fq = [_m(r, "forget_quality") for r in recs if math.isfinite(_m(r, "forget_quality"))]
+        n_same = sum(v >= 0.05 for v in fq)
+        pl = _agg([_m(r, "privleak") for r in recs])[0]
+        rows.append([row, _fmt(_agg(fq)[0], 3), f"{n_same}/{len(fq)}" if fq else "–"]
+                    + [_fmt(_agg([_m(r, k) for r in recs])[0], 3) for k in ("mia_loss", "mia_minkpp")]
+                    + [_fmt(pl, 3), _fmt(_agg([_m(r, "forget_truth_ratio") for r in recs])[0], 3)])
+        if row in st.methods and fq and n_same == len(fq):
+            same.append(row)
+        if row in st.methods and math.isfinite(pl) and pl > 0.1:
+            leak.append(f"{row} ({pl:+.2f})")
+    verdict = ""
+    if has_oracle:
+        verdict = ("\n\n**Indistinguishable from retraining** (forget quality ≥ 0.05 in every cell): "
+                   + (", ".join(same) or "none") + ". **Leaks by membership inference** (privleak > 0.1): "
+                   + (", ".join(leak) or "none") + ".")
+    text = ("## Retraining and membership inference\n\nForget quality: KS-test p-value between the forget "
+            "truth ratios of the row and of the retrained oracle (TOFU); MIA AUC: forget questions (members) vs "
+            "never-implanted holdout contracts (non-members), 0.5 = unseen; privleak: relative gap of the Min-K% "
+            "AUC to the oracle's (MUSE), 0 ideal. Mean over scenarios and seeds"
+            + ("" if has_oracle else "; no `retrain` row in this run (add `reference: [retrain]`), so no forget "
+               "quality or privleak") + "." + verdict + "\n\n" + _table(header, rows))
+    return Section(text, {"oracle": {"same": same, "leak": leak}} if has_oracle else {})
+
+
 def lunar_section(st: Study) -> Section:
     base = [b for b in GRADIENT_BASELINES if b in st.methods]
     if "lunar" not in st.methods or not base:
@@ -370,7 +408,7 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
     if not st.methods:
         raise ValueError(f"{d} holds only reference rows; nothing to report")
     parts = [fn(st) for fn in (ds_section, connectivity_section, domain_section, size_section, sequence_section,
-                               attack_section, lunar_section)] + [cost_section(st, d)]
+                               attack_section, oracle_section, lunar_section)] + [cost_section(st, d)]
     findings = {k: v for part in parts for k, v in part.findings.items()}
     sections = [part.text for part in parts if part.text]
     made = []
@@ -398,6 +436,11 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
         s = findings["sequence"]
         summary.append(f"- **Sequential requests degrade** — DS after the last request is higher than after the "
                        f"first for {s['worse']} of {s['total']} methods.")
+    if "oracle" in findings:
+        o = findings["oracle"]
+        summary.append(f"- **Indistinguishable from retraining** (forget quality ≥ 0.05 in every cell): "
+                       f"{', '.join(o['same']) or 'none'}; **leaking by membership inference** (privleak > 0.1): "
+                       f"{', '.join(o['leak']) or 'none'}.")
     head = (f"# Structural study: {first.get('experiment', d.name)}\n\n"
             f"Model `{first.get('model', {}).get('spec')}`, dataset {first.get('dataset', {}).get('preset')} "
             f"(seed {first.get('dataset', {}).get('seed')}), {len(st.methods)} methods × {len(st.scenarios)} scenarios "

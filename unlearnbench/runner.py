@@ -247,16 +247,53 @@ class Runner:
         heldout = self._heldout(ctx.ds)
         return [ScenarioTask(s, resolved[s.label()], seed, heldout) for s in cfg.scenarios for seed in cfg.seeds]
 
+    def _oracles(self, ctx: Context, tasks: list) -> None:
+        """The retrained oracle (``reference: [retrain]``): per distinct forget set of the grid (a
+        sequential scenario: the union of its requests), the implant run on the data without it —
+        same hyper-parameters, seed, refusal and anchor rows; cached like every implant — scored by
+        the same evaluator, and attached to each task with that forget set."""
+        if "retrain" not in self.cfg.reference:
+            return
+        sets = {frozenset(e for sp in t.splits for e in sp.forget_edges) for t in tasks}
+        params = self.cfg.finetune
+        if params.n_refusal is None:  # the full implant's refusal rows, not as many as the smaller set has
+            params = params.model_copy(update={"n_refusal": len(ctx.ds.direct())})
+        base = None
+        for edges in sorted(sets, key=sorted):
+            labels = [t.label for t in tasks if frozenset(e for sp in t.splits for e in sp.forget_edges) == edges]
+            if all(self._done(cell_id("retrain", t.label, t.seed)) for t in tasks if t.label in labels) and \
+                    all(self._done(cell_id(e.row, t.label, t.seed)) for e in self.cfg.method_entries()
+                        for t in tasks if t.label in labels):
+                continue
+            base = base or load(self.cfg.model, device=ctx.device)
+            oracle, info = finetune(base, ctx.ds.without_edges(edges), params, progress=self.progress)
+            oracle.model.to(ctx.device)
+            ev = ctx.evaluator.run(oracle.model, oracle.tokenizer, desc=f"evaluate oracle without {sorted(edges)}",
+                                   heldout_edges=self._heldout(ctx.ds))
+            log.info("oracle without %s: implant %s (%.0fs%s)", sorted(edges), info["key"], info.get("seconds") or 0,
+                     ", cached" if info.get("cached") else "")
+            for t in tasks:
+                if t.label in labels:
+                    t.oracle, t.oracle_info = ev, {"implant_key": info["key"], "implant_seconds": info.get("seconds"),
+                                                   "cached": bool(info.get("cached")), "without": sorted(edges)}
+            del oracle
+        del base
+
     def _reference_rows(self, ctx: Context, tasks: list) -> None:
-        """Score the implanted model (``none``) and the base model (``base``) once per evaluator and
-        write their cells for every task."""
+        """Score the implanted model (``none``), the base model (``base``) and the retrained oracle
+        (``retrain``, opt-in) once per evaluator and write their cells for every task."""
         evals: dict[tuple, object] = {}
         for task in tasks:
             for row in REFERENCE_ROWS:
                 cid = cell_id(row, task.label, task.seed)
                 if self._done(cid):
                     continue
-                if row == "base":
+                info = None
+                if row == "retrain":
+                    if getattr(task, "oracle", None) is None:
+                        continue
+                    ev, info = task.oracle, task.oracle_info
+                elif row == "base":
                     if ctx.base_eval is None or task.mode != "unlearn":
                         continue
                     ev = ctx.base_eval
@@ -270,13 +307,14 @@ class Runner:
                 rec = self._record(ctx, task, row, row, "reference", {}, status="ok", metrics=task.score(ev),
                                    cost={"apply_seconds": 0.0, "peak_rss_mb": None, "peak_cuda_mb": None,
                                          "eval_seconds": ev.seconds},
-                                   per_example=task.per_example(ev))
+                                   per_example=task.per_example(ev), **({"method_info": info} if info else {}))
                 write_atomic(self._path(cid), rec)
 
     def _run(self, started: str, wall0: float) -> Path:
         cfg = self.cfg
         ctx = self.prepare()
         tasks = self.tasks(ctx)
+        self._oracles(ctx, tasks)
         self._reference_rows(ctx, tasks)
         from tqdm.auto import tqdm
 

@@ -9,6 +9,8 @@ one seed (one request per split; a sequential scenario is scored after every ste
 
 from __future__ import annotations
 
+import dataclasses
+
 import methods as methods_pkg
 from methods import MethodResult
 from pistol_data import PistolDataset, refusal_sentences
@@ -21,7 +23,8 @@ from .evaluate import ModelEval, attack_scores, score
 from .metrics import EDIT_METRICS, METRICS, directions
 
 _PER_EXAMPLE_FIELDS = ("question", "answer", "edge", "attribute", "form", "generation", "rouge1", "rougeL",
-                       "mrr", "thr", "es", "refusal")
+                       "mrr", "thr", "es", "refusal", "nll", "mink", "minkpp", "zlib", "tr")
+_HOLDOUT_FIELDS = ("question", "answer", "edge", "attribute", "generation", "rouge1", "nll", "mink", "minkpp", "zlib")
 
 
 def build_request(ds: PistolDataset, split=None, seed: int = 0, device: str = "cpu", *, reference=None,
@@ -51,7 +54,8 @@ def forgotten_edges(splits) -> list[str]:
 
 def _per_example(ev: ModelEval) -> dict:
     return {"qa": [{k: r.get(k) for k in _PER_EXAMPLE_FIELDS} for r in ev.qa],
-            "utility": [{k: r.get(k) for k in ("question", "answer", "generation", "rouge1")} for r in ev.utility]}
+            "utility": [{k: r.get(k) for k in ("question", "answer", "generation", "rouge1")} for r in ev.utility],
+            "holdout": [{k: r.get(k) for k in _HOLDOUT_FIELDS} for r in ev.holdout]}
 
 
 # ---- tasks: what a column of the grid asks and how it is scored ------------------------------
@@ -81,7 +85,12 @@ class ScenarioTask:
         return ctx.evaluator.run(model, ctx.model.tokenizer, desc=desc,
                                  heldout_edges=self.grid_heldout if reference else self.heldout)
 
+    oracle = None  # the retrained oracle's evaluation (reference: [retrain]); set by the runner
+    oracle_info = None
+
     def score(self, ev, step: int = -1) -> dict:
+        if self.oracle is not None and step in (-1, len(self.splits) - 1):  # the oracle forgot everything
+            ev = dataclasses.replace(ev, oracle=self.oracle)
         return _metrics_record(score(ev, self.splits[step]))
 
     def attacks(self, ctx, model, result: MethodResult, ev) -> dict | None:

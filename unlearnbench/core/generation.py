@@ -6,6 +6,8 @@ return results in the caller's order.
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 from tqdm.auto import tqdm
 
@@ -70,7 +72,7 @@ def generate_answers(model, tokenizer, questions: list[str], *, batch_size: int 
 
 @torch.inference_mode()
 def teacher_forced_stats(model, tokenizer, pairs: list[tuple[str, str]], *, batch_size: int = 16,
-                         top_k: int = 100, progress: bool = False) -> list[dict]:
+                         top_k: int = 100, min_k: float = 0.4, progress: bool = False) -> list[dict]:
     """Per example, from one forward pass over prompt + gold answer:
 
     * ``mrr`` — mean over gold answer tokens of 1/rank of the gold token in the next-token
@@ -80,7 +82,17 @@ def teacher_forced_stats(model, tokenizer, pairs: list[tuple[str, str]], *, batc
       greedy decoding reproduces the rest. Greedy decoding continues a prefix with the gold
       token exactly when the gold token is the arg-max there, so k is one past the last
       position whose arg-max differs from the gold token — exact, with no extra decoding;
-    * ``nll`` — mean negative log-likelihood of the gold tokens.
+    * ``nll`` — mean negative log-likelihood of the gold tokens;
+    * ``mink`` — Min-K% (Shi et al., arXiv 2310.16789): the mean of the lowest ``min_k`` fraction
+      of the gold tokens' log-probabilities;
+    * ``minkpp`` — Min-K%++ (Zhang et al., arXiv 2404.02936): the same over each token's
+      log-probability standardised by the next-token distribution's mean μ = E_z[log p(z)] and
+      deviation σ = √(E_z[log² p(z)] − μ²);
+    * ``zlib`` — ``nll`` × answer tokens ÷ zlib-compressed length of the answer text (Carlini et
+      al., arXiv 2012.07805: the loss relative to the text's own entropy).
+
+    The last three are membership-inference scores: higher ``mink``/``minkpp`` and lower
+    ``zlib`` say "seen in training".
     """
     if not pairs:
         return []
@@ -99,16 +111,26 @@ def teacher_forced_stats(model, tokenizer, pairs: list[tuple[str, str]], *, batc
         ranks = (lg > lg.gather(-1, a.gold[:, None])).sum(-1) + 1
         match = lg.argmax(-1) == a.gold
         nll_tok = torch.nn.functional.cross_entropy(lg, a.gold, reduction="none")
+        logp = torch.log_softmax(lg, -1)
+        mu = (logp.exp() * logp).sum(-1)
+        sigma = ((logp.exp() * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+        z = (-nll_tok - mu) / sigma
         for j, i in enumerate(idx):
             sel = a.row == j  # this row's answer positions, in order
             if not bool(sel.any()):
-                out[i] = {"mrr": 0.0, "thr": 0.0, "es": 0.0, "nll": float("nan")}
+                nan = float("nan")
+                out[i] = {"mrr": 0.0, "thr": 0.0, "es": 0.0, "nll": nan, "mink": nan, "minkpp": nan, "zlib": nan}
                 continue
             rk, m = ranks[sel], match[sel].tolist()
             L = len(m)
             k = L
             while k > 0 and m[k - 1]:
                 k -= 1
+            n_low = max(1, int(min_k * L))
+            nll = nll_tok[sel].mean().item()
             out[i] = {"mrr": (1.0 / rk.float()).mean().item(), "thr": (rk <= top_k).float().mean().item(),
-                      "es": 1.0 - k / L, "nll": nll_tok[sel].mean().item()}
+                      "es": 1.0 - k / L, "nll": nll,
+                      "mink": torch.sort(-nll_tok[sel]).values[:n_low].mean().item(),
+                      "minkpp": torch.sort(z[sel]).values[:n_low].mean().item(),
+                      "zlib": nll * L / len(zlib.compress(pairs[i][1].encode("utf-8")))}
     return out  # type: ignore[return-value]
