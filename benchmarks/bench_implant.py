@@ -45,7 +45,7 @@ def step_flops(base, rows, params: FinetuneParams) -> int:
     return c.get_total_flops()
 
 
-def quality(lm, ds, evaluator) -> dict:
+def quality(lm, evaluator) -> dict:
     ev = evaluator.run(lm.model, lm.tokenizer)
     return {"direct_rouge1": mean(r["rouge1"] for r in ev.qa if r["form"] == "direct"),
             "utility": mean(r["rouge1"] for r in ev.utility), "eval_seconds": ev.seconds}
@@ -59,19 +59,19 @@ def main():
     out_json = RESULTS / "implant_recipes.json"
     done = json.loads(out_json.read_text())["recipes"] if out_json.exists() else []
     if not any(d["recipe"] == "base" for d in done):
-        done.append({"recipe": "base", **quality(base, ds, evaluator)})
+        done.append({"recipe": "base", **quality(base, evaluator)})
     rows_cache = {}
     for overrides in recipes:
         params = FinetuneParams(**overrides)
         key = json.dumps({k: v for k, v in params.model_dump().items()
                           if k in ("direct_repeats", "n_refusal", "n_anchor", "anchor_max_tokens", "seed")})
-        if key not in rows_cache:
+        if key not in rows_cache:  # needed for the FLOP count even when the implant itself is cached
             rows_cache[key] = [{k: r[k] for k in ("input_ids", "labels")} for r in training_rows(base, ds, params)]
         rows = rows_cache[key]
         steps = params.epochs * math.ceil(len(rows) / params.batch_size)
         flops = step_flops(base, rows, params) * steps
         lm, info = finetune(base, ds, params, progress=False)
-        q = quality(lm, ds, evaluator)
+        q = quality(lm, evaluator)
         rec = {"recipe": overrides, "steps": steps, "seconds": info["seconds"], "tflop": flops / 1e12,
                "train_loss": info["train_loss"], **q}
         print(rec, flush=True)

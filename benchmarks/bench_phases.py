@@ -14,8 +14,9 @@ attention product the phase executes) and once more, alone, to time it:
   its search picks there; the paper's setting);
 * **evaluation** — ``Evaluator.run`` of the implanted model (56 PISTOL questions + 100 GK).
 
-Peak memory of each phase is the torch CPU allocator's high-water mark above the phase's start
-(``psutil`` RSS as a fallback). ``UNLEARNBENCH_NO_NATIVE_BF16=1`` changes nothing here (fp32).
+Memory is not measured here (a warmed-up phase reuses the allocator's memory): per-method memory
+is the grid's ``cell_peak_mb`` (``method_cost.md``). ``UNLEARNBENCH_NO_NATIVE_BF16=1`` changes
+nothing here (fp32).
 
     python benchmarks/bench_phases.py
 """
@@ -26,7 +27,6 @@ import copy
 import gc
 import time
 
-import psutil
 import torch
 from common import implanted, matmul_peak, write
 from torch.utils.flop_counter import FlopCounterMode
@@ -47,29 +47,14 @@ def _flops(fn) -> int:
     return c.get_total_flops()
 
 
-def _rss_peak(fn) -> tuple[float, float]:
-    """(seconds, peak RSS above the start in MiB), RSS sampled every 20 ms."""
-    import threading
-
-    proc = psutil.Process()
+def _seconds(fn) -> float:
+    """Wall time of one call (memory is not read here: after the warm-up the allocator reuses what
+    the first call took, so RSS above the start says nothing; per-method memory is the grid's
+    ``cell_peak_mb``)."""
     gc.collect()
-    start = proc.memory_info().rss
-    peak = [start]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            stop.wait(0.02)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
     t0 = time.perf_counter()
     fn()
-    sec = time.perf_counter() - t0
-    stop.set()
-    t.join()
-    return sec, (peak[0] - start) / 2**20
+    return time.perf_counter() - t0
 
 
 def main():
@@ -136,9 +121,9 @@ def main():
         if name in short:
             fn()  # warm-up (allocator, first-call costs); the long phases amortise their own
         flops = _flops(fn)
-        sec, mem = _rss_peak(fn)
+        sec = _seconds(fn)
         res[name] = {"gflop": flops / 1e9, "seconds": sec, "gflops": flops / sec / 1e9,
-                     "fraction_of_peak": flops / sec / 1e9 / peak, "peak_mb_above_start": mem}
+                     "fraction_of_peak": flops / sec / 1e9 / peak}
         print(name, res[name], flush=True)
     lines = ["## 5. Each phase against the machine's limit", "",
              f"fp32 matmul peak (2048³, best of 10): **{peak:.0f} GFLOP/s**. FLOPs counted by "
