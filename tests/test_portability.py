@@ -158,8 +158,23 @@ def test_cells_change_the_shared_model_in_place_and_leave_it_as_saved(tmp_path, 
     assert a.keys() == b.keys() and len(a) == len(methods) + 2
     assert a["ga-diverges__edge-A_B__seed0.json"]["status"] == "failed"  # and the cells after it still match
     for name in a:
-        assert (a[name]["status"], a[name].get("metrics"), a[name].get("per_example")) == \
-            (b[name]["status"], b[name].get("metrics"), b[name].get("per_example")), name
+        # generations exact; float values to 1e-5: ROME's edit on the shared model vs on a copy can
+        # differ in the last float32 bit (MKL rounds by memory alignment), seen in teacher-forced NLLs
+        # and, amplified by a small σ, in Min-K%++ (3e-6)
+        assert _same(a[name]["status"], b[name]["status"]) and _same(a[name].get("metrics"), b[name].get("metrics")) \
+            and _same(a[name].get("per_example"), b[name].get("per_example")), name
+
+
+def _same(x, y, path="") -> bool:
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_same(x[k], y[k], f"{path}.{k}") for k in x)
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(_same(u, v, path) for u, v in zip(x, y))
+    if isinstance(x, float) and isinstance(y, float):  # generations, ranks and strings stay exact
+        ok = x == pytest.approx(y, rel=1e-5, abs=1e-5, nan_ok=True)
+    else:
+        ok = x == y
+    return ok
 
 
 def test_restore_weights_puts_back_every_parameter(tmp_path):

@@ -111,10 +111,13 @@ def teacher_forced_stats(model, tokenizer, pairs: list[tuple[str, str]], *, batc
         ranks = (lg > lg.gather(-1, a.gold[:, None])).sum(-1) + 1
         match = lg.argmax(-1) == a.gold
         nll_tok = torch.nn.functional.cross_entropy(lg, a.gold, reduction="none")
-        logp = torch.log_softmax(lg, -1)
+        # Min-K%++'s mean and deviation of log p over the vocabulary, in float64 and two-pass
+        # (E[(log p − μ)²]): E[log² p] − μ² cancels badly in float32
+        logp = torch.log_softmax(lg.double(), -1)
         mu = (logp.exp() * logp).sum(-1)
-        sigma = ((logp.exp() * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
-        z = (-nll_tok - mu) / sigma
+        sigma = (logp.exp() * (logp - mu[:, None]).square()).sum(-1).clamp_min(1e-24).sqrt()
+        z = ((-nll_tok.double() - mu) / sigma).float()
+        del logp
         for j, i in enumerate(idx):
             sel = a.row == j  # this row's answer positions, in order
             if not bool(sel.any()):
