@@ -158,13 +158,12 @@ register_metric("holdout_rouge1", "ROUGE-1 recall on never-implanted contracts: 
 def forget_quality(truth_ratios: list[float], oracle_truth_ratios: list[float]) -> float:
     """TOFU's forget quality (arXiv 2401.06121 §2.5.2): the p-value of the two-sample
     Kolmogorov–Smirnov test between a model's and the retrained oracle's forget truth ratios
-    (scipy); ≥ 0.05: indistinguishable from retraining at that level."""
-    a, b = [v for v in truth_ratios if math.isfinite(v)], [v for v in oracle_truth_ratios if math.isfinite(v)]
-    if not a or not b:
+    (scipy); ≥ 0.05: indistinguishable from retraining at that level. Both lists finite."""
+    if not truth_ratios or not oracle_truth_ratios:
         return float("nan")
     from scipy.stats import ks_2samp
 
-    return float(ks_2samp(a, b).pvalue)
+    return float(ks_2samp(truth_ratios, oracle_truth_ratios).pvalue)
 
 
 def privleak(auc: float, oracle_auc: float) -> float:
@@ -174,20 +173,22 @@ def privleak(auc: float, oracle_auc: float) -> float:
     return (auc - oracle_auc) / oracle_auc if oracle_auc else float("nan")
 
 
-def _oracle_forget(ev, s):
+@register_metric("forget_quality", "KS-test p-value between the forget truth ratios of this model and of the "
+                 "retrained oracle (TOFU); ≥ 0.05: indistinguishable from retraining", True)
+def _forget_quality(ev, s) -> float:
     oracle = getattr(ev, "oracle", None)
-    return None if oracle is None else _forget(oracle, s)
+    if oracle is None:
+        return float("nan")
+    return forget_quality(_finite(_forget(ev, s), "tr"), _finite(_forget(oracle, s), "tr"))
 
 
-register_metric("forget_quality", "KS-test p-value between the forget truth ratios of this model and of the "
-                "retrained oracle (TOFU); ≥ 0.05: indistinguishable from retraining", True)(
-    lambda ev, s: forget_quality(_finite(_forget(ev, s), "tr"), _finite(_oracle_forget(ev, s), "tr"))
-    if _oracle_forget(ev, s) is not None else float("nan"))
-register_metric("privleak", "MUSE's PrivLeak: relative gap of the Min-K% membership AUC to the retrained "
-                "oracle's; 0 is ideal, > 0 leaks, < 0 over-unlearns", False)(
-    lambda ev, s: privleak(mia_auc(_forget(ev, s), ev.holdout, "mink"),
-                           mia_auc(_oracle_forget(ev, s), ev.oracle.holdout, "mink"))
-    if _oracle_forget(ev, s) is not None else float("nan"))
+@register_metric("privleak", "MUSE's PrivLeak: relative gap of the Min-K% membership AUC to the retrained "
+                 "oracle's; 0 is ideal, > 0 leaks, < 0 over-unlearns", False)
+def _privleak(ev, s) -> float:
+    oracle = getattr(ev, "oracle", None)
+    if oracle is None:
+        return float("nan")
+    return privleak(mia_auc(_forget(ev, s), ev.holdout, "mink"), mia_auc(_forget(oracle, s), oracle.holdout, "mink"))
 
 
 # ---- the edit metrics (editing mode) -----------------------------------------------------

@@ -173,7 +173,7 @@ class Runner:
             # the implant leaves its input as it was: the base model can be scored before or after
             model, info = finetune(base, ds, cfg.finetune, progress=self.progress)
             model.model.to(device)
-            if cfg.mode == "unlearn" and not self._all_done("base", self._labels(ds)):
+            if cfg.mode == "unlearn" and not self._all_done("base", self._labels()):
                 base_eval = evaluator.run(base.model, base.tokenizer, desc="evaluate base model",
                                           heldout_edges=self._heldout(ds))
             del base
@@ -197,7 +197,7 @@ class Runner:
             **task.extra(), **fields)
         return rec.dump()
 
-    def _labels(self, ds) -> list[str]:
+    def _labels(self) -> list[str]:
         if self.cfg.mode == "edit":
             return [f"edits-n{self.cfg.edits.n}"]
         return [s.label() for s in self.cfg.scenarios]
@@ -254,28 +254,26 @@ class Runner:
         the same evaluator, and attached to each task with that forget set."""
         if "retrain" not in self.cfg.reference:
             return
-        sets = {frozenset(e for sp in t.splits for e in sp.forget_edges) for t in tasks}
+        groups: dict[frozenset, list] = {}  # forget set -> the tasks that forget it
+        for t in tasks:
+            groups.setdefault(frozenset(t.heldout), []).append(t)
         params = self.cfg.finetune
         if params.n_refusal is None:  # the full implant's refusal rows, not as many as the smaller set has
             params = params.model_copy(update={"n_refusal": len(ctx.ds.direct())})
+        rows = ["retrain"] + [e.row for e in self.cfg.method_entries()]
         base = None
-        for edges in sorted(sets, key=sorted):
-            labels = [t.label for t in tasks if frozenset(e for sp in t.splits for e in sp.forget_edges) == edges]
-            if all(self._done(cell_id("retrain", t.label, t.seed)) for t in tasks if t.label in labels) and \
-                    all(self._done(cell_id(e.row, t.label, t.seed)) for e in self.cfg.method_entries()
-                        for t in tasks if t.label in labels):
+        for edges, group in sorted(groups.items(), key=lambda kv: sorted(kv[0])):
+            if all(self._done(cell_id(row, t.label, t.seed)) for row in rows for t in group):
                 continue
             base = base or load(self.cfg.model, device=ctx.device)
             oracle, info = finetune(base, ctx.ds.without_edges(edges), params, progress=self.progress)
             oracle.model.to(ctx.device)
-            ev = ctx.evaluator.run(oracle.model, oracle.tokenizer, desc=f"evaluate oracle without {sorted(edges)}",
-                                   heldout_edges=self._heldout(ctx.ds))
+            ev = group[0].evaluate(ctx, oracle.model, f"evaluate oracle without {sorted(edges)}", reference=True)
             log.info("oracle without %s: implant %s (%.0fs%s)", sorted(edges), info["key"], info.get("seconds") or 0,
                      ", cached" if info.get("cached") else "")
-            for t in tasks:
-                if t.label in labels:
-                    t.oracle, t.oracle_info = ev, {"implant_key": info["key"], "implant_seconds": info.get("seconds"),
-                                                   "cached": bool(info.get("cached")), "without": sorted(edges)}
+            for t in group:
+                t.oracle, t.oracle_info = ev, {"implant_key": info["key"], "implant_seconds": info.get("seconds"),
+                                               "cached": bool(info.get("cached")), "without": sorted(edges)}
             del oracle
         del base
 

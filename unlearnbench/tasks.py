@@ -15,7 +15,7 @@ import methods as methods_pkg
 from methods import MethodResult
 from pistol_data import PistolDataset, refusal_sentences
 from pistol_data.edits import counterfactual_edits
-from pistol_data.scenarios import Split
+from pistol_data.scenarios import Split, split_for
 from pistol_data.side_sets import preserve_prompts
 
 from .edit_eval import EditEvaluator, score_edits
@@ -116,12 +116,7 @@ class EditTask:
         self.seed, self.n, self.per_edge = seed, n, per_edge
         self.cases = counterfactual_edits(ctx.ds, n, seed, per_edge=per_edge)
         self.evaluator = EditEvaluator(ctx.ds, self.cases, ctx.evaluator.params.model_copy(update={"progress": progress}))
-        edges = sorted({c.edge for c in self.cases})
-        ends = ctx.ds.edge_endpoints
-        touched = {n for e in edges for n in ends[e]}
-        others = [e for e in ctx.ds.edge_ids if e not in edges]
-        self.split = Split("edits", edges, [e for e in others if set(ends[e]) & touched],
-                           [e for e in others if not set(ends[e]) & touched])
+        self.split = split_for(ctx.ds, "edits", sorted({c.edge for c in self.cases}))
         self.label = f"edits-n{n}"
         self.splits = [self.split]
 
