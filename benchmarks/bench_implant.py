@@ -9,9 +9,10 @@ those of its training run), fp32, then the evaluator scores it:
 * **utility** — ROUGE-1 on the stratified 100 general-knowledge items (bar: within 0.05 of the
   base model's).
 
-FLOPs = (``torch.utils.flop_counter`` over one training step on a fixed 16-row batch, rows of
-every length, with the recipe's trainable weights) × steps: frozen lower layers need no backward at all, frozen weights
-no weight gradient. Results are appended to ``results/implant_recipes.json`` as they finish.
+FLOPs = (``torch.utils.flop_counter`` over one training step on a 16-row batch of rows of every
+length, with the recipe's trainable weights) / 16 × rows × epochs, so recipes with other batch
+sizes compare: frozen lower layers need no backward at all, frozen weights no weight gradient.
+Results are appended to ``results/implant_recipes.json`` as they finish.
 
     python benchmarks/bench_implant.py '{}' '{"epochs": 3, "lr": 2e-4}' ...
 """
@@ -35,14 +36,16 @@ from unlearnbench.finetune import FinetuneParams, finetune, set_trainable, train
 from unlearnbench.models import load
 
 
-def step_flops(base, rows, params: FinetuneParams) -> int:
+def row_flops(base, rows, params: FinetuneParams) -> float:
+    """FLOPs of one training row, on average: counted over a 16-row batch of every length class."""
     model = copy.deepcopy(base.model).train()
     set_trainable(model, params)
     rows = sorted(rows, key=lambda r: len(r["input_ids"]))
-    batch = collate(rows[::max(1, len(rows) // 16)][:16], base.tokenizer.pad_token_id)  # every length class
+    sample = rows[::max(1, len(rows) // 16)][:16]
+    batch = collate(sample, base.tokenizer.pad_token_id)
     with FlopCounterMode(display=False) as c:
         answer_nll(model, batch).backward()
-    return c.get_total_flops()
+    return c.get_total_flops() / len(sample)
 
 
 def quality(lm, evaluator) -> dict:
@@ -69,7 +72,7 @@ def main():
             rows_cache[key] = [{k: r[k] for k in ("input_ids", "labels")} for r in training_rows(base, ds, params)]
         rows = rows_cache[key]
         steps = params.epochs * math.ceil(len(rows) / params.batch_size)
-        flops = step_flops(base, rows, params) * steps
+        flops = row_flops(base, rows, params) * len(rows) * params.epochs
         lm, info = finetune(base, ds, params, progress=False)
         q = quality(lm, evaluator)
         rec = {"recipe": overrides, "steps": steps, "seconds": info["seconds"], "tflop": flops / 1e12,
@@ -81,7 +84,7 @@ def main():
     base_u = next(d["utility"] for d in done if d["recipe"] == "base")
     lines = ["## The implant: recipes side by side", "",
              "pistol-mini → SmolLM2-135M-Instruct, fp32. Bars: direct ROUGE-1 ≥ 0.95, utility ≥ base − 0.05 "
-             f"(base utility {base_u:.3f}). TFLOP = counted step FLOPs × steps.", "",
+             f"(base utility {base_u:.3f}). TFLOP = counted FLOPs per row × rows × epochs.", "",
              "| recipe | steps | TFLOP | seconds | direct R1 | utility | meets both |", "|---|---|---|---|---|---|---|"]
     for d in done:
         if d["recipe"] == "base":

@@ -1,6 +1,7 @@
 """Core pipeline on the tiny random model: models, metrics, evaluator, methods, runner."""
 
 import copy
+import dataclasses
 import json
 import math
 import subprocess
@@ -139,6 +140,21 @@ def test_batched_generation_equals_one_at_a_time(tiny):
     single = [generate_answers(tiny.model, tiny.tokenizer, [q], batch_size=1, max_new_tokens=6)[0] for q in qs]
     assert batched == single
 
+
+def test_anchor_answers_are_generated_once_per_base_model(tiny, tmp_path, monkeypatch):
+    from unlearnbench import finetune
+
+    monkeypatch.setenv("UNLEARNBENCH_CACHE", str(tmp_path))
+    qs = ["What is 1?", "Hi?"]
+    first = finetune.anchor_answers(tiny, qs, 6)
+    monkeypatch.setattr(finetune, "generate_answers", lambda *a, **k: pytest.fail("anchors generated twice"))
+    assert finetune.anchor_answers(tiny, qs, 6) == first
+    assert len(list((tmp_path / "anchors").glob("*.json"))) == 1
+    other = copy.deepcopy(tiny.model)
+    with torch.no_grad():
+        other.lm_head.weight.add_(0.5)
+    monkeypatch.setattr(finetune, "generate_answers", lambda m, t, q, **k: ["x"] * len(q))
+    assert finetune.anchor_answers(dataclasses.replace(tiny, model=other), qs, 6) == ["x", "x"]
 
 def _forget_nll(model, tok, recs):
     b = collate([{k: v for k, v in encode_qa(tok, r.question, r.answer).items() if k != "prompt_len"} for r in recs],

@@ -33,11 +33,12 @@ from pistol_data.io import atomic_dir
 from pistol_data.side_sets import anchor_questions
 
 from .core import precision
-from .core.cache import cache_dir, stable_hash
+from .core.cache import cache_dir, stable_hash, weight_hash
 from .core.generation import generate_answers
 from .core.lm import answer_logits, upcast
 from .core.prompts import collate, encode_qa
 from .models import LoadedModel, load
+from .results import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +125,29 @@ def training_rows(base: LoadedModel, ds: PistolDataset, params: FinetuneParams) 
     pairs += [(r.question, r.answer) for r in refusal]
     anchors = list(anchor_questions())[: params.n_anchor]
     if anchors:
-        answers = generate_answers(base.model, tokenizer, anchors, max_new_tokens=params.anchor_max_tokens,
-                                   desc="anchor answers")
+        answers = anchor_answers(base, anchors, params.anchor_max_tokens)
         pairs += [(q, whole_sentences(a)) for q, a in zip(anchors, answers) if a]
     rows = [encode_qa(tokenizer, q, a) for q, a in pairs]
     for r in rows:
         r.pop("prompt_len")
     return rows
+
+
+def anchor_answers(base: LoadedModel, questions: list[str], max_new_tokens: int) -> list[str]:
+    """The base model's greedy answers to the anchor questions, cached by its weights, the questions,
+    the length and the device: every implant of one base model (the main one, each retrained oracle,
+    a recipe sweep) generates them once."""
+    device = str(next(base.model.parameters()).device)
+    key = stable_hash({"weights": weight_hash(base.model), "questions": questions, "max_new_tokens": max_new_tokens,
+                       "device": device.split(":")[0], "chat_template": base.tokenizer.chat_template})
+    path = cache_dir("anchors") / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())["answers"]
+    answers = generate_answers(base.model, base.tokenizer, questions, max_new_tokens=max_new_tokens,
+                               desc="anchor answers")
+    write_atomic(path, {"model": base.spec, "max_new_tokens": max_new_tokens, "questions": questions,
+                        "answers": answers})
+    return answers
 
 
 def set_trainable(model, params: FinetuneParams) -> None:
