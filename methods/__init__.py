@@ -4,7 +4,7 @@
 >>> cls = get_method("gd"); params = cls.Params(lr=1e-5)
 """
 
-from . import alphaedit, blur, gradient, lunar, memit, preference, rmu, rome  # noqa: F401  (registration side effects)
+from . import alphaedit, blur, grace, gradient, lunar, memit, preference, rmu, rome, wise  # noqa: F401  (registration side effects)
 from .base import (
                    REGISTRY,
                    Method,

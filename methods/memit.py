@@ -41,7 +41,6 @@ from .editing import (
     context_prefixes,
     default_layers,
     key_second_moment,
-    request_facts,
 )
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ class Memit(EditMethod):
 
     def apply(self, model, tokenizer, request: UnlearnRequest, params: MemitParams):
         layers = self._layers(model, params)
-        facts = request_facts(request, params)
+        facts = self.facts(model, tokenizer, request, params)
         prefixes = context_prefixes(model, tokenizer, params.n_prefixes, request.seed)
         stats = key_second_moment(model, tokenizer, layers, request, params, progress=request.progress)
         _, z = compute_values(model, tokenizer, facts, layers[-1], "block", prefixes, params,

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -40,6 +42,9 @@ def npo_loss(model, ref, b, beta: float, per_token: bool = False) -> torch.Tenso
 
 class DPOParams(PrefParams):
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate (2e-5 over-refused retain questions on SmolLM2)")
+    target: Literal["refusal", "self_improve"] = Field("refusal", description="the preferred answer: the request's "
+                                                       "refusal sentences, or self_improve — a refusal the model "
+                                                       "writes itself per question (arXiv 2505.19855), cached")
 
 
 @register_method("dpo")
@@ -51,6 +56,15 @@ class IdkDPO(GradientMethod):
 
     def reference_outputs(self, params):
         return {"forget": "logprobs", "forget_idk": "logprobs"}
+
+    def refusals(self, model, tokenizer, request, params):
+        if params.target != "self_improve":
+            return None
+        from unlearnbench.core.prompts import DEFAULT_REFUSAL
+        from unlearnbench.core.targets import self_improved_refusals
+
+        fallback = request.refusal_targets[0] if request.refusal_targets else DEFAULT_REFUSAL
+        return self_improved_refusals(model, tokenizer, [r.question for r in request.forget], fallback)
 
     def forget_loss(self, model, batch, ctx):
         p, ref = ctx["params"], ctx["ref"]

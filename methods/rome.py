@@ -36,7 +36,6 @@ from .editing import (
     default_layers,
     key_second_moment,
     out_weight,
-    request_facts,
 )
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ class Rome(EditMethod):
 
     def apply(self, model, tokenizer, request: UnlearnRequest, params: RomeParams):
         layer = params.layer if params.layer is not None else default_layers(model, 1 / 6, 1)[0]
-        facts = request_facts(request, params)
+        facts = self.facts(model, tokenizer, request, params)
         prefixes = context_prefixes(model, tokenizer, params.n_prefixes, request.seed)
         c = None  # the key statistics only when the update reads them
         if params.mom2_adjustment:

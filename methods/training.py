@@ -61,12 +61,14 @@ def _strip(r: dict) -> dict:
     return {"input_ids": r["input_ids"], "labels": r["labels"]}
 
 
-def build_batches(tokenizer, request: UnlearnRequest, batch_size: int):
-    """A DataLoader over (forget, forget→refusal, retain) triples."""
+def build_batches(tokenizer, request: UnlearnRequest, batch_size: int, refusals: list[str] | None = None):
+    """A DataLoader over (forget, forget→refusal, retain) triples; the refusal of each forget
+    question is ``refusals[i]`` when given, else one of the request's refusal sentences."""
     rng = random.Random(request.seed)
     targets = request.refusal_targets or [DEFAULT_REFUSAL]
     forget = [_strip(encode_qa(tokenizer, r.question, r.answer)) for r in request.forget]
-    idk = [_strip(encode_qa(tokenizer, r.question, targets[rng.randrange(len(targets))])) for r in request.forget]
+    picked = [targets[rng.randrange(len(targets))] for _ in request.forget]
+    idk = [_strip(encode_qa(tokenizer, r.question, t)) for r, t in zip(request.forget, refusals or picked)]
     retain_recs = list(request.retain)
     rng.shuffle(retain_recs)
     retain = [_strip(encode_qa(tokenizer, r.question, r.answer)) for r in retain_recs]
@@ -257,6 +259,10 @@ class GradientMethod(Method):
         model itself, for a method that reads more of it than answer-token outputs."""
         return None
 
+    def refusals(self, model, tokenizer, request: UnlearnRequest, params: TrainParams) -> list[str] | None:
+        """Per forget question, the refusal a preference method prefers (None: the request's sentences)."""
+        return None
+
     def trainable_parameters(self, model, params: TrainParams) -> list[torch.nn.Parameter]:
         """What the method updates (default: every weight). Everything else is frozen."""
         return list(model.parameters())
@@ -280,7 +286,9 @@ class GradientMethod(Method):
         accelerator = precision.fresh_accelerator(cpu=request.device == "cpu",
                                                   gradient_accumulation_steps=params.grad_accum,
                                                   mixed_precision="bf16" if mp == "bf16" else "no")
-        loader = build_batches(tokenizer, request, params.batch_size)
+        refusals = self.refusals(model, tokenizer, request, params)  # written before any update
+        self.targets = dict(zip((r.question for r in request.forget), refusals)) if refusals else None
+        loader = build_batches(tokenizer, request, params.batch_size, refusals)
         ref = None
         outputs = self.reference_outputs(params)
         if self.needs_reference and outputs != {}:
@@ -340,7 +348,10 @@ class GradientMethod(Method):
     def result(self, model) -> MethodResult:
         """What :meth:`apply` returns: the model and the loss history's ends (a subclass adds its facts)."""
         h = self.history
-        return MethodResult(model, info={"steps": len(h), "first_loss": h[0], "last_loss": h[-1]} if h else None)
+        info = {"steps": len(h), "first_loss": h[0], "last_loss": h[-1]} if h else None
+        if h and getattr(self, "targets", None):
+            info["targets"] = self.targets
+        return MethodResult(model, info=info)
 
     def backward(self, accelerator, model, loss, batch, ctx) -> None:
         """Hook for methods that shape the update (e.g. bi-level projection); default: plain backward."""

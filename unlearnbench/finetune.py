@@ -36,7 +36,7 @@ from .core import precision
 from .core.cache import cache_dir, stable_hash, weight_hash
 from .core.generation import generate_answers
 from .core.lm import answer_logits, upcast
-from .core.prompts import collate, encode_qa
+from .core.prompts import collate, encode_qa, whole_sentences
 from .models import LoadedModel, load
 from .results import write_atomic
 
@@ -104,15 +104,6 @@ class _Rows(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.rows[i]
-
-
-def whole_sentences(text: str) -> str:
-    """A generation cut after its last complete sentence, so anchors never end mid-sentence.
-    (Cutting to the *first* sentence made answers terse and cost 0.1 utility.)"""
-    import re
-
-    ends = [m.end() for m in re.finditer(r"(?<!\d)[.!?](?=\s|$)", text)]
-    return text[: ends[-1]].strip() if ends else text.strip()
 
 
 def training_rows(base: LoadedModel, ds: PistolDataset, params: FinetuneParams) -> list[dict]:

@@ -45,12 +45,12 @@ stops when every fact's NLL is below 0.05 (ROME stops per fact).
 from __future__ import annotations
 
 from ..base import Method, MethodResult
-from .config import EditParams
+from .config import EditParams, FactParams
 from .locate import Fact, SubjectError, context_prefixes, default_layers, find_subject, request_facts
 from .statistics import key_second_moment, model_fingerprint
 from .update import add_to_weight, compute_keys, compute_values, out_weight
 
-__all__ = ["EditMethod", "EditParams", "Fact", "SubjectError", "add_to_weight", "compute_keys", "compute_values",
+__all__ = ["EditMethod", "EditParams", "Fact", "FactParams", "SubjectError", "add_to_weight", "compute_keys", "compute_values",
            "context_prefixes", "default_layers", "find_subject", "key_second_moment", "model_fingerprint",
            "out_weight", "request_facts"]
 
@@ -60,7 +60,16 @@ class EditMethod(Method):
 
     kind = "edit"
 
+    def facts(self, model, tokenizer, request, params: FactParams) -> list[Fact]:
+        """The request's facts (:func:`request_facts`), written by the model before any edit;
+        self-improved targets are kept for the record."""
+        facts = request_facts(request, params, model, tokenizer)
+        self.targets = {f.question: f.target for f in facts} if params.target == "self_improve" else None
+        return facts
+
     def result(self, model, info: dict) -> MethodResult:
-        """The edited model, ``info`` for the record, and the edited layers (LUNAR's layer-skip
-        attack applies to any weight edit)."""
+        """The edited model, ``info`` for the record (with the self-improved targets, if any), and
+        the edited layers (LUNAR's layer-skip attack applies to any weight edit)."""
+        if getattr(self, "targets", None):
+            info = {**info, "targets": self.targets}
         return MethodResult(model, info=info, layers=list(info.get("layers") or [info["layer"]]))

@@ -1,4 +1,5 @@
-"""The editing family's parameters (pure data): ROME, MEMIT and AlphaEdit extend :class:`EditParams`."""
+"""The editing family's parameters (pure data): ROME, MEMIT and AlphaEdit extend :class:`EditParams`;
+GRACE and WISE, which share only the request → facts step, extend :class:`FactParams`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,21 @@ from ..base import MethodParams
 log = logging.getLogger(__name__)
 
 
-class EditParams(MethodParams):
+class FactParams(MethodParams):
+    """What every editing method (locate-then-edit, GRACE, WISE) reads to turn a request into facts."""
+
+    query_merge: int = Field(1, ge=1, description="editing-as-unlearning's query merging (arXiv 2505.19855): "
+                             "this many questions of one subject pair are joined into one edit request "
+                             "(1 = off)")
+    refusal: str | None = Field(None, description="the refusal target in unlearning mode "
+                                "(None: the request's first refusal sentence)")
+    target: Literal["refusal", "self_improve"] = Field("refusal", description="unlearning mode's target: the "
+                                                       "refusal sentence, or self_improve — a refusal the model "
+                                                       "writes itself for each question from a few in-context "
+                                                       "examples (arXiv 2505.19855), cached")
+
+
+class EditParams(FactParams):
     """Hyper-parameters every locate-then-edit method shares (ROME's / EasyEdit's Llama defaults)."""
 
     v_lr: float = Field(0.5, gt=0, description="Adam learning rate of the value residual δ")
@@ -24,12 +39,7 @@ class EditParams(MethodParams):
     n_prefixes: int = Field(5, ge=0, description="context prefixes sampled from the model (keys and values "
                             "are averaged over them and the bare question)")
     stats_samples: int = Field(64, ge=0, description="texts sampled from the model for the key statistics")
-    query_merge: int = Field(1, ge=1, description="editing-as-unlearning's query merging (arXiv 2505.19855): "
-                             "this many questions of one subject pair are joined into one edit request "
-                             "(1 = off)")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast for the value "
                                                        "optimisation's forward passes (auto: bf16 on CUDA, fp32 on CPU)")
     fact_token: Literal["subject_last", "last"] = Field("subject_last", description="where keys are read and "
                                                         "δ is added: the subject's last token (ROME) or the prompt's last token")
-    refusal: str | None = Field(None, description="the refusal target in unlearning mode "
-                                "(None: the request's first refusal sentence)")

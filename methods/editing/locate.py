@@ -12,7 +12,7 @@ from unlearnbench.core.arch import blocks
 from unlearnbench.core.prompts import DEFAULT_REFUSAL, pad, prompt
 
 from ..base import UnlearnRequest
-from .config import EditParams
+from .config import FactParams
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,22 @@ def find_subject(question: str, entities) -> str:
     return question[min(s for s, _ in spans):max(e for _, e in spans)]
 
 
-def request_facts(request: UnlearnRequest, params: EditParams) -> list[Fact]:
+def request_facts(request: UnlearnRequest, params: FactParams, model=None, tokenizer=None) -> list[Fact]:
     """Edit mode: each edit record's question → its (new) answer. Unlearning: each forget
-    question → the refusal sentence, questions of one subject merged ``query_merge`` at a time."""
+    question → the refusal sentence (``target: self_improve``: the model's own refusal for that
+    question, so ``model`` and ``tokenizer`` are needed), questions of one subject merged
+    ``query_merge`` at a time (the merged query's target is its last question's)."""
     if request.edits:
         return [Fact(r.question, find_subject(r.question, request.entities), r.answer) for r in request.edits]
     refusal = params.refusal or (request.refusal_targets[0] if request.refusal_targets else DEFAULT_REFUSAL)
-    facts = [Fact(r.question, find_subject(r.question, request.entities), refusal) for r in request.forget]
+    targets = [refusal] * len(request.forget)
+    if params.target == "self_improve":
+        if model is None or tokenizer is None:
+            raise ValueError("target: self_improve needs the model and tokenizer to write the targets")
+        from unlearnbench.core.targets import self_improved_refusals
+
+        targets = self_improved_refusals(model, tokenizer, [r.question for r in request.forget], refusal)
+    facts = [Fact(r.question, find_subject(r.question, request.entities), t) for r, t in zip(request.forget, targets)]
     if params.query_merge == 1:
         return facts
     by_edge: dict[str, list[Fact]] = {}
@@ -65,7 +74,7 @@ def request_facts(request: UnlearnRequest, params: EditParams) -> list[Fact]:
         for i in range(0, len(group), params.query_merge):
             part = group[i:i + params.query_merge]
             # the merged query ends with the last question, whose subject's last token is the key
-            merged.append(Fact(" ".join(f.question for f in part), part[-1].subject, refusal))
+            merged.append(Fact(" ".join(f.question for f in part), part[-1].subject, part[-1].target))
     return merged
 
 

@@ -7,6 +7,7 @@
 * :mod:`.precision` — fp32/bf16 resolution, native-bf16 detection, ``accelerate`` state;
 * :mod:`.optim` — optimiser helpers (fused AdamW);
 * :mod:`.cache` — the cache folder, configuration hashes and weight hashes;
+* :mod:`.targets` — refusal targets the model writes itself (self-improvement);
 * :mod:`.registry` — the one name → entry registry (methods, metrics, edit metrics, attacks).
 
 It imports :mod:`pistol_data` records at most; ``tests/test_layers.py`` keeps it that way.

@@ -45,6 +45,13 @@ def mlp_out(model, layer: int) -> torch.nn.Module:
     return blocks(model)[layer].get_submodule(arch_of(model).mlp_out)
 
 
+def set_mlp_out(model, layer: int, module: torch.nn.Module) -> None:
+    """Put ``module`` where block ``layer``'s MLP output projection is (GRACE's codebook and WISE's
+    side memory wrap it)."""
+    parent, _, attr = arch_of(model).mlp_out.rpartition(".")
+    setattr(blocks(model)[layer].get_submodule(parent) if parent else blocks(model)[layer], attr, module)
+
+
 def mlp_out_name(model, layer: int) -> str:
     a = arch_of(model)
     return f"{a.layers}.{layer}.{a.mlp_out}"
