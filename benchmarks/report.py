@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from common import HERE, RESULTS
 
@@ -28,10 +29,11 @@ def main():
             "process) and names the machine that produced it; `python benchmarks/report.py` rebuilds this file.",
             ""]
     body = []
-    for p in sections:
+    for i, p in enumerate(sections, 1):
         text = p.read_text().rstrip().split("\n")
         m = json.loads((RESULTS / f"{p.stem}.json").read_text())["machine"]
-        body.append("\n".join(text[:1] + ["", f"*Measured on: {machine_line(m)}.*"] + text[1:]) + "\n")
+        title = re.sub(r"^##\s*(\d+\.\s*)?", f"## {i}. ", text[0])  # numbered here, in ORDER
+        body.append("\n".join([title, "", f"*Measured on: {machine_line(m)}.*"] + text[1:]) + "\n")
     notes = HERE / "notes.md"
     if notes.exists():
         body.append(notes.read_text())

@@ -10,6 +10,12 @@ self-distillation term that keeps general behaviour where it was. Full fine-tuni
 afterwards). Training runs through the transformers ``Trainer`` (so ``accelerate launch``
 spreads it over GPUs). The result is cached under a key built from the model spec, the
 dataset fingerprint and the hyper-parameters; a second call with the same key loads it.
+
+The default recipe (3 epochs, lr 1.25e-4, 8 rows per step, each direct QA 5× per epoch, 60
+anchors) was chosen by ``benchmarks/bench_implant.py`` on SmolLM2 × pistol-mini: 35.7 TFLOP,
+direct-question ROUGE-1 0.952, utility 0.605 (base 0.625), against 85.0 TFLOP, 0.952 and 0.612
+for the previous one (6 epochs, lr 1e-4, 16 rows, 3×, 120 anchors): the facts need as many
+optimiser updates as before, not as many passes over the anchors.
 """
 
 from __future__ import annotations
@@ -53,14 +59,14 @@ class FinetuneParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     mode: Literal["full", "lora"] = Field("full", description="full fine-tuning or LoRA merged afterwards")
-    epochs: int = Field(6, ge=1, description="passes over the training rows")
-    lr: float = Field(1e-4, gt=0, description="peak learning rate (linear decay, 10% warm-up)")
-    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(3, ge=1, description="passes over the training rows")
+    lr: float = Field(1.25e-4, gt=0, description="peak learning rate (linear decay, 10% warm-up)")
+    batch_size: int = Field(8, ge=1, description="rows per step (8: twice the updates of 16 for the same FLOPs)")
     weight_decay: float = Field(0.0, ge=0)
-    direct_repeats: int = Field(3, ge=1, description="copies of each direct QA per epoch: the facts get more "
+    direct_repeats: int = Field(5, ge=1, description="copies of each direct QA per epoch: the facts get more "
                                 "gradient than the anchors without more passes over the anchors")
     n_refusal: int | None = Field(16, ge=0, description="refusal rows to mix in; None = as many as direct QA")
-    n_anchor: int = Field(120, ge=0, description="self-distillation rows (base model's own answers to anchor questions)")
+    n_anchor: int = Field(60, ge=0, description="self-distillation rows (base model's own answers to anchor questions)")
     freeze_embeddings: bool = Field(True, description="full mode: keep the (tied) token embeddings fixed — "
                                     "less drift on general knowledge and a smaller optimiser")
     train_modules: Literal["all", "mlp"] = Field("all", description="full mode: update every weight, or only the "
