@@ -12,9 +12,11 @@ those of its training run), fp32, then the evaluator scores it:
 FLOPs = (``torch.utils.flop_counter`` over one training step on a 16-row batch of rows of every
 length, with the recipe's trainable weights) / 16 × rows × epochs, so recipes with other batch
 sizes compare: frozen lower layers need no backward at all, frozen weights no weight gradient.
-Results are appended to ``results/implant_recipes.json`` as they finish.
+Results are appended to ``results/implant_recipes.json`` as they finish (a recipe is its
+overrides of the current defaults; when the defaults change, rewrite the stored recipes to match).
 
-    python benchmarks/bench_implant.py '{}' '{"epochs": 3, "lr": 2e-4}' ...
+    python benchmarks/bench_implant.py '{}' '{"epochs": 4, "lr": 1e-4}' ...
+    python benchmarks/bench_implant.py --table     # the table again from the JSON
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def quality(lm, evaluator) -> dict:
 
 
 def main():
+    if sys.argv[1:] == ["--table"]:
+        return write_table(json.loads((RESULTS / "implant_recipes.json").read_text())["recipes"])
     recipes = [json.loads(a) for a in sys.argv[1:]] or [{}]
     ds = generate("pistol-mini", 0)
     base = load("smollm2-135m-instruct")
@@ -81,10 +85,18 @@ def main():
         done = [d for d in done if d["recipe"] != overrides] + [rec]
         RESULTS.mkdir(exist_ok=True)
         out_json.write_text(json.dumps({"recipes": done}, indent=1))
+    write_table(done)
+
+
+def write_table(done: list[dict]) -> None:
+    """The recipes side by side (``python bench_implant.py --table`` rewrites it from the JSON)."""
     base_u = next(d["utility"] for d in done if d["recipe"] == "base")
+    defaults = {k: v for k, v in FinetuneParams().model_dump().items()
+                if k in ("epochs", "lr", "batch_size", "direct_repeats", "n_anchor")}
     lines = ["## The implant: recipes side by side", "",
              "pistol-mini → SmolLM2-135M-Instruct, fp32. Bars: direct ROUGE-1 ≥ 0.95, utility ≥ base − 0.05 "
-             f"(base utility {base_u:.3f}). TFLOP = counted FLOPs per row × rows × epochs.", "",
+             f"(base utility {base_u:.3f}). A recipe is written as its differences from today's defaults "
+             f"(`{json.dumps(defaults)}`; `{{}}` is the default). TFLOP = counted FLOPs per row × rows × epochs.", "",
              "| recipe | steps | TFLOP | seconds | direct R1 | utility | meets both |", "|---|---|---|---|---|---|---|"]
     for d in done:
         if d["recipe"] == "base":
