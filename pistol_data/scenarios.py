@@ -11,7 +11,14 @@ types: ``edge``, ``edges`` (a batch), ``entity`` (every edge of one entity), ``m
 / ``min_degree`` (the edges of the highest/lowest-degree entity; ties broken by id),
 ``independent_edge`` (an edge none of whose entities touches a hub, i.e. a highest-degree
 node's component; ``edge`` may name one), ``contract_type`` (all edges of one type:
-domain-skewed), ``sequence`` (``steps``: a list of specs applied one after another).
+domain-skewed), ``sequence`` (``steps``: a list of specs applied one after another; or
+``each``: one spec whose forget groups are requested one at a time, e.g. ten single facts),
+``pretrained_facts`` (facts the *base* model knew before any implant, :mod:`pistol_data.facts`:
+``n`` of them spread over the categories, or the ids in ``edges``; neighbour retain = the other
+facts of a forgotten fact's category, far retain = the rest).
+
+A pretrained-facts scenario (or a sequence of them) is resolved on the facts dataset, whatever
+dataset is passed in: :func:`dataset_for` says which dataset a spec's splits refer to.
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ from typing import Literal
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import facts
 from .dataset import PistolDataset
 from .records import QARecord
 
 ScenarioType = Literal["edge", "edges", "entity", "max_degree", "min_degree", "independent_edge",
-                       "contract_type", "sequence"]
+                       "contract_type", "sequence", "pretrained_facts"]
 
 
 class ScenarioSpec(BaseModel):
@@ -38,15 +46,38 @@ class ScenarioSpec(BaseModel):
     entity: str | None = None
     contract_type: str | None = None
     steps: list["ScenarioSpec"] | None = None
+    each: "ScenarioSpec | None" = Field(None, description="sequence: request this spec's forget groups one at a time")
+    n: int | None = Field(None, ge=1, description="pretrained_facts: how many facts (spread over the categories)")
 
     def label(self) -> str:
         if self.name:
             return self.name
         arg = {"edge": self.edge, "edges": "+".join(self.edges or []), "entity": self.entity,
                "contract_type": self.contract_type, "independent_edge": self.edge}.get(self.type)
+        if self.type == "pretrained_facts":
+            arg = "+".join(self.edges) if self.edges else f"n{self.n or DEFAULT_FACTS}"
         if self.type == "sequence":
-            arg = ">".join(s.label() for s in self.steps or [])
+            arg = f"each:{self.each.label()}" if self.each else ">".join(s.label() for s in self.steps or [])
         return f"{self.type}:{arg}" if arg else self.type
+
+    def on_facts(self) -> bool:
+        """Whether the spec forgets pretrained facts (and so resolves on the facts dataset)."""
+        if self.type == "sequence":
+            inner = [self.each] if self.each else list(self.steps or [])
+            return bool(inner) and all(s.on_facts() for s in inner)
+        return self.type == "pretrained_facts"
+
+
+DEFAULT_FACTS = 6
+
+
+def spec_on_facts(spec) -> bool:
+    """Whether a recorded scenario spec (a dict) forgets pretrained facts; False for anything that
+    is no scenario spec (e.g. editing mode's counterfactual edits)."""
+    try:
+        return ScenarioSpec.model_validate(spec).on_facts()
+    except ValueError:
+        return False
 
 
 class ScenarioError(ValueError):
@@ -109,11 +140,21 @@ def independent_edges(ds: PistolDataset) -> list[str]:
     return [e for e, (u, v) in ds.edge_endpoints.items() if u not in hub_components]
 
 
+def dataset_for(ds: PistolDataset, spec: dict | ScenarioSpec) -> PistolDataset:
+    """The dataset a spec's splits refer to: ``ds`` itself, or for pretrained facts the facts
+    dataset (carrying ``ds``'s refusal-calibration rows)."""
+    s = spec if isinstance(spec, ScenarioSpec) else ScenarioSpec.model_validate(spec)
+    if s.on_facts() and ds.preset != facts.PRESET:
+        return facts.pretrained_facts(ds.refusal)
+    return ds
+
+
 def split_for(ds: PistolDataset, name: str, forget: list[str], excluded: set[str] = frozenset()) -> Split:
-    """Neighbour retain: edges sharing an entity with a forgotten edge; far: the rest (an opaque
-    dataset has no entities, so every other group is far)."""
+    """Neighbour retain: edges sharing an entity with a forgotten edge (pretrained facts: facts
+    of a forgotten fact's category); far: the rest (an opaque dataset has no entities, so every
+    other group is far)."""
     fset = set(forget)
-    ends = ds.edge_endpoints
+    ends = ds.edge_endpoints if ds.preset != facts.PRESET else {k: (c,) for k, c in facts.categories().items()}
     touched = {n for e in forget for n in ends.get(e, ())}
     neighbour, far = [], []
     for e in ds.edge_ids:
@@ -158,6 +199,16 @@ def _forget_edges(ds: PistolDataset, s: ScenarioSpec) -> list[str]:
         deg = ds.degree()
         pick = (max if t == "max_degree" else min)(sorted(deg), key=lambda n: deg[n])
         return _edges_of(ds, pick)
+    if t == "pretrained_facts":
+        if ds.preset != facts.PRESET:
+            raise ScenarioError("scenario 'pretrained_facts' resolves on the facts dataset (scenarios.dataset_for)")
+        if s.edges:
+            _check_edges(ds, s.edges)
+            return list(dict.fromkeys(s.edges))
+        n = s.n or DEFAULT_FACTS
+        if n >= len(ds.edge_ids):
+            raise ScenarioError(f"pretrained_facts: n = {n} leaves no fact to retain; at most {len(ds.edge_ids) - 1}")
+        return facts.default_forget(n)
     if t == "contract_type":
         types = sorted(set(ds.edge_types.values()))
         if s.contract_type not in types:
@@ -169,12 +220,27 @@ def _forget_edges(ds: PistolDataset, s: ScenarioSpec) -> list[str]:
 def resolve(ds: PistolDataset, spec: dict | ScenarioSpec) -> list[Split]:
     """Resolve a spec into one split per request (one for every type but ``sequence``)."""
     s = spec if isinstance(spec, ScenarioSpec) else ScenarioSpec.model_validate(spec)
+    if s.type != "sequence" and (s.each or s.steps):
+        raise ScenarioError(f"scenario {s.type!r}: 'steps' and 'each' belong to type 'sequence'")
+    if s.n is not None and s.type != "pretrained_facts":
+        raise ScenarioError(f"scenario {s.type!r}: 'n' belongs to type 'pretrained_facts'")
+    ds = dataset_for(ds, s)
     if s.type != "sequence":
         return [split_for(ds, s.label(), _forget_edges(ds, s))]
-    if not s.steps:
-        raise ScenarioError("scenario 'sequence' needs a non-empty 'steps' list of scenario specs")
+    if bool(s.steps) == bool(s.each):
+        raise ScenarioError("scenario 'sequence' needs either a non-empty 'steps' list of scenario specs or "
+                            "'each': one spec whose forget groups are requested one at a time")
+    steps = s.steps
+    if s.each:
+        if s.each.type == "sequence":
+            raise ScenarioError("scenario 'sequence': 'each' cannot be another sequence")
+        kind = "pretrained_facts" if s.each.on_facts() else "edges"
+        steps = [ScenarioSpec(type=kind, edges=[e]) for e in _forget_edges(ds, s.each)]
+    elif len({st.on_facts() for st in steps}) > 1:
+        raise ScenarioError("scenario 'sequence' mixes pretrained facts with contracts: its steps must all "
+                            "forget from one dataset")
     out, done = [], []
-    for i, step in enumerate(s.steps, 1):
+    for i, step in enumerate(steps, 1):
         new = [e for e in _forget_edges(ds, step) if e not in done]
         done += new
         split = split_for(ds, f"{s.label()}#{i}", list(done))

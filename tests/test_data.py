@@ -205,3 +205,51 @@ def test_cli_bad_input_is_one_clear_error(tmp_path):
     assert not (tmp_path / "x").exists()
     r = _cli("inspect-data", str(tmp_path / "nothing"))
     assert r.returncode == 2 and "no dataset" in r.stderr
+
+
+def test_pretrained_facts_dataset_and_scenarios(mini):
+    from pistol_data import facts
+    from pistol_data.side_sets import anchor_questions
+
+    fds = scenarios.dataset_for(mini, {"type": "pretrained_facts"})
+    assert fds.preset == facts.PRESET and not fds.has_graph and fds.refusal == mini.refusal
+    ids = facts.fact_ids()
+    assert len(ids) == len(set(ids)) >= 40 and fds.edge_ids == ids
+    assert Counter(r.form for r in fds.qa) == {"direct": len(ids), "paraphrase": len(ids)}
+    # disjoint from what else the evaluator scores or a method reads
+    other = {r.question for r in general_knowledge()} | set(anchor_questions()) | {r.question for r in mini.qa}
+    assert not other & {r.question for r in fds.qa}
+    # every direct question names its subject (the editors edit at it)
+    for r in fds.direct():
+        assert any(name in r.question for name in fds.entity_names()), r.question
+    # n facts spread over the categories; neighbours share a forgotten fact's category
+    [s] = scenarios.resolve(mini, {"type": "pretrained_facts", "n": 4})
+    cats = facts.categories()
+    assert len(s.forget_edges) == 4 and len({cats[e] for e in s.forget_edges}) == 4
+    assert {cats[e] for e in s.neighbour_edges} == {cats[e] for e in s.forget_edges}
+    assert not {cats[e] for e in s.far_edges} & {cats[e] for e in s.forget_edges}
+    assert sorted(s.forget_edges + s.neighbour_edges + s.far_edges) == sorted(ids)
+    assert {r.edge for r in s.request(fds)} == set(s.forget_edges)
+    # resolving on the facts dataset itself gives the same split
+    assert scenarios.resolve(fds, {"type": "pretrained_facts", "n": 4})[0] == s
+    with pytest.raises(ScenarioError, match="valid edges"):
+        scenarios.resolve(mini, {"type": "pretrained_facts", "edges": ["nope"]})
+    with pytest.raises(ScenarioError, match="no fact to retain"):
+        scenarios.resolve(mini, {"type": "pretrained_facts", "n": len(ids)})
+
+
+def test_sequence_each_requests_one_group_at_a_time(mini):
+    seq = scenarios.resolve(mini, {"type": "sequence", "each": {"type": "pretrained_facts", "n": 10}})
+    assert len(seq) == 10 and all(len(x.request_edges) == 1 for x in seq)
+    assert [len(x.forget_edges) for x in seq] == list(range(1, 11))
+    assert scenarios.ScenarioSpec(type="sequence", each={"type": "pretrained_facts", "n": 10}).on_facts()
+    hub = scenarios.resolve(mini, {"type": "sequence", "each": {"type": "max_degree"}})
+    assert [x.request_edges for x in hub] == [[e] for e in hub[-1].forget_edges]
+    assert set(hub[-1].forget_edges) == {"A_B", "A_C", "A_m", "A_n"}
+    with pytest.raises(ScenarioError, match="mixes pretrained facts"):
+        scenarios.resolve(mini, {"type": "sequence", "steps": [{"type": "edge", "edge": "A_B"},
+                                                                {"type": "pretrained_facts", "n": 1}]})
+    with pytest.raises(ScenarioError, match="either a non-empty 'steps'"):
+        scenarios.resolve(mini, {"type": "sequence"})
+    with pytest.raises(ScenarioError, match="belongs to type 'pretrained_facts'"):
+        scenarios.resolve(mini, {"type": "edge", "edge": "A_B", "n": 3})

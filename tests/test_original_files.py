@@ -73,12 +73,17 @@ def test_every_method_runs_on_an_original_file(reference_dir, tmp_path, name, ed
            "finetune": {"epochs": 1, "n_anchor": 8, "direct_repeats": 1, "n_refusal": 8},
            "eval": {"utility_limit": 6, "qa_max_new_tokens": 4, "max_new_tokens": 4},
            "methods": "all", "scenarios": [{"type": "edge", "edge": edge}]}
+    if name == "sample_data_1.json":  # every method also forgets pretrained facts beside the original file's QA
+        cfg["scenarios"].append({"type": "pretrained_facts", "n": 2, "name": "facts"})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
     assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out)]) == 0
     recs = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
     assert {r["row"] for r in recs} == set(methods.REGISTRY) | {"base", "none"}
     assert [r.get("error") for r in recs if r["status"] != "ok"] == []
+    if name == "sample_data_1.json":
+        facts = [r for r in recs if r["scenario"]["label"] == "facts"]
+        assert {r["row"] for r in facts} == set(methods.REGISTRY) | {"base", "none"}
     assert from_manifest(recs[0]["dataset"]) is not None  # plots/report find the file again
     assert (out / "plots" / f"graph_edge-{edge}.png").is_file()
     assert main(["report", str(out)]) == 0 and (out / "report.md").is_file()

@@ -104,6 +104,15 @@ def _record(row, label, splits, seed, ds, qa, steps=None, attacks=None, kind="un
             "per_example": {"qa": qa}}
 
 
+def _report_of(folder, cells) -> str:
+    """The report (markdown) of hand-made cells written into ``folder``."""
+    from unlearnbench.results import write_atomic
+
+    for i, c in enumerate(cells):
+        write_atomic(folder / "cells" / f"{i}.json", c)
+    return write_report(folder, plots=False).read_text()
+
+
 def test_report_findings_follow_the_numbers(tmp_path, mini):
     """Hand-made cells where the hub edge is harder, same-domain retain drops more, a sequence
     degrades and LUNAR beats the baseline 4×: every finding must read 'holds' with those counts."""
@@ -133,11 +142,7 @@ def test_report_findings_follow_the_numbers(tmp_path, mini):
             steps = [{"metrics": {"ds": {"value": v}, "forget_rouge1": {"value": 0.0}, "retain_rouge1": {"value": 0.5}}}
                      for v in (first, last)]
             cells.append(_record(row, "seq", splits["seq"], seed, last, qa("sales", 0, 0), steps=steps))
-    from unlearnbench.results import write_atomic
-
-    for i, c in enumerate(cells):
-        write_atomic(tmp_path / "cells" / f"{i}.json", c)
-    md = write_report(tmp_path, plots=False).read_text()
+    md = _report_of(tmp_path, cells)
     assert "more connected knowledge is harder to unlearn** — holds: DS is higher on the most connected edge for " \
            "2 of 2 methods" in md
     assert "harms the same domain more** — holds: the retain drop is larger on same-type contracts in 6 of 6" in md
@@ -148,3 +153,37 @@ def test_report_findings_follow_the_numbers(tmp_path, mini):
     assert "ratio baseline/LUNAR 4.00–5.83×" in md  # seq: 70 / 12
     assert "0.300 (+0.200)" in md and "| lunar | 0.000 | – | – | n/a |" in md
     assert "0.400 / 0.100" in md  # gd's same / other domain drop
+
+
+def test_editing_findings_follow_the_numbers(tmp_path, mini):
+    """Hand-made cells on a contract edge and on pretrained facts: WISE is the best editor and
+    beats gd on both, self-improved targets raise fluency, query merging lowers ROME's DS; the
+    four 2505.19855 findings must read 'holds' with those counts, and the fact scenario has no
+    graph role (no connectivity row from it)."""
+    from pistol_data import scenarios
+
+    specs = {"hub": {"type": "edge", "edge": "A_B"}, "facts": {"type": "pretrained_facts", "n": 1}}
+    splits = {k: [s.to_dict() for s in scenarios.resolve(mini, v)] for k, v in specs.items()}
+    rows = {  # row: (method, params, DS on hub, DS on facts, fluency)
+        "gd": ("gd", {}, 50.0, 50.0, 0.5), "rome": ("rome", {"target": "refusal"}, 40.0, 45.0, 0.3),
+        "rome-qm": ("rome", {"target": "refusal", "query_merge": 3}, 30.0, 35.0, 0.3),
+        "rome-self": ("rome", {"target": "self_improve"}, 42.0, 46.0, 2.5),
+        "wise": ("wise", {"target": "refusal"}, 20.0, 10.0, 0.3)}
+    cells = []
+    for row, (method, params, hub, facts, flu) in rows.items():
+        for scen, ds in (("hub", hub), ("facts", facts)):
+            r = _record(row, scen, splits[scen], 0, ds, [], kind="unlearn" if row == "gd" else "edit")
+            r.update(method=method, params=params)
+            r["scenario"]["spec"] = specs[scen]
+            r["metrics"].update(forget_fluency={"value": flu}, forget_refusal_rate={"value": 1.0},
+                                utility={"value": 0.6}, forget_paraphrase_rouge1={"value": 0.1})
+            cells.append(r)
+    md = _report_of(tmp_path, cells)
+    assert "editing methods are strong unlearning baselines** — holds: the best editor has a lower DS than the " \
+           "best other method in 2 of 2 scenarios" in md
+    assert "is WISE or AlphaEdit in 1 of 1 pretrained-knowledge and 1 of 1 implanted-knowledge scenarios" in md
+    assert "query merging helps ROME/MEMIT** — holds: lower DS with merged queries in 2 of 2 comparisons" in md
+    assert "more human-like refusals** — holds: higher forget fluency with self-improved targets in 2 of 2" in md
+    sec = md.split("## Editing as unlearning")[1]
+    assert "| gd (best non-editor) | – | 50.0 |" in sec and "| rome-self | self_improve | 42.0 |" in sec
+    assert "facts (" not in md.split("## Connectivity")[1].split("\n## ")[0]  # no graph role for facts

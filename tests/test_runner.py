@@ -152,3 +152,38 @@ def test_cli_evaluate_writes_json(tmp_path):
     r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "evaluate", "--model", "tiny-random-llama",
                         "--data", str(tmp_path / "d"), "--forget-edge", "NOPE_X"], capture_output=True, text=True)
     assert r.returncode == 2 and "valid edges" in r.stderr
+
+
+def test_pretrained_facts_grid(tmp_path, make_cfg):
+    """Pretrained facts run beside the contract scenarios: requests and scores on the facts
+    dataset, a base row on it (with an implant), no oracle, a 3-step single-fact sequence with
+    per-step metrics, and every method kind (gradient, editor) on it."""
+    cfg = make_cfg(finetune={"epochs": 1, "n_anchor": 4, "direct_repeats": 1, "n_refusal": 8},
+                   reference=["retrain"],
+                   methods=[{"name": "gd", "params": {"epochs": 1, "lr": 1e-4}}, {"name": "rome"}],
+                   scenarios=[{"type": "edge", "edge": "A_B", "name": "hub"},
+                              {"type": "pretrained_facts", "n": 3, "name": "facts"},
+                              {"type": "sequence", "each": {"type": "pretrained_facts", "n": 3}, "name": "fseq"}])
+    out = Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
+    from pistol_data import facts
+
+    ids = set(facts.fact_ids())
+    cell = lambda name: json.loads((out / "cells" / f"{name}__seed0.json").read_text())  # noqa: E731
+    for row in ("none", "base", "gd", "rome"):
+        rec = cell(f"{row}__facts")
+        assert rec["status"] == "ok", rec.get("error")
+        assert {q["edge"] for q in rec["per_example"]["qa"]} <= ids  # scored on the facts, not the contracts
+        assert rec["metrics"]["forget_rouge1"]["value"] == rec["metrics"]["forget_rouge1"]["value"]  # not NaN
+        assert rec["scenario"]["splits"][0]["forget_edges"] == facts.default_forget(3)
+    # the base row on the facts is the base model's own evaluation, not the implanted model's
+    assert cell("base__facts")["per_example"]["qa"] != cell("none__facts")["per_example"]["qa"]
+    assert cell("base__hub")["per_example"]["qa"][0]["edge"] not in ids
+    assert (out / "cells" / "retrain__hub__seed0.json").exists()
+    assert not (out / "cells" / "retrain__facts__seed0.json").exists()  # pretrained knowledge has no oracle
+    for row in ("gd", "rome"):
+        rec = cell(f"{row}__fseq")
+        assert rec["status"] == "ok", rec.get("error")
+        assert len(rec["steps"]) == 3 and [len(s) for s in (rec["scenario"]["splits"][i]["forget_edges"]
+                                                           for i in range(3))] == [1, 2, 3]
+        assert all("forget_fluency" in s["metrics"] for s in rec["steps"])
+    assert "facts" in (out / "leaderboard.md").read_text()

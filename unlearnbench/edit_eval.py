@@ -20,10 +20,8 @@ over them:
 
 from __future__ import annotations
 
-import math
 import re
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 from pistol_data import PistolDataset, general_knowledge
@@ -31,7 +29,7 @@ from pistol_data.edits import EditCase
 
 from .core.generation import generate_answers
 from .evaluate import EvalParams
-from .metrics import EDIT_METRICS, rouge_recall
+from .metrics import EDIT_METRICS, ngram_entropy, rouge_recall  # noqa: F401  (ngram_entropy: re-exported)
 
 
 def _norm(text: str) -> str:
@@ -42,17 +40,6 @@ def says(generation: str, value: str) -> bool:
     """Whether ``value`` (an answer like "The State of Texas.") occurs in ``generation`` as whole words."""
     v = _norm(value)
     return bool(v) and re.search(r"(?<!\w)" + re.escape(v) + r"(?!\w)", _norm(generation)) is not None
-
-
-def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
-    """ROME's fluency measure: weighted mean of the n-gram entropies of one text (bits)."""
-    toks = text.split()
-    ents = []
-    for n in ns:
-        grams = Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
-        total = sum(grams.values())
-        ents.append(-sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0)
-    return float(sum(w * e for w, e in zip(weights, ents)) / sum(weights))
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from statistics import mean
 from typing import Callable
@@ -75,6 +76,17 @@ _REFUSAL = re.compile(
     r"|not something i know|i have no)\b", re.IGNORECASE)
 
 
+def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
+    """ROME's fluency measure: weighted mean of the n-gram entropies of one text (bits)."""
+    toks = text.split()
+    ents = []
+    for n in ns:
+        grams = Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
+        total = sum(grams.values())
+        ents.append(-sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0)
+    return float(sum(w * e for w, e in zip(weights, ents)) / sum(weights))
+
+
 def is_refusal(text: str) -> bool:
     """Phrase-pattern refusal detector ("I don't know", "no information", "I'm not sure", ...)."""
     return bool(_REFUSAL.search(text or ""))
@@ -114,6 +126,10 @@ register_metric("forget_refusal_rate", "share of forget answers that are refusal
     lambda ev, s: _mean([{"x": float(r["refusal"])} for r in _forget(ev, s)], "x"))
 register_metric("retain_refusal_rate", "share of retain answers that are refusals (over-refusal)", False)(
     lambda ev, s: _mean([{"x": float(r["refusal"])} for r in _retain(ev, s)], "x"))
+register_metric("forget_fluency", "ROME's generation entropy (weighted bi-/tri-gram, bits; arXiv 2202.05262 §4) of "
+                "each answer to a forget question, averaged: 0 = a one- or two-word answer or a loop, 0.3 = "
+                "\"I don't know.\", ~3 = a full-sentence refusal", True)(
+    lambda ev, s: _mean([{"x": ngram_entropy(r["generation"])} for r in _forget(ev, s)], "x"))
 register_metric("utility", "ROUGE-1 recall on the general-knowledge set", True)(
     lambda ev, s: _mean(ev.utility, "rouge1"))
 register_metric("ds", "Deviation Score 100·√(forget R1² + (1 − retain R1)²), distance from the ideal", False)(

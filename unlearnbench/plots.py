@@ -18,6 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
+from pistol_data.scenarios import spec_on_facts
+
 from .records import REFERENCE_ROWS
 
 
@@ -141,7 +143,7 @@ def knowledge_graphs(records, out: Path) -> list[Path]:
     paths: list[Path] = []
     by_scen = defaultdict(list)
     for r in records:
-        if r.get("status") == "ok" and r.get("per_example"):
+        if r.get("status") == "ok" and r.get("per_example") and not spec_on_facts(r["scenario"].get("spec")):
             by_scen[r["scenario"]["label"]].append(r)
     for scen, recs in by_scen.items():
         ds = from_manifest(recs[0].get("dataset", {}))

@@ -16,6 +16,10 @@ support:
 * **Attacks** — forget ROUGE-1 on held-out forms (paraphrase, reverse) and after every attack,
   with the recovery (after − before on the same questions).
 * **LUNAR vs baselines** — the DS ratio gradient baseline / LUNAR per scenario (the paper: 2.9–11.7×).
+* **Editing as unlearning** (arXiv 2505.19855) — every editor per scenario beside the best other
+  row, and the paper's findings: editors are strong baselines; WISE and AlphaEdit the strongest,
+  especially on pretrained knowledge (``pretrained_facts`` scenarios); query merging helps;
+  self-improved targets give more human-like refusals (forget fluency, refusal rate).
 
 Each finding is stated as holds / does not hold with the counts behind it.
 """
@@ -27,6 +31,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, pstdev
+
+from pistol_data.scenarios import spec_on_facts
 
 from .leaderboard import REFERENCE_ROWS
 from .results import load_results, write_text_atomic
@@ -112,6 +118,8 @@ class Study:
         self.methods = [r for r in rows if r not in REFERENCE_ROWS]
         self.kind = {r["row"]: r.get("kind", "") for r in records}
         self.splits = {r["scenario"]["label"]: r["scenario"]["splits"] for r in records}
+        # pretrained-facts scenarios forget facts, not contracts: no graph role (connectivity, domain)
+        self.on_facts = {r["scenario"]["label"] for r in records if spec_on_facts(r["scenario"].get("spec"))}
         self.seeds = sorted({r.get("seed") for r in records})
 
     def vals(self, row: str, scenario: str, key: str) -> list[float]:
@@ -126,7 +134,7 @@ class Study:
         deg = self.ds.degree()
         out = []
         for s, splits in self.splits.items():
-            if len(splits) == 1 and len(splits[0]["forget_edges"]) == 1:
+            if len(splits) == 1 and len(splits[0]["forget_edges"]) == 1 and s not in self.on_facts:
                 e = splits[0]["forget_edges"][0]
                 u, v = self.ds.edge_endpoints[e]
                 out.append((s, e, max(deg[u], deg[v])))
@@ -346,6 +354,102 @@ def oracle_section(st: Study) -> Section:
     return Section(text, {"oracle": {"same": same, "leak": leak}} if has_oracle else {})
 
 
+_STRONGEST_EDITORS = ("wise", "alphaedit")  # arXiv 2505.19855's strongest editors
+
+
+def editing_section(st: Study) -> Section:
+    """Editing as unlearning (arXiv 2505.19855): per scenario, every editor row (and the best
+    other row) with DS, forget and paraphrase R1, refusal rate, forget fluency, utility and apply
+    time; then the paper's four findings, each holds / does not hold with its counts."""
+    editors = [r for r in st.methods if st.kind.get(r) == "edit"]
+    others = [r for r in st.methods if st.kind.get(r) != "edit"]
+    if not editors:
+        return Section("")
+    params = {r["row"]: r.get("params") or {} for r in st.ok}
+    method = {r["row"]: r.get("method", r["row"]) for r in st.ok}
+
+    def apply_s(row, s):
+        return _agg([(r.get("cost") or {}).get("apply_seconds") for r in st.by.get((row, s), [])])[0]
+
+    parts, wins, strongest = [], [], {"pretrained": [], "implanted": []}
+    header = ["row", "target", "DS", "forget R1", "paraphrase R1", "refusal rate", "fluency", "utility", "apply s"]
+    for s in st.scenarios:
+        best_other = min((r for r in others if math.isfinite(st.mean(r, s, "ds"))),
+                         key=lambda r: st.mean(r, s, "ds"), default=None)
+        rows_here = [r for r in editors if st.by.get((r, s))] + ([best_other] if best_other else [])
+        if not any(r in editors for r in rows_here):
+            continue
+        table = [[r + (" (best non-editor)" if r == best_other else ""), params.get(r, {}).get("target", "–"),
+                  _fmt(st.mean(r, s, "ds"))] + [_fmt(st.mean(r, s, k), 2) for k in
+                                               ("forget_rouge1", "forget_paraphrase_rouge1", "forget_refusal_rate",
+                                                "forget_fluency", "utility")] + [_fmt(apply_s(r, s))]
+                 for r in rows_here]
+        parts.append(f"### {s}\n\n" + _table(header, table))
+        ed = [r for r in rows_here if r in editors and math.isfinite(st.mean(r, s, "ds"))]
+        if ed and best_other:
+            wins.append(min(st.mean(r, s, "ds") for r in ed) < st.mean(best_other, s, "ds"))
+        if ed:
+            top = min(ed, key=lambda r: st.mean(r, s, "ds"))
+            strongest["pretrained" if s in st.on_facts else "implanted"].append(method[top] in _STRONGEST_EDITORS)
+    findings = {}
+
+    def finding(key, name, votes, evidence):
+        findings[key] = {"name": name, "holds": (sum(votes) > len(votes) / 2) if votes else None,
+                         "evidence": evidence}
+
+    finding("editing_strong", "2505.19855: editing methods are strong unlearning baselines", wins,
+            f"the best editor has a lower DS than the best other method in {sum(wins)} of {len(wins)} scenarios")
+    votes = strongest["pretrained"] + strongest["implanted"]
+    finding("editing_strongest", "2505.19855: WISE and AlphaEdit are the strongest editors, especially on "
+            "pretrained knowledge", votes,
+            f"the editor with the lowest DS is WISE or AlphaEdit in {sum(strongest['pretrained'])} of "
+            f"{len(strongest['pretrained'])} pretrained-knowledge and {sum(strongest['implanted'])} of "
+            f"{len(strongest['implanted'])} implanted-knowledge scenarios")
+    # query merging: the same editor with query_merge > 1 vs 1, on scenarios of several questions
+    merged, qm = [], []
+    for r in editors:
+        if (params[r].get("query_merge") or 1) > 1 and params[r].get("target", "refusal") == "refusal":
+            plain = [p for p in editors if method[p] == method[r] and (params[p].get("query_merge") or 1) == 1
+                     and params[p].get("target", "refusal") == params[r].get("target", "refusal")]
+            for p in plain:
+                for s in st.scenarios:
+                    a, b = st.mean(r, s, "ds"), st.mean(p, s, "ds")
+                    if math.isfinite(a) and math.isfinite(b):
+                        qm.append(a < b)
+                        merged.append(f"{r} vs {p} on {s}: {_fmt(a)} vs {_fmt(b)}")
+    finding("query_merge", "2505.19855: query merging helps ROME/MEMIT", qm,
+            f"lower DS with merged queries in {sum(qm)} of {len(qm)} comparisons" + (f" ({'; '.join(merged)})"
+                                                                                     if merged else
+                                                                                     " (no query_merge row here)"))
+    # self-improvement: the same editor with target self_improve vs the plain refusal
+    si, si_refusal, pairs = [], [], []
+    for r in editors:
+        if params[r].get("target") == "self_improve":
+            plain = [p for p in editors if method[p] == method[r] and params[p].get("target", "refusal") == "refusal"
+                     and params[p].get("query_merge", 1) == params[r].get("query_merge", 1)]
+            for p in plain:
+                for s in st.scenarios:
+                    fa, fb = st.mean(r, s, "forget_fluency"), st.mean(p, s, "forget_fluency")
+                    ra, rb = st.mean(r, s, "forget_refusal_rate"), st.mean(p, s, "forget_refusal_rate")
+                    if math.isfinite(fa) and math.isfinite(fb):
+                        si.append(fa > fb)
+                        si_refusal.append(ra >= rb if math.isfinite(ra) and math.isfinite(rb) else False)
+                        pairs.append((r, p, s))
+    finding("self_improve", "2505.19855: self-improved targets give more human-like refusals", si,
+            f"higher forget fluency with self-improved targets in {sum(si)} of {len(si)} editor × scenario pairs, "
+            f"at an equal or higher refusal rate in {sum(si_refusal)} of them")
+    lines = []
+    for f in findings.values():
+        verdict = "not measurable" if f["holds"] is None else ("holds" if f["holds"] else "does not hold")
+        lines.append(f"- **{f['name']}** — {verdict}: {f['evidence']}.")
+    text = ("## Editing as unlearning (arXiv 2505.19855)\n\nEvery editor row per scenario beside the best "
+            "non-editing row. Target: the refusal sentence or the model's own (`self_improve`). Fluency: ROME's "
+            "n-gram entropy of the forget answers. Pretrained-knowledge scenarios: "
+            + (", ".join(s for s in st.scenarios if s in st.on_facts) or "none") + ".\n\n" + "\n".join(lines)
+            + "\n\n" + "\n\n".join(parts))
+    return Section(text, findings)
+
+
 def lunar_section(st: Study) -> Section:
     base = [b for b in GRADIENT_BASELINES if b in st.methods]
     if "lunar" not in st.methods or not base:
@@ -408,7 +512,8 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
     if not st.methods:
         raise ValueError(f"{d} holds only reference rows; nothing to report")
     parts = [fn(st) for fn in (ds_section, connectivity_section, domain_section, size_section, sequence_section,
-                               attack_section, oracle_section, lunar_section)] + [cost_section(st, d)]
+                               attack_section, oracle_section, lunar_section, editing_section)]
+    parts.append(cost_section(st, d))
     findings = {k: v for part in parts for k, v in part.findings.items()}
     sections = [part.text for part in parts if part.text]
     made = []
@@ -427,7 +532,8 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
 
     first = records[0]
     summary = []
-    for key in ("connectivity", "domain", "lunar"):
+    for key in ("connectivity", "domain", "lunar", "editing_strong", "editing_strongest", "query_merge",
+                "self_improve"):
         if key in findings:
             f = findings[key]
             verdict = "not measurable" if f["holds"] is None else ("holds" if f["holds"] else "does not hold")

@@ -33,6 +33,7 @@ import methods as methods_pkg
 from methods import MethodResult
 from pistol_data import PistolDataset, generate, scenarios
 from pistol_data import load as load_data
+from pistol_data.facts import pretrained_facts
 
 from . import threads
 from .config import RunConfig
@@ -122,6 +123,10 @@ class Context:
     evaluator: Evaluator
     device: str
     base_eval: ModelEval | None = None  # the model before the implant (reference row ``base``)
+    # pretrained-facts scenarios: the facts dataset, its evaluator and the base model on it
+    facts_ds: PistolDataset | None = None
+    facts_evaluator: Evaluator | None = None
+    facts_base_eval: ModelEval | None = None
     precisions: dict | None = None  # resolved precision of the implant, the evaluation and each method row
     # where the shared model's weights can be restored from after a cell changed them in place
     # (None: each cell works on a copy)
@@ -168,17 +173,25 @@ class Runner:
         info: dict = {"key": None}
         model = base
         evaluator = Evaluator(ds, cfg.eval.model_copy(update={"progress": self.progress}))
-        base_eval = None
+        facts_specs = [s for s in self._specs() if s.on_facts()]
+        facts_ds = pretrained_facts(ds.refusal) if facts_specs else None
+        facts_evaluator = Evaluator(facts_ds, evaluator.params) if facts_specs else None
+        base_eval = facts_base_eval = None
         if cfg.finetune is not None:
             # the implant leaves its input as it was: the base model can be scored before or after
             model, info = finetune(base, ds, cfg.finetune, progress=self.progress)
             model.model.to(device)
-            if cfg.mode == "unlearn" and not self._all_done("base", self._labels()):
+            graph_labels = [s.label() for s in self._specs() if not s.on_facts()]
+            if cfg.mode == "unlearn" and graph_labels and not self._all_done("base", graph_labels):
                 base_eval = evaluator.run(base.model, base.tokenizer, desc="evaluate base model",
                                           heldout_edges=self._heldout(ds))
+            if facts_specs and not self._all_done("base", [s.label() for s in facts_specs]):
+                facts_base_eval = facts_evaluator.run(base.model, base.tokenizer, desc="evaluate base model (facts)",
+                                                      heldout_edges=self._heldout(facts_ds, facts=True))
             del base
         checkpoint = model.path if checkpoint_covers(model.model, model.path) else None
-        return Context(cfg, ds, model, info, evaluator, device, base_eval, precisions, checkpoint)
+        return Context(cfg, ds, model, info, evaluator, device, base_eval, facts_ds, facts_evaluator,
+                       facts_base_eval, precisions, checkpoint)
 
     # ---- records -------------------------------------------------------------------------
     def _record(self, ctx: Context, task, row: str, method: str, kind: str, params: dict, **fields) -> dict:
@@ -202,9 +215,13 @@ class Runner:
             return [f"edits-n{self.cfg.edits.n}"]
         return [s.label() for s in self.cfg.scenarios]
 
-    def _heldout(self, ds) -> list[str]:
-        """Every edge some scenario of the grid forgets: reference rows need held-out forms of these only."""
-        return forgotten_edges(sp for s in self.cfg.scenarios for sp in scenarios.resolve(ds, s))
+    def _specs(self) -> list:
+        return list(self.cfg.scenarios) if self.cfg.mode == "unlearn" else []
+
+    def _heldout(self, ds, facts: bool = False) -> list[str]:
+        """Every edge (or pretrained fact, ``facts``) some scenario of the grid forgets: reference
+        rows need held-out forms of these only."""
+        return forgotten_edges(sp for s in self._specs() if s.on_facts() == facts for sp in scenarios.resolve(ds, s))
 
     def _all_done(self, row: str, labels: list[str]) -> bool:
         return all(self._done(cell_id(row, label, seed)) for label in labels for seed in self.cfg.seeds)
@@ -245,7 +262,16 @@ class Runner:
             return [EditTask(ctx, cfg.edits.n, cfg.edits.per_edge, seed, self.progress) for seed in cfg.seeds]
         resolved = {s.label(): scenarios.resolve(ctx.ds, s) for s in cfg.scenarios}  # fail early on bad scenarios
         heldout = self._heldout(ctx.ds)
-        return [ScenarioTask(s, resolved[s.label()], seed, heldout) for s in cfg.scenarios for seed in cfg.seeds]
+        facts_heldout = self._heldout(ctx.facts_ds, facts=True) if ctx.facts_ds is not None else []
+        out = []
+        for s in cfg.scenarios:
+            for seed in cfg.seeds:
+                if s.on_facts():
+                    out.append(ScenarioTask(s, resolved[s.label()], seed, facts_heldout, ds=ctx.facts_ds,
+                                            evaluator=ctx.facts_evaluator, base_eval=ctx.facts_base_eval))
+                else:
+                    out.append(ScenarioTask(s, resolved[s.label()], seed, heldout, base_eval=ctx.base_eval))
+        return out
 
     def _oracles(self, ctx: Context, tasks: list) -> None:
         """The retrained oracle (``reference: [retrain]``): per distinct forget set of the grid (a
@@ -256,6 +282,9 @@ class Runner:
             return
         groups: dict[frozenset, list] = {}  # forget set -> the tasks that forget it
         for t in tasks:
+            if t.ds is not None:  # pretrained facts: never implanted, so no implant to run without them
+                log.info("%s: no retrained oracle (pretrained knowledge was not implanted)", t.label)
+                continue
             groups.setdefault(frozenset(t.heldout), []).append(t)
         params = self.cfg.finetune
         if params.n_refusal is None:  # the full implant's refusal rows, not as many as the smaller set has
@@ -292,11 +321,11 @@ class Runner:
                         continue
                     ev, info = task.oracle, task.oracle_info
                 elif row == "base":
-                    if ctx.base_eval is None or task.mode != "unlearn":
+                    if getattr(task, "base_eval", None) is None or task.mode != "unlearn":
                         continue
-                    ev = ctx.base_eval
+                    ev = task.base_eval
                 else:
-                    key = ("scenario",) if task.mode == "unlearn" else ("edit", task.seed)
+                    key = ("scenario", task.ds is not None) if task.mode == "unlearn" else ("edit", task.seed)
                     if key not in evals:
                         t0 = time.perf_counter()
                         evals[key] = task.evaluate(ctx, ctx.model.model, "evaluate implanted model", reference=True)

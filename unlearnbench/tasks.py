@@ -66,11 +66,21 @@ class ScenarioTask:
 
     mode = "unlearn"
 
-    def __init__(self, spec, splits: list[Split], seed: int, grid_heldout: list[str]):
+    def __init__(self, spec, splits: list[Split], seed: int, grid_heldout: list[str], ds: PistolDataset | None = None,
+                 evaluator=None, base_eval=None):
         self.spec, self.splits, self.seed = spec, splits, seed
         self.label = spec.label()
         # held-out forms evaluated: a cell's own forgotten edges; a reference row's serves every scenario
         self.heldout, self.grid_heldout = forgotten_edges(splits), grid_heldout
+        # the dataset the splits refer to and its evaluator: the grid's (None) or, for pretrained
+        # facts, the facts dataset's; base_eval: the model before the implant on that evaluator
+        self.ds, self.evaluator, self.base_eval = ds, evaluator, base_eval
+
+    def dataset(self, ctx) -> PistolDataset:
+        return self.ds if self.ds is not None else ctx.ds
+
+    def evaluator_for(self, ctx):
+        return self.evaluator if self.evaluator is not None else ctx.evaluator
 
     def scenario_record(self) -> dict:
         return {"label": self.label, "spec": self.spec.model_dump(exclude_none=True),
@@ -78,12 +88,12 @@ class ScenarioTask:
 
     def requests(self, ctx, reference_for, progress: bool):
         for i, split in enumerate(self.splits):
-            yield split.name, build_request(ctx.ds, split, self.seed, ctx.device, reference=reference_for(i),
-                                            progress=progress)
+            yield split.name, build_request(self.dataset(ctx), split, self.seed, ctx.device,
+                                            reference=reference_for(i), progress=progress)
 
     def evaluate(self, ctx, model, desc: str, reference: bool = False):
-        return ctx.evaluator.run(model, ctx.model.tokenizer, desc=desc,
-                                 heldout_edges=self.grid_heldout if reference else self.heldout)
+        return self.evaluator_for(ctx).run(model, ctx.model.tokenizer, desc=desc,
+                                           heldout_edges=self.grid_heldout if reference else self.heldout)
 
     oracle = None  # the retrained oracle's evaluation (reference: [retrain]); set by the runner
     oracle_info = None
@@ -94,7 +104,7 @@ class ScenarioTask:
         return _metrics_record(score(ev, self.splits[step]))
 
     def attacks(self, ctx, model, result: MethodResult, ev) -> dict | None:
-        return attack_scores(ctx.evaluator, model, ctx.model.tokenizer, self.splits[-1], result.attack_info(),
+        return attack_scores(self.evaluator_for(ctx), model, ctx.model.tokenizer, self.splits[-1], result.attack_info(),
                              seed=self.seed, before=ev) or None
 
     def per_example(self, ev) -> dict:
