@@ -64,7 +64,8 @@ class IdkDPO(GradientMethod):
         from unlearnbench.core.targets import self_improved_refusals
 
         fallback = request.refusal_targets[0] if request.refusal_targets else DEFAULT_REFUSAL
-        return self_improved_refusals(model, tokenizer, [r.question for r in request.forget], fallback)
+        return self_improved_refusals(model, tokenizer, [r.question for r in request.forget], fallback,
+                                      answers=[r.answer for r in request.forget])
 
     def forget_loss(self, model, batch, ctx):
         p, ref = ctx["params"], ctx["ref"]

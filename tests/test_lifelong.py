@@ -192,3 +192,22 @@ def test_self_improved_targets_are_written_once_and_recorded(mini, monkeypatch):
     # the default stays the plain refusal
     out = g().apply(copy.deepcopy(lm.model), lm.tokenizer, req, g.Params(layer=1, n_iter=2))
     assert "targets" not in out.info
+
+
+def test_a_self_written_target_that_states_the_answer_falls_back(monkeypatch):
+    """A model that memorised the fact answers instead of declining (SmolLM2 on the implanted hub
+    edge): such a target would edit toward the answer, so the plain refusal replaces it."""
+    from unlearnbench.core import targets
+
+    monkeypatch.setattr(targets, "generate_answers", lambda m, t, prompts, **k: [
+        "22-04-1986.", "I'm sorry, I can't say when.\nQuestion: next", "They sold paint buckets, I believe."])
+    monkeypatch.setattr(targets, "weight_hash", lambda m: "stub")
+    qs = ["When?", "When again?", "What good?"]
+    model = torch.nn.Linear(1, 1)
+    out = targets.self_improved_refusals(model, None, qs, "I don't know.", answers=["22-04-1986.", "22-04-1986.",
+                                                                                  "Paint buckets."])
+    assert out == ["I don't know.", "I'm sorry, I can't say when.", "I don't know."]
+    # without the answers nothing is checked (and the cache keys differ)
+    assert targets.self_improved_refusals(model, None, qs, "I don't know.")[0] == "22-04-1986."
+    assert targets.states("The date was 22-04-1986, I think.", "22-04-1986.")
+    assert not targets.states("about 110 units", "11.")

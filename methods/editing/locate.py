@@ -62,7 +62,8 @@ def request_facts(request: UnlearnRequest, params: FactParams, model=None, token
             raise ValueError("target: self_improve needs the model and tokenizer to write the targets")
         from unlearnbench.core.targets import self_improved_refusals
 
-        targets = self_improved_refusals(model, tokenizer, [r.question for r in request.forget], refusal)
+        targets = self_improved_refusals(model, tokenizer, [r.question for r in request.forget], refusal,
+                                         answers=[r.answer for r in request.forget])
     facts = [Fact(r.question, find_subject(r.question, request.entities), t) for r, t in zip(request.forget, targets)]
     if params.query_merge == 1:
         return facts

@@ -3,7 +3,11 @@
 
 The model sees a few demonstrations of polite refusals to questions about made-up companies and
 people, then the forget question, and answers greedily; the answer, cut after its last full
-sentence, is that question's target. An empty answer falls back to the plain refusal sentence.
+sentence, is that question's target. An empty answer falls back to the plain refusal sentence,
+and so does one that states the answer being forgotten (when the caller passes the answers): a
+model that memorised a fact may answer it instead of declining — on SmolLM2 implanted with
+pistol-mini, the self-written "refusal" to every hub-edge question was the contract's value
+itself, and ROME edited toward it (forget ROUGE-1 1.0).
 Targets are cached per model weights, questions and prompt, so every cell of a grid (and every
 rerun) edits toward the same sentences.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 from .cache import cache_dir, stable_hash, weight_hash
@@ -36,21 +41,38 @@ def self_improve_prompt(question: str) -> str:
     return f"{INSTRUCTION}\n\n{shots}\n\nQuestion: {question}\nAnswer:"
 
 
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def states(target: str, answer: str) -> bool:
+    """Whether ``target`` states ``answer`` (its words, in order, case and punctuation aside)."""
+    a = _norm(answer)
+    return bool(a) and re.search(r"(?<!\w)" + re.escape(a) + r"(?!\w)", _norm(target)) is not None
+
+
 def self_improved_refusals(model, tokenizer, questions: list[str], fallback: str,
-                           max_new_tokens: int = 40) -> list[str]:
-    """One refusal per question, in the model's own words (see the module doc); cached."""
+                           max_new_tokens: int = 40, answers: list[str] | None = None) -> list[str]:
+    """One refusal per question, in the model's own words (see the module doc); cached.
+    ``answers``: the facts being forgotten, one per question; a target stating its answer falls
+    back to ``fallback``."""
     if not questions:
         return []
+    if answers is not None and len(answers) != len(questions):
+        raise ValueError(f"{len(answers)} answers for {len(questions)} questions")
     device = str(next(model.parameters()).device).split(":")[0]
     key = stable_hash({"weights": weight_hash(model), "questions": questions, "demonstrations": DEMONSTRATIONS,
                        "instruction": INSTRUCTION, "max_new_tokens": max_new_tokens, "device": device,
-                       "chat_template": getattr(tokenizer, "chat_template", None), "fallback": fallback})
+                       "chat_template": getattr(tokenizer, "chat_template", None), "fallback": fallback,
+                       "answers": answers})
     path = cache_dir("targets") / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())["targets"]
     raw = generate_answers(model, tokenizer, [self_improve_prompt(q) for q in questions],
                            max_new_tokens=max_new_tokens, desc="self-improved targets")
     targets = [whole_sentences(a.split("\nQuestion:")[0]) or fallback for a in raw]
+    if answers is not None:
+        targets = [fallback if states(t, a) else t for t, a in zip(targets, answers)]
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump({"questions": questions, "raw": raw, "targets": targets}, f, indent=1)
