@@ -99,7 +99,8 @@ def _cmd_run(a):
     from .runner import Runner
 
     cfg = load_config(a.config)
-    out = Runner(cfg, out_dir=a.out, retry_failed=a.retry_failed).run()
+    out = Runner(cfg, out_dir=a.out, retry_failed=a.retry_failed, executor=a.executor, address=a.address,
+                 cpus_per_cell=a.cpus_per_cell, save_models=a.save_models).run()
     print(f"results in {out}; leaderboard: {out / 'leaderboard.md'}")
     print((out / "leaderboard.md").read_text())
 
@@ -189,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("--out")
     s.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed")
+    s.add_argument("--executor", choices=["serial", "ray"], default="serial",
+                   help="where the cells run: one after another here (default), or as Ray tasks "
+                        "(pip install 'unlearnbench[ray]')")
+    s.add_argument("--address", help="with --executor ray: the Ray cluster to join ('auto', 'ray://host:10001'; "
+                                     "default: start a local instance on this machine's cores)")
+    s.add_argument("--cpus-per-cell", type=int, help="with --executor ray on CPU: CPUs (torch threads) per cell "
+                                                     "(default 1)")
+    s.add_argument("--save-models", metavar="DIR", help="write every unlearned model to DIR/<cell>/ as a Hugging Face "
+                                                        "checkpoint (GRACE/WISE, which add modules: model.pt)")
     s.set_defaults(fn=_cmd_run)
 
     s = sub.add_parser("edit", help="write counterfactual attribute values with the editing methods "
@@ -225,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         args.fn(args)
+    except KeyboardInterrupt:
+        print(f"unlearnbench {args.cmd}: interrupted; finished cells are kept, the same command resumes",
+              file=sys.stderr)
+        return 130
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError, OSError) as e:
         if args.verbose:
             raise

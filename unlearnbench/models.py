@@ -212,3 +212,30 @@ def restore_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
             for k in sf.keys():
                 if k in params:
                     params[k].copy_(sf.get_tensor(k))
+
+
+def save_checkpoint(model: torch.nn.Module, tokenizer, path: str | os.PathLike, structure_changed: bool = False) -> dict:
+    """Write a (changed) model where other tools can load it: a Hugging Face checkpoint
+    (``config.json``, safetensors, tokenizer) that ``from_pretrained``, lm-evaluation-harness or
+    vLLM read as they read any model. A model whose *structure* a method changed (GRACE's codebook,
+    WISE's side memory wrap a layer in modules transformers does not know) cannot be a plain
+    checkpoint: it is pickled whole to ``model.pt`` (``torch.load(path, weights_only=False)`` with
+    unlearnbench installed) beside its tokenizer. Written to a temporary folder renamed at the end,
+    so a folder that exists is complete. Returns ``{"path", "format"}``."""
+    import shutil
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if structure_changed:
+        torch.save(model, tmp / "model.pt")
+        fmt = "torch-pickle"
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
+        fmt = "huggingface"
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return {"path": str(path), "format": fmt}

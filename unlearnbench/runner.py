@@ -40,12 +40,14 @@ from .config import RunConfig
 from .core import precision
 from .evaluate import EVALUATOR_VERSION, Evaluator, ModelEval
 from .finetune import cache_key, finetune
-from .models import LoadedModel, checkpoint_covers, load, restore_weights
+from .models import LoadedModel, checkpoint_covers, load, restore_weights, save_checkpoint
 from .records import REFERENCE_ROWS, SCHEMA_VERSION, CellRecord
 from .results import cell_id, comparability_key, describe_key, hardware, package_versions, write_atomic
 from .tasks import EditTask, ScenarioTask, build_request, forgotten_edges  # noqa: F401  (build_request: re-exported)
 
 log = logging.getLogger(__name__)
+
+EXECUTORS = ("serial", "ray")  # where the cells run: here one after another, or as Ray tasks (executors.py)
 
 
 
@@ -153,15 +155,23 @@ def check_precisions(cfg: RunConfig, device: str) -> dict:
 
 class Runner:
     def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
-                 retry_failed: bool = False):
+                 retry_failed: bool = False, executor: str = "serial", address: str | None = None,
+                 cpus_per_cell: int | None = None, save_models: str | Path | None = None):
+        if executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {executor!r}: one of {', '.join(EXECUTORS)}")
         self.cfg = cfg
         self.out = Path(out_dir or cfg.out_dir)
         self.progress = progress
         self.retry_failed = retry_failed
+        self.executor, self.address, self.cpus_per_cell = executor, address, cpus_per_cell
+        # every unlearned model written as a Hugging Face checkpoint, one folder per cell
+        self.save_models = Path(save_models) if save_models else None
         self.expected_key: tuple | None = None  # set by prepare(): what a reusable finished cell was scored on
 
     # ---- setup ---------------------------------------------------------------------------
-    def prepare(self) -> Context:
+    def prepare(self, evaluate_base: bool = True) -> Context:
+        """Load the model and the data, implant (cached) and score the base model where a reference
+        row still needs it (``evaluate_base``; a Ray worker never does: the driver wrote those rows)."""
         cfg = self.cfg
         device = _device(cfg)
         precisions = check_precisions(cfg, device)  # before any work
@@ -182,10 +192,10 @@ class Runner:
             model, info = finetune(base, ds, cfg.finetune, progress=self.progress)
             model.model.to(device)
             graph_labels = [s.label() for s in self._specs() if not s.on_facts()]
-            if cfg.mode == "unlearn" and graph_labels and not self._all_done("base", graph_labels):
+            if evaluate_base and cfg.mode == "unlearn" and graph_labels and not self._all_done("base", graph_labels):
                 base_eval = evaluator.run(base.model, base.tokenizer, desc="evaluate base model",
                                           heldout_edges=self._heldout(ds))
-            if facts_specs and not self._all_done("base", [s.label() for s in facts_specs]):
+            if evaluate_base and facts_specs and not self._all_done("base", [s.label() for s in facts_specs]):
                 facts_base_eval = facts_evaluator.run(base.model, base.tokenizer, desc="evaluate base model (facts)",
                                                       heldout_edges=self._heldout(facts_ds, facts=True))
             del base
@@ -244,6 +254,10 @@ class Runner:
     # ---- the grid ------------------------------------------------------------------------
     def run(self) -> Path:
         cfg = self.cfg
+        if self.executor == "ray":  # before any work or output
+            from .executors import _import_ray
+
+            _import_ray()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         started, wall0 = time.strftime("%Y-%m-%dT%H:%M:%S"), time.perf_counter()
@@ -343,8 +357,6 @@ class Runner:
         tasks = self.tasks(ctx)
         self._oracles(ctx, tasks)
         self._reference_rows(ctx, tasks)
-        from tqdm.auto import tqdm
-
         pending = []  # each finished cell is read (and judged reusable or not) once
         for entry in cfg.method_entries():
             for task in tasks:
@@ -355,6 +367,21 @@ class Runner:
                     pending.append((entry, task, cid))
         if pending:
             log.warning("%d cells to run", len(pending))
+        if self.executor == "ray" and pending:
+            from .executors import run_ray
+
+            ran = run_ray(self, ctx, tasks, pending)
+        else:
+            ran = self._run_serial(ctx, pending)
+        self._log_run(started, time.perf_counter() - wall0, ran)
+        from .leaderboard import write_leaderboard
+
+        write_leaderboard(self.out)
+        return self.out
+
+    def _run_serial(self, ctx: Context, pending: list) -> int:
+        from tqdm.auto import tqdm
+
         grid0 = time.perf_counter()
         ran = 0
         for entry, task, cid in tqdm(pending, desc="grid", disable=not self.progress):
@@ -364,11 +391,7 @@ class Runner:
                 per = time.perf_counter() - grid0
                 log.warning("first cell took %.0fs; the other %d cells: about %.0f min (methods differ in cost: "
                             "the bar below updates the estimate)", per, len(pending) - 1, per * (len(pending) - 1) / 60)
-        self._log_run(started, time.perf_counter() - wall0, ran)
-        from .leaderboard import write_leaderboard
-
-        write_leaderboard(self.out)
-        return self.out
+        return ran
 
     def _log_run(self, started: str, seconds: float, cells_run: int) -> None:
         """Append this invocation's wall time to ``run_log.jsonl`` (a resumed run adds a line)."""
@@ -379,6 +402,19 @@ class Runner:
             f.write(json.dumps(line) + "\n")
 
     def _run_cell(self, ctx: Context, entry, task, cid: str) -> dict:
+        rec = self.cell_record(ctx, entry, task, cid)
+        write_atomic(self._path(cid), rec)
+        return rec  # what the cell left is released before the next one measures its baseline
+
+    def failed_record(self, ctx: Context, entry, task, error: str, tb: str | None = None) -> dict:
+        cls = methods_pkg.get_method(entry.name)
+        params = cls.Params.model_validate(entry.params)
+        return self._record(ctx, task, entry.row, entry.name, cls.kind, params.model_dump(), status="failed",
+                            error=error, traceback=tb)
+
+    def cell_record(self, ctx: Context, entry, task, cid: str) -> dict:
+        """Run one cell (apply, evaluate, attacks) and return its record; nothing is written here
+        but the saved model (``save_models``)."""
         cls = methods_pkg.get_method(entry.name)
         params = cls.Params.model_validate(entry.params)
         # A method changes weights, never the model's structure: the cell works on the shared
@@ -425,9 +461,13 @@ class Runner:
                     "peak_cuda_mb": peak_cuda / 2**20 if peak_cuda else None, "eval_seconds": ev.seconds}
             if task.mode == "edit":
                 cost["seconds_per_edit"] = apply_s / len(task.cases)
+            info = result.info
+            if self.save_models is not None:
+                info = {**(info or {}), "saved_model": save_checkpoint(
+                    model, ctx.model.tokenizer, self.save_models / cid, getattr(cls, "changes_structure", False))}
             rec = self._record(ctx, task, entry.row, entry.name, cls.kind, params.model_dump(), status="ok",
                                metrics=task.score(ev), steps=steps or None,
-                               attacks=task.attacks(ctx, model, result, ev), method_info=result.info, cost=cost,
+                               attacks=task.attacks(ctx, model, result, ev), method_info=info, cost=cost,
                                per_example=task.per_example(ev))
             del model, result
         except Exception as e:  # a failing cell is a result, not the end of the grid
@@ -443,5 +483,4 @@ class Runner:
                 for attr in ("forward", "_original_forward"):
                     shared.__dict__.pop(attr, None)
                 shared.eval()
-        write_atomic(self._path(cid), rec)
-        return rec  # what the cell left is released before the next one measures its baseline
+        return rec
