@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnbench.core.lm import answer_logits, answer_nll, upcast
 from unlearnbench.core.optim import adamw
@@ -27,6 +27,17 @@ from unlearnbench.core.prompts import DEFAULT_REFUSAL, IGNORE, collate, encode_q
 from .base import Method, MethodParams, MethodResult, UnlearnRequest
 
 log = logging.getLogger(__name__)
+
+
+class LoraSpec(BaseModel):
+    """LoRA adapters (Hu et al., arXiv 2106.09685, via ``peft``) trained in place of the weights."""
+
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: float = Field(32.0, gt=0, description="scaling numerator (update = alpha / r · B A)")
+    targets: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names (suffixes) that get adapters; all-linear = every linear layer "
+                                  "but the LM head. A method that trains only some weights (RMU) adapts only those")
 
 
 class TrainParams(MethodParams):
@@ -39,6 +50,9 @@ class TrainParams(MethodParams):
     warmup_steps: int = Field(0, ge=0)
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast for the forward passes "
                                                        "(fp32 weights and optimiser): auto = bf16 on CUDA, fp32 on CPU")
+    lora: LoraSpec | None = Field(None, description="train LoRA adapters instead of the weights (gradients and "
+                                                    "AdamW state only for the adapters), merged into the weights "
+                                                    "after training; null = full fine-tuning")
 
 
 class DivergenceError(RuntimeError):
@@ -268,11 +282,37 @@ class GradientMethod(Method):
         return list(model.parameters())
 
     def make_optimizer(self, model, params: TrainParams):
-        model.requires_grad_(False)
-        trainable = self.trainable_parameters(model, params)
+        if getattr(self, "_lora", None) is not None:  # the adapters only (peft froze everything else)
+            trainable = [p for n, p in model.named_parameters() if "lora_" in n]
+        else:
+            model.requires_grad_(False)
+            trainable = self.trainable_parameters(model, params)
         for p in trainable:
             p.requires_grad_(True)
         return adamw(trainable, lr=params.lr, weight_decay=params.weight_decay)
+
+    def _add_lora(self, model, params: TrainParams) -> None:
+        """Inject LoRA adapters into ``model`` in place (``peft``); kept on ``self._lora`` (the peft
+        wrapper) for the merge. A method that trains only some weights gets adapters on exactly the
+        linear layers that hold them."""
+        from peft import LoraConfig, get_peft_model
+
+        spec = params.lora
+        chosen = {id(p) for p in self.trainable_parameters(model, params)}
+        linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        if len(chosen) < sum(1 for _ in model.parameters()):  # a restricted set: its linear layers, exactly
+            targets = sorted(n for n in linear if id(model.get_submodule(n).weight) in chosen)
+            if spec.targets != "all-linear":
+                targets = [n for n in targets if any(n == t or n.endswith("." + t) for t in spec.targets)]
+        else:
+            targets = spec.targets
+        if not targets:
+            raise ValueError(f"{self.name}: lora.targets {spec.targets} matches no linear layer the method trains")
+        self._lora = get_peft_model(model, LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=0.0,
+                                                      target_modules=targets, bias="none"))
+        n = sum(p.numel() for nm, p in model.named_parameters() if "lora_" in nm)
+        self._lora_info = {"r": spec.r, "alpha": spec.alpha, "targets": targets, "merged": True,
+                           "trainable_parameters": n}
 
     def apply(self, model, tokenizer, request: UnlearnRequest, params: TrainParams):
         from tqdm.auto import tqdm
@@ -291,57 +331,76 @@ class GradientMethod(Method):
         loader = build_batches(tokenizer, request, params.batch_size, refusals)
         ref = None
         outputs = self.reference_outputs(params)
+        self._lora = self._lora_info = None
         if self.needs_reference and outputs != {}:
             if request.reference_model is None:
                 raise ValueError(f"method {self.name!r} needs a reference model")
-            ref = request.reference_model().to(accelerator.device).eval()  # used under no_grad only
+            if params.lora is not None and outputs:
+                # the memo is filled before any update, and the adapters start at zero: the reference
+                # is this model as it is now, no copy
+                ref = model
+            else:
+                ref = request.reference_model().to(accelerator.device).eval()  # used under no_grad only
             if outputs:  # ask it once, then let it go before the optimiser state exists
                 pairs = loader.dataset
                 rows = {"forget": pairs.forget, "forget_idk": pairs.forget_idk,
                         "retain": [pairs[i]["retain"] for i in range(len(pairs))] if pairs.retain else []}
                 with accelerator.autocast():
                     ref = ReferenceMemo.build(ref, rows, outputs, tokenizer.pad_token_id, params.batch_size)
-        model.train()
-        opt = self.make_optimizer(model, params)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / params.warmup_steps) if params.warmup_steps else 1.0)
-        model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
-        # read-only: what a step may read; a method's own state lives on the method (see start())
-        ctx = MappingProxyType({"ref": ref, "params": params, "accelerator": accelerator, "tokenizer": tokenizer,
-                                "seed": request.seed})
-        self.start(model, ctx)
-        total = params.epochs * len(loader)
-        bar = tqdm(total=total, desc=f"{self.name}", disable=not request.progress or not accelerator.is_main_process,
-                   leave=False)
-        history = []
-        for epoch in range(params.epochs):
-            for batch in loader:
-                with accelerator.accumulate(model):
-                    terms = self.loss_terms(model, batch, ctx)
-                    if len(terms) > 1 and accelerator.num_processes > 1 and not self.own_gradients:
-                        terms = [lambda terms=terms: _sum_terms(terms)]  # DDP reduces once per backward
-                    loss = 0.0
-                    for term in terms:
-                        with accelerator.autocast():  # covers the reference model's forward passes too
-                            part = term()
-                        if part is None:
-                            continue
-                        if not torch.isfinite(part):
-                            raise DivergenceError(f"{self.name}: loss became {part.item()} at epoch {epoch}")
-                        self.backward(accelerator, model, part, batch, ctx)
-                        loss += part.item()
-                    if accelerator.sync_gradients:
-                        self.finish_gradients(accelerator, model, ctx)
-                        accelerator.clip_grad_norm_(model.parameters(), params.max_grad_norm)
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad()
-                history.append(loss)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}")
-        bar.close()
-        model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # drop the bf16 autocast forward
-        model.eval()
+        if params.lora is not None:
+            self._add_lora(model, params)
+        try:
+            model.train()
+            opt = self.make_optimizer(model, params)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: min(1.0, (s + 1) / params.warmup_steps) if params.warmup_steps else 1.0)
+            model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
+            # read-only: what a step may read; a method's own state lives on the method (see start())
+            ctx = MappingProxyType({"ref": ref, "params": params, "accelerator": accelerator, "tokenizer": tokenizer,
+                                    "seed": request.seed})
+            self.start(model, ctx)
+            total = params.epochs * len(loader)
+            bar = tqdm(total=total, desc=f"{self.name}", disable=not request.progress or not accelerator.is_main_process,
+                       leave=False)
+            history = []
+            for epoch in range(params.epochs):
+                for batch in loader:
+                    with accelerator.accumulate(model):
+                        terms = self.loss_terms(model, batch, ctx)
+                        if len(terms) > 1 and accelerator.num_processes > 1 and not self.own_gradients:
+                            terms = [lambda terms=terms: _sum_terms(terms)]  # DDP reduces once per backward
+                        loss = 0.0
+                        for term in terms:
+                            with accelerator.autocast():  # covers the reference model's forward passes too
+                                part = term()
+                            if part is None:
+                                continue
+                            if not torch.isfinite(part):
+                                raise DivergenceError(f"{self.name}: loss became {part.item()} at epoch {epoch}")
+                            self.backward(accelerator, model, part, batch, ctx)
+                            loss += part.item()
+                        if accelerator.sync_gradients:
+                            self.finish_gradients(accelerator, model, ctx)
+                            accelerator.clip_grad_norm_(model.parameters(), params.max_grad_norm)
+                        opt.step()
+                        sched.step()
+                        opt.zero_grad()
+                    history.append(loss)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}")
+            bar.close()
+            model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # drop the bf16 autocast forward
+            if self._lora is not None:  # W + (alpha / r) B A written into the weights, the adapter modules gone
+                merged = self._lora.merge_and_unload()
+                if merged is not model:
+                    raise RuntimeError("peft returned another model object from merge_and_unload")
+                self._lora = None
+            model.eval()
+        except BaseException:
+            if self._lora is not None:  # the adapters out again: the model's structure as it came in
+                self._lora.unload()
+                self._lora = None
+            raise
         self.history = history
         return self.result(model)
 
@@ -351,6 +410,8 @@ class GradientMethod(Method):
         info = {"steps": len(h), "first_loss": h[0], "last_loss": h[-1]} if h else None
         if h and getattr(self, "targets", None):
             info["targets"] = self.targets
+        if h and getattr(self, "_lora_info", None):
+            info["lora"] = self._lora_info
         return MethodResult(model, info=info)
 
     def backward(self, accelerator, model, loss, batch, ctx) -> None:

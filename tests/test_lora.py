@@ -1,0 +1,107 @@
+"""LoRA in the shared training loop: adapters only are trained and merged back, the frozen
+reference is the model itself (no copy), and a failing run leaves the model's structure as it was."""
+
+import copy
+
+import pytest
+import torch
+
+import methods
+from methods.training import DivergenceError, GradientMethod
+from pistol_data import scenarios
+from unlearnbench.models import load
+
+
+@pytest.fixture(scope="module")
+def setup(mini):
+    lm = load("tiny-random-llama")
+    [split] = scenarios.resolve(mini, {"type": "edge", "edge": "A_B"})
+
+    def no_copy():
+        raise AssertionError("under LoRA the reference is the model itself: no copy may be asked for")
+
+    req = methods.UnlearnRequest(forget=split.request(mini), retain=split.retain(mini), progress=False,
+                                 refusal_targets=["I don't know."], reference_model=no_copy)
+    return lm, req
+
+
+def _optimised(monkeypatch):
+    """Records the tensors each optimiser built by the loop updates."""
+    seen = []
+    real = GradientMethod.make_optimizer
+
+    def spy(self, model, params):
+        opt = real(self, model, params)
+        seen.append([p for g in opt.param_groups for p in g["params"]])
+        return opt
+
+    monkeypatch.setattr(GradientMethod, "make_optimizer", spy)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["gd", "npo"])
+def test_lora_trains_adapters_only_and_merges_them(setup, monkeypatch, name):
+    lm, req = setup
+    seen = _optimised(monkeypatch)
+    cls = methods.get_method(name)
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    model = copy.deepcopy(lm.model)
+    res = cls().apply(model, lm.tokenizer, req, cls.Params(lr=5e-3, epochs=2, batch_size=4,
+                                                           lora={"r": 4, "alpha": 8}))
+    out = res.model
+    assert out is model  # changed in place, as without LoRA
+    # optimiser state only for the adapters: 2 × r × (d_in + d_out) per adapted linear layer
+    n_adapter = sum(p.numel() for p in seen[0])
+    lin = [m for n, m in lm.model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    assert n_adapter == sum(4 * (m.in_features + m.out_features) for m in lin) == res.info["lora"]["trainable_parameters"]
+    assert n_adapter < 0.2 * sum(p.numel() for p in lm.model.parameters())
+    # merged: the same module structure and tensor names, no adapter left
+    assert list(out.state_dict()) == list(before) and not any("lora" in n for n, _ in out.named_modules())
+    changed = {k for k, v in out.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all(k.endswith("proj.weight") for k in changed)  # embeddings, norms, head untouched
+    assert res.info["lora"]["merged"] is True and res.info["lora"]["r"] == 4
+    # the merged model computes what it was trained to: the forget loss went up
+    from methods.training import nll
+    from unlearnbench.core.prompts import collate, encode_qa
+
+    b = collate([{k: v for k, v in encode_qa(lm.tokenizer, r.question, r.answer).items() if k != "prompt_len"}
+                 for r in req.forget], lm.tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert nll(out, b).item() > nll(lm.model, b).item() + 0.05
+
+
+def test_lora_follows_a_method_that_trains_some_weights(setup):
+    lm, req = setup
+    rmu = methods.get_method("rmu")
+    frozen = copy.deepcopy(lm.model).eval()
+    req2 = methods.UnlearnRequest(forget=req.forget, retain=req.retain, progress=False,
+                                  refusal_targets=req.refusal_targets, reference_model=lambda: frozen)
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    res = rmu().apply(copy.deepcopy(lm.model), lm.tokenizer, req2,
+                      rmu.Params(layer=2, n_update_layers=2, lr=3e-2, epochs=3, lora={"r": 2, "alpha": 4}))
+    assert res.info["lora"]["targets"] == ["model.layers.1.mlp.down_proj", "model.layers.2.mlp.down_proj"]
+    changed = sorted(k for k, v in res.model.state_dict().items() if not torch.equal(before[k], v))
+    assert changed == ["model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"]
+
+
+def test_lora_adapters_are_removed_when_training_fails(setup, monkeypatch):
+    lm, req = setup
+    gd = methods.get_method("gd")
+
+    def boom(self, *a, **k):
+        raise DivergenceError("simulated")
+
+    monkeypatch.setattr(gd, "backward", boom)
+    model = copy.deepcopy(lm.model)
+    names = [n for n, _ in model.named_modules()]
+    with pytest.raises(DivergenceError):
+        gd().apply(model, lm.tokenizer, req, gd.Params(epochs=1, lora={"r": 2}))
+    assert [n for n, _ in model.named_modules()] == names  # no adapter module left behind
+
+
+def test_lora_config_is_validated():
+    gd = methods.get_method("gd")
+    with pytest.raises(Exception, match="r"):
+        gd.Params(lora={"r": 0})
+    with pytest.raises(Exception, match="extra"):
+        gd.Params(lora={"rank": 8})
