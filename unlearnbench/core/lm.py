@@ -65,6 +65,12 @@ def _is_ddp(model) -> bool:
     return isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
 
+def _checkpointing(model) -> bool:
+    """Activation checkpointing on and training: the backward pass re-runs each block's forward,
+    which would append the rows' keys to a shared prefix cache a second time."""
+    return model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
 def answer_logits(model, batch: dict, share_prefix: bool = True) -> AnswerLogits:
     """Logits at the answer positions of a right-padded batch (``input_ids``, ``attention_mask``,
     ``labels`` with ``IGNORE`` outside answers): see the module doc."""
@@ -73,7 +79,7 @@ def answer_logits(model, batch: dict, share_prefix: bool = True) -> AnswerLogits
     target = labels[:, 1:]                      # logits at t predict token t + 1
     r, t = (target != IGNORE).nonzero(as_tuple=True)
     first = int(t.min()) if t.numel() else ids.shape[1] - 1
-    k = _shared_prefix(ids, mask, first) if share_prefix and not _is_ddp(model) else 0
+    k = _shared_prefix(ids, mask, first) if share_prefix and not _is_ddp(model) and not _checkpointing(model) else 0
     cols = torch.unique(t)                      # positions read in some row, sorted
     kw = {}
     if k > 0:
