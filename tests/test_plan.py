@@ -1,0 +1,82 @@
+"""``unlearnbench plan``: shapes from configurations alone, and predictions that move the way the
+options move them (the measured-vs-predicted validation lives in benchmarks/)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import methods
+from unlearnbench.evaluate import EvalParams
+from unlearnbench.plan import GB, Tokens, plan, plan_cell, shape_of
+
+TOKENS = Tokens(forget_rows=6, retain_rows=36, longest=60, forget_tokens=300, retain_tokens=1800,
+                eval_rows=600, eval_prompt=50, eval_prompt_tokens=20000)
+EVAL = EvalParams(max_new_tokens=24, utility_limit=100)
+
+
+@pytest.mark.parametrize("spec", ["tiny-random-llama", "random-llama-0.1b"])
+def test_shape_counts_the_parameters_of_the_model_that_loads(spec):
+    from unlearnbench.models import load
+
+    shape = shape_of(spec)  # meta device: no weights
+    model = load(spec).model
+    assert shape.n_params == sum(p.numel() for p in model.parameters())
+    assert shape.layers == model.config.num_hidden_layers
+    r = 4  # what LoRA adds equals peft's count (test_lora checks the same sum on the real adapters)
+    assert shape.lora_params(r) == sum(r * (m.in_features + m.out_features) for n, m in model.named_modules()
+                                       if isinstance(m, torch.nn.Linear) and n != "lm_head")
+
+
+def test_paper_scale_presets_have_their_published_sizes():
+    assert shape_of("llama-2-7b").n_params == pytest.approx(6.74e9, rel=0.01)
+    assert shape_of("llama-3-8b").n_params == pytest.approx(8.03e9, rel=0.01)
+    assert shape_of("mistral-7b").n_params == pytest.approx(7.24e9, rel=0.01)
+
+
+def _cell(name, **params):
+    cls = methods.get_method(name)
+    return plan_cell(name, cls.Params(**params), shape_of("llama-3-8b"), TOKENS, EVAL)
+
+
+def test_options_move_the_prediction_the_right_way():
+    full, lora = _cell("gd"), _cell("gd", lora={"r": 16})
+    w = shape_of("llama-3-8b").n_params * 4
+    # full fine-tuning: a gradient and two AdamW moments per weight
+    assert full.parts["grads"] == w and full.parts["optimizer"] == 2 * w and full.peak_bytes > 3 * w
+    assert lora.peak_bytes < 0.1 * full.peak_bytes and lora.flops < full.flops
+    ckpt = _cell("gd", lora={"r": 16}, gradient_checkpointing=True)
+    assert ckpt.parts["activations"] < 0.2 * lora.parts["activations"]
+    # BLUR keeps a second gradient; NPO's reference copy exists before the optimiser, not under LoRA
+    assert _cell("blur-npo").parts["grads"] == 2 * w
+    assert _cell("npo").phases["reference"] == w and "reference" not in _cell("npo", lora={"r": 8}).phases
+    # the editors hold statistics, not optimiser state; GRACE/WISE a copy of the model
+    assert "optimizer" not in _cell("rome").parts and _cell("memit").parts["statistics"] > _cell("rome").parts["statistics"]
+    assert _cell("grace").parts["copy"] == w
+
+
+def test_plan_says_what_fits_and_how(tmp_path, grid_config):
+    cfg = grid_config({"name": "p", "model": "llama-3-8b", "device": "cuda", "data": {"preset": "pistol-mini"},
+                       "finetune": None, "eval": {"utility_limit": 20},
+                       "methods": [{"name": "gd"}, {"name": "gd", "label": "gd-lora", "params": {"lora": {"r": 16}}},
+                                   {"name": "rome"}],
+                       "scenarios": [{"type": "edge", "edge": "A_B", "name": "hub"}], "seeds": [0]}, tmp_path)
+    p = plan(cfg, memory_gb=80)
+    by = {c["cell"]: c for c in p["cells"]}
+    assert not by["gd__hub"]["fits"] and "lora" in by["gd__hub"]["advice"]
+    assert by["gd-lora__hub"]["fits"] and by["rome__hub"]["fits"]
+    assert p["weights_gb"] == pytest.approx(8.03e9 * 4 / GB, rel=0.01)
+
+
+def test_cli_plan_json(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: p\nmodel: tiny-random-llama\ndevice: cpu\ndata: {preset: pistol-mini}\nfinetune: null\n"
+                   "methods: all\nscenarios: [{type: edge, edge: A_B}]\nseeds: [0]\n")
+    r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "plan", str(cfg), "--json", "--memory-gb", "8"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {c["method"] for c in out["cells"]} == set(methods.REGISTRY)  # every registered method has a plan
+    assert all(c["fits"] and c["peak_bytes"] > 0 and c["flops"] > 0 for c in out["cells"])

@@ -1,0 +1,319 @@
+"""``unlearnbench plan CONFIG``: each cell's peak memory and FLOPs, predicted before any work from
+the model's configuration alone (a meta-device model: exact parameter counts, no weights).
+
+The prediction is an arithmetic model of what the code holds, per part:
+
+* ``weights`` — the shared implanted model (resident for the whole grid; not part of a cell);
+* ``copy`` — a second model a cell holds: GRACE/WISE (they change the structure), RMU's frozen
+  reference, and the transient reference copy the other reference-reading methods ask for before
+  their optimiser exists (none under LoRA: the model itself is read before its first update);
+* ``grads`` + ``optimizer`` — fp32 gradient and AdamW's two moments per *trained* value (every
+  weight; RMU 3 down-projections, LUNAR one; under LoRA the adapters); BLUR keeps a second gradient;
+* ``activations`` — what autograd saves for the largest training micro-batch (one sub-batch of
+  ``batch_size`` rows at a time), per token and layer ≈ (8h + 2·kv + 4i) values (``h`` hidden,
+  ``i`` MLP width, ``kv`` the key/value width), plus the LM head at answer positions only; with
+  ``gradient_checkpointing`` one input per layer plus one layer's;
+* ``statistics`` — the editors' key second moments and projections (i² values per edited layer:
+  ROME 1 layer, MEMIT 5, AlphaEdit 5 with its null-space projection and key cache);
+* ``evaluation`` — the KV cache of one generation batch and the teacher-forced pass's logits.
+
+A cell's peak is the largest of its phases (reference memo, training, evaluation), above the
+shared model. Tokens are counted with the project's small BPE tokenizer (deterministic, no
+download); a model's own tokenizer gives a similar count on PISTOL text (within ~20% on SmolLM2's).
+FLOPs: 6 × trained-path parameters × tokens for training (4 × under LoRA: no weight gradients),
+2 × parameters × tokens for every forward-only pass (reference, evaluation, generation).
+
+Architecture presets for plans at paper scale (``llama-2-7b``, ``llama-3-8b``, ``mistral-7b``) and
+random models for measurements at scale (``random-llama-0.1b``, ``-0.5b``, ``-1b``; these also
+load, with random weights and the small tokenizer) are in :data:`ARCHITECTURES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .models import ARCHITECTURES, RANDOM
+
+GB = 1e9
+FP32 = 4
+
+
+@dataclass
+class Shape:
+    """What the prediction reads of a model: exact parameter counts (meta device) and widths."""
+
+    n_params: int
+    layers: int
+    hidden: int
+    intermediate: int
+    kv: int  # key/value width: kv heads × head dim
+    vocab: int
+    linear: list[tuple[str, int, int]] = field(default_factory=list)  # (name, in, out) of every Linear but the head
+
+    def lora_params(self, r: int) -> int:
+        return sum(r * (i + o) for _, i, o in self.linear)
+
+
+def config_of(spec: str):
+    """The transformers config of a model spec, without weights: an architecture preset, the tiny
+    test model, a local model directory or a Hugging Face id (which needs the hub)."""
+    from transformers import AutoConfig, LlamaConfig
+
+    if spec in ARCHITECTURES:
+        return LlamaConfig(max_position_embeddings=4096, **ARCHITECTURES[spec])
+    if spec == "tiny-random-llama":
+        from .models import tiny_random_llama
+
+        return tiny_random_llama()[0].config
+    from .models import resolve_path
+
+    try:
+        return AutoConfig.from_pretrained(resolve_path(spec))
+    except OSError as e:
+        raise ValueError(f"no configuration for model {spec!r}: {e}") from None
+
+
+def shape_of(spec: str) -> Shape:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = config_of(spec)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    n = sum(p.numel() for p in model.parameters())  # tied embeddings counted once
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    linear = [(name, m.in_features, m.out_features) for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) and name != "lm_head"]
+    return Shape(n, cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size,
+                 getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * head_dim, cfg.vocab_size, linear)
+
+
+# ---- tokens ---------------------------------------------------------------------------------
+
+def _counter():
+    from .core.prompts import encode_qa
+    from .models import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    return lambda q, a="": len(encode_qa(tok, q, a)["input_ids"])
+
+
+@dataclass
+class Tokens:
+    """Token geometry of one request (and the evaluation that follows it)."""
+
+    forget_rows: int
+    retain_rows: int
+    longest: int      # longest training row (prompt + answer)
+    forget_tokens: int
+    retain_tokens: int
+    eval_rows: int    # questions the evaluator generates for
+    eval_prompt: int  # longest evaluation prompt
+    eval_prompt_tokens: int
+
+
+# ---- the per-method model -------------------------------------------------------------------
+
+GRADIENT = {"ga", "gd", "ukl", "dpo", "npo", "blur-ga", "blur-npo"}
+MEMO_REFERENCE = {"ukl", "dpo", "npo", "blur-npo"}  # read the frozen reference once (a transient copy)
+EDITOR_LAYERS = {"rome": 1, "memit": 5, "alphaedit": 5}
+
+
+@dataclass
+class CellPlan:
+    cell: str
+    method: str
+    scenario: str
+    parts: dict[str, float]   # bytes per part (apply's parts, and the evaluation's)
+    phases: dict[str, float]  # bytes per phase above the shared model
+    peak_phase: str
+    peak_bytes: float         # above the shared model
+    resident_bytes: float     # the shared model's weights
+    flops: float
+    fits: bool | None = None
+    advice: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _activations(shape: Shape, rows: int, tokens: int, answer_tokens: int, checkpointing: bool,
+                 upto_layer: int | None = None) -> float:
+    per_layer_token = (8 * shape.hidden + 2 * shape.kv + 4 * shape.intermediate) * FP32
+    layers = shape.layers if upto_layer is None else upto_layer + 1
+    if checkpointing:
+        saved = rows * tokens * (layers * shape.hidden * FP32 + per_layer_token)
+    else:
+        saved = rows * tokens * layers * per_layer_token
+    head = 0 if upto_layer is not None else answer_tokens * shape.vocab * FP32 * 3  # logits, log-softmax, grad
+    return saved + head
+
+
+def _evaluation(shape: Shape, t: Tokens, eval_params) -> float:
+    rows = min(eval_params.batch_size, t.eval_rows)
+    length = t.eval_prompt + max(eval_params.max_new_tokens, eval_params.qa_max_new_tokens)
+    kv_cache = rows * length * shape.layers * 2 * shape.kv * FP32
+    step = rows * (shape.vocab + 4 * shape.intermediate + 8 * shape.hidden) * FP32
+    tf = min(eval_params.tf_batch_size, t.eval_rows) * t.eval_prompt * (shape.vocab * 2 + 8 * shape.hidden) * FP32
+    return max(kv_cache + step, tf)
+
+
+def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str = "", scenario: str = "") -> CellPlan:
+    """Peak memory (bytes above the shared model) and FLOPs of one method cell."""
+    weights = shape.n_params * FP32
+    lora = getattr(params, "lora", None)
+    ckpt = bool(getattr(params, "gradient_checkpointing", False))
+    phases: dict[str, float] = {}
+    parts: dict[str, float] = {}
+    rows = getattr(params, "batch_size", 8)
+    answer_tokens = rows * 12  # PISTOL answers are ≤ 11 tokens; refusals ~10
+    flops = 0.0
+    if name in GRADIENT or name == "rmu":
+        if name == "rmu":
+            layer = params.layer if params.layer is not None else round(0.22 * shape.layers)
+            trained = params.n_update_layers * shape.hidden * shape.intermediate
+            if lora is not None:
+                trained = params.n_update_layers * lora.r * (shape.hidden + shape.intermediate)
+            act = _activations(shape, rows, t.longest, 0, ckpt, upto_layer=layer)
+            parts["copy"] = weights  # the frozen model, read every step
+            path = shape.n_params * (layer + 1) / shape.layers
+        else:
+            trained = shape.lora_params(lora.r) if lora is not None else shape.n_params
+            act = _activations(shape, rows, t.longest, answer_tokens, ckpt)
+            path = shape.n_params
+            if name in MEMO_REFERENCE and lora is None:
+                phases["reference"] = weights  # the copy, asked once before the optimiser exists
+        grads = trained * FP32 * (2 if name.startswith("blur") else 1)
+        parts.update(grads=grads, optimizer=2 * trained * FP32, activations=act)
+        phases["training"] = sum(parts.values())
+        passes = 3 if name in ("dpo", "npo", "blur-npo") else 2  # forget (+ refusal) + retain sub-batches
+        # each step pairs its forget rows with as many retain rows, drawn cyclically
+        retain_per_epoch = t.forget_rows * t.retain_tokens / max(t.retain_rows, 1)
+        per_epoch = t.forget_tokens * (passes - 1) + retain_per_epoch
+        flops = (4 if lora is not None else 6) * path * params.epochs * per_epoch
+        if name in MEMO_REFERENCE:  # the reference asked once
+            flops += 2 * shape.n_params * per_epoch
+        if name == "rmu":  # the frozen model's activations, every step
+            flops += 2 * path * params.epochs * per_epoch
+    elif name == "lunar":
+        trained = shape.hidden * shape.intermediate
+        act_rows = (t.forget_rows + t.retain_rows + params.general_retain) * t.longest
+        parts.update(grads=trained * FP32, optimizer=2 * trained * FP32,
+                     activations=act_rows * (shape.intermediate + shape.hidden) * FP32)
+        phases["training"] = sum(parts.values())
+        n_candidates = len(params.layers or range(0, shape.layers, params.layer_stride))
+        flops = 2 * shape.n_params * act_rows * max(1, n_candidates // 4) + \
+            6 * trained * act_rows * params.epochs * n_candidates
+    elif name in EDITOR_LAYERS:
+        n = EDITOR_LAYERS[name]
+        per_layer = shape.intermediate ** 2 * FP32 * (4 if name == "alphaedit" else 2)
+        ctx_rows = getattr(params, "n_prefixes", 5) + 1
+        parts.update(statistics=n * per_layer,
+                     activations=_activations(shape, ctx_rows, t.longest, ctx_rows * 12, False))
+        phases["edit"] = sum(parts.values())
+        flops = 6 * shape.n_params * ctx_rows * t.longest * params.v_steps * t.forget_rows
+    elif name in ("grace", "wise"):
+        parts["copy"] = weights  # the structure changes: the cell edits a copy
+        side = shape.hidden * shape.intermediate * FP32 * (3 if name == "wise" else 0)
+        parts.update(side_memory=side, activations=_activations(shape, 1, t.longest, 12, False))
+        phases["edit"] = sum(parts.values())
+        steps = params.n_iter
+        flops = 6 * shape.n_params * t.longest * steps * t.forget_rows
+    else:
+        raise ValueError(f"plan has no memory model for method {name!r}")
+    # scored after apply: GRACE/WISE's copy is the model being evaluated, so it is still there
+    phases["evaluation"] = _evaluation(shape, t, eval_params) + (weights if name in ("grace", "wise") else 0.0)
+    parts["evaluation"] = _evaluation(shape, t, eval_params)
+    peak_phase = max(phases, key=phases.get)
+    flops += 2 * shape.n_params * (t.eval_prompt_tokens + t.eval_rows * eval_params.qa_max_new_tokens) * 2
+    return CellPlan(cell, name, scenario, parts, phases, peak_phase, phases[peak_phase], weights, flops)
+
+
+def _tokens(ds, split, evaluator_rows: int, count) -> Tokens:
+    forget = split.request(ds)
+    retain = split.retain(ds)
+    f = [count(r.question, r.answer) for r in forget]
+    r = [count(x.question, x.answer) for x in retain]
+    prompts = [count(x.question) for x in ds.qa[:evaluator_rows]] or [0]
+    return Tokens(len(f), len(r), max(f + r + [1]), sum(f), sum(r), evaluator_rows, max(prompts), sum(prompts))
+
+
+def plan(cfg, device: str | None = None, memory_gb: float | None = None) -> dict:
+    """Every method cell of ``cfg`` (first seed; seeds cost the same): predicted peak memory and FLOPs,
+    whether it fits ``memory_gb`` (default: this machine's GPU or available RAM), and what would
+    make a cell that does not fit fit."""
+    import psutil
+
+    import methods as methods_pkg
+    from pistol_data import scenarios
+    from pistol_data.facts import pretrained_facts
+
+    from .runner import _device, load_dataset
+
+    device = device or _device(cfg)
+    if memory_gb is None:
+        if device == "cuda":
+            import torch
+
+            memory_gb = torch.cuda.get_device_properties(0).total_memory / GB if torch.cuda.is_available() else None
+        else:
+            memory_gb = psutil.virtual_memory().available / GB
+    shape = shape_of(cfg.model)
+    ds = load_dataset(cfg)
+    count = _counter()
+    facts = None
+    cells = []
+    for spec in cfg.scenarios:
+        data = ds
+        if spec.on_facts():
+            facts = facts or pretrained_facts(ds.refusal)
+            data = facts
+        splits = scenarios.resolve(data, spec)
+        eval_rows = len(data.qa) + len(data.holdout) + (cfg.eval.utility_limit or 207)
+        toks = [_tokens(data, s, eval_rows, count) for s in splits]
+        t = max(toks, key=lambda x: x.longest * max(x.forget_rows, 1))
+        for e in cfg.method_entries():
+            cls = methods_pkg.get_method(e.name)
+            params = cls.Params.model_validate(e.params)
+            c = plan_cell(e.name, params, shape, t, cfg.eval, cell=f"{e.row}__{spec.label()}", scenario=spec.label())
+            c.flops *= len(splits)
+            cells.append(c)
+    resident = shape.n_params * FP32
+    for c in cells:
+        if memory_gb is not None:
+            c.fits = resident + c.peak_bytes <= memory_gb * GB
+            if not c.fits:
+                c.advice = _advice(c, shape, memory_gb, resident)
+    return {"model": cfg.model, "device": device, "memory_gb": memory_gb, "n_params": shape.n_params,
+            "weights_gb": resident / GB, "cells": [c.to_dict() for c in cells]}
+
+
+def _advice(c: CellPlan, shape: Shape, memory_gb: float, resident: float) -> str:
+    room = memory_gb * GB - resident
+    if c.method in GRADIENT:
+        lora_state = 3 * shape.lora_params(16) * FP32
+        act = c.parts.get("activations", 0.0)
+        if lora_state + act <= room:
+            return "params.lora: {r: 16} (adapter gradients and AdamW state only)"
+        if lora_state + act / max(shape.layers, 1) * 2 <= room:
+            return "params.lora: {r: 16} and params.gradient_checkpointing: true"
+        return "a smaller batch_size with lora and gradient_checkpointing, or a larger device"
+    if c.method == "rmu" and c.parts.get("activations", 0) > room / 2:
+        return "params.gradient_checkpointing: true, or a smaller batch_size"
+    return "a device with more memory (this method's footprint has no option that shrinks it)"
+
+
+def render(p: dict) -> str:
+    mem = f"{p['memory_gb']:.1f} GB" if p["memory_gb"] else "unknown memory"
+    lines = [f"plan: {p['model']} ({p['n_params'] / 1e9:.3f} B parameters, fp32 weights {p['weights_gb']:.2f} GB) "
+             f"on {p['device']} with {mem}", "",
+             "| cell | peak above the model (GB) | largest parts (GB) | TFLOP | fits |", "|---|---|---|---|---|"]
+    for c in p["cells"]:
+        parts = ", ".join(f"{k} {v / GB:.2f}" for k, v in sorted(c["parts"].items(), key=lambda kv: -kv[1])[:3])
+        parts = f"{c['peak_phase']}: {parts}"
+        fits = "–" if c["fits"] is None else ("yes" if c["fits"] else f"**no** — {c['advice']}")
+        lines.append(f"| {c['cell']} | {c['peak_bytes'] / GB:.2f} | {parts} | {c['flops'] / 1e12:.1f} | {fits} |")
+    return "\n".join(lines)
+
+
+__all__ = ["ARCHITECTURES", "RANDOM", "CellPlan", "Shape", "config_of", "plan", "plan_cell", "render", "shape_of"]
