@@ -187,3 +187,19 @@ def test_editing_findings_follow_the_numbers(tmp_path, mini):
     sec = md.split("## Editing as unlearning")[1]
     assert "| gd (best non-editor) | – | 50.0 |" in sec and "| rome-self | self_improve | 42.0 |" in sec
     assert "facts (" not in md.split("## Connectivity")[1].split("\n## ")[0]  # no graph role for facts
+
+
+def test_sequence_table_lists_only_rows_run_on_the_sequence(tmp_path, mini):
+    from pistol_data import scenarios
+
+    specs = {"hub": {"type": "edge", "edge": "A_B"},
+             "seq": {"type": "sequence", "steps": [{"type": "edge", "edge": "A_B"}, {"type": "edge", "edge": "E1_F1"}]}}
+    splits = {k: [s.to_dict() for s in scenarios.resolve(mini, v)] for k, v in specs.items()}
+    steps = [{"metrics": {"ds": {"value": v}, "forget_rouge1": {"value": 0.0}, "retain_rouge1": {"value": 0.5}}}
+             for v in (30.0, 40.0)]
+    cells = [_record("gd", "seq", splits["seq"], 0, 40.0, [], steps=steps),
+             _record("gd", "hub", splits["hub"], 0, 30.0, []),
+             _record("rome-qm4", "hub", splits["hub"], 0, 20.0, [], kind="edit")]  # never run on the sequence
+    seq = _report_of(tmp_path, cells).split("## Sequential requests")[1].split("\n## ")[0]
+    assert "| gd | 30.0 (0.00 / 0.50) | 40.0 (0.00 / 0.50) | 10.0 |" in seq
+    assert "rome-qm4" not in seq and "for 1 of 1 methods" in seq

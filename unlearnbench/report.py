@@ -257,6 +257,8 @@ def sequence_section(st: Study) -> Section:
         rows = []
         for row in st.methods:
             recs = st.by.get((row, s), [])
+            if not any(r.get("steps") for r in recs):  # a row not run on this sequence
+                continue
             per_step = []
             for i in range(n):
                 def step_vals(key, i=i, recs=recs):
