@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_RETRIES = 2  # Ray re-runs a task whose worker process died this many times before the cell is failed
 
-# one prepared grid per worker process: (config JSON, implant key) -> (runner, context, tasks)
+# one prepared grid per worker process: (config JSON, implant key, out, save_models) -> (runner, context, tasks)
 _WORKER: dict = {}
 
 

@@ -128,32 +128,30 @@ def resolve_path(spec: str) -> str:
 
 def tiny_random_llama(seed: int = 0, layers: int = 4, hidden: int = 64):
     """A small random Llama and a tokenizer, built in code."""
+    tok = tiny_tokenizer()
+    return _random_llama(tok, seed, vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=False), tok
+
+
+def _random_llama(tok, seed: int, **shape):
+    """A Llama of ``shape`` (LlamaConfig keywords) with random weights drawn after ``seed``, its
+    special tokens those of ``tok``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      **shape)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     model.generation_config.pad_token_id = tok.pad_token_id
-    return model, tok
+    return model
 
 
 def random_llama(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
     """A randomly initialised Llama of a preset architecture (``random-llama-1b``…) with the tiny
     model's tokenizer: no download, for memory and speed measurements at scale."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok = tiny_tokenizer()
-    cfg = LlamaConfig(max_position_embeddings=4096, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, **ARCHITECTURES[name])
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).to(dtype)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return model, tok
+    return _random_llama(tok, seed, max_position_embeddings=4096, **ARCHITECTURES[name]).to(dtype), tok
 
 
 _TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -261,22 +259,18 @@ def save_checkpoint(model: torch.nn.Module, tokenizer, path: str | os.PathLike, 
     vLLM read as they read any model. A model whose *structure* a method changed (GRACE's codebook,
     WISE's side memory wrap a layer in modules transformers does not know) cannot be a plain
     checkpoint: it is pickled whole to ``model.pt`` (``torch.load(path, weights_only=False)`` with
-    unlearnbench installed) beside its tokenizer. Written to a temporary folder renamed at the end,
-    so a folder that exists is complete. Returns ``{"path", "format"}``."""
-    import shutil
+    unlearnbench installed) beside its tokenizer. Written through ``atomic_dir``: a folder that
+    exists is complete. Returns ``{"path", "format"}``."""
+    from pistol_data.io import atomic_dir
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if structure_changed:
-        torch.save(model, tmp / "model.pt")
-        fmt = "torch-pickle"
-    else:
-        model.save_pretrained(tmp, safe_serialization=True)
-        fmt = "huggingface"
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    with atomic_dir(path) as tmp:
+        if structure_changed:
+            torch.save(model, tmp / "model.pt")
+            fmt = "torch-pickle"
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+            fmt = "huggingface"
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     return {"path": str(path), "format": fmt}

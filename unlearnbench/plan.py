@@ -222,8 +222,8 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
     else:
         raise ValueError(f"plan has no memory model for method {name!r}")
     # scored after apply: GRACE/WISE's copy is the model being evaluated, so it is still there
-    phases["evaluation"] = _evaluation(shape, t, eval_params) + (weights if name in ("grace", "wise") else 0.0)
     parts["evaluation"] = _evaluation(shape, t, eval_params)
+    phases["evaluation"] = parts["evaluation"] + (weights if name in ("grace", "wise") else 0.0)
     peak_phase = max(phases, key=phases.get)
     flops += 2 * shape.n_params * (t.eval_prompt_tokens + t.eval_rows * eval_params.qa_max_new_tokens) * 2
     return CellPlan(cell, name, scenario, parts, phases, peak_phase, phases[peak_phase], weights, flops)

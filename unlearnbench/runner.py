@@ -472,8 +472,7 @@ class Runner:
             del model, result
         except Exception as e:  # a failing cell is a result, not the end of the grid
             log.error("cell %s failed: %s", cid, e)
-            rec = self._record(ctx, task, entry.row, entry.name, cls.kind, params.model_dump(), status="failed",
-                               error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+            rec = self.failed_record(ctx, entry, task, f"{type(e).__name__}: {e}", traceback.format_exc())
         finally:
             if in_place:  # as it was: weights, trainable flags, no forward wrapper (accelerate's autocast), eval
                 shared = ctx.model.model
