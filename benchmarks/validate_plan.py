@@ -9,7 +9,8 @@ configuration, saved once under the cache so that cells run in place as they do 
 
 Each size is one grid (no implant: the random model is the "implanted" model; the hub edge of
 pistol-mini; a short evaluation); finished cells are reused, so an interrupted run resumes.
-Writes ``results/plan_validation.{md,json}``.
+Writes ``results/plan_validation.{md,json}`` (``plan_validation_cuda`` with ``--device cuda``, where the
+measured peak is the CUDA memory a cell allocated above the shared model, apply and evaluation).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from unlearnbench.core.cache import cache_dir
 from unlearnbench.plan import GB, plan
 
 SIZES = ("0.1b", "0.5b", "1b")
+# the options plan's advice relies on, at every size: LoRA adapters, gradient checkpointing
+VARIANTS = [{"name": "gd", "label": "gd-lora", "params": {"lora": {"r": 16}}},
+            {"name": "npo", "label": "npo-lora", "params": {"lora": {"r": 16}}},
+            {"name": "gd", "label": "gd-ckpt", "params": {"gradient_checkpointing": True}}]
 EVAL = {"batch_size": 32, "tf_batch_size": 8, "max_new_tokens": 8, "qa_max_new_tokens": 8, "utility_limit": 20,
         "forms": ["direct"], "attacks": []}
 
@@ -40,29 +45,49 @@ def model_dir(size: str) -> str:
     return str(d)
 
 
-def run_size(size: str, names: list[str] | None, device: str) -> list[dict]:
+def run_size(size: str, names: list[str] | None, device: str, runs=None, measure: bool = True,
+             variants: bool = False) -> list[dict]:
+    """Measure one size (``measure``; finished cells are reused) and compare with the prediction of
+    the plan as it is now; ``runs``: where the run folders are (default: benchmarks/runs)."""
     from unlearnbench.config import load_config
     from unlearnbench.runner import Runner
 
-    out = RESULTS.parent / "runs" / f"plan-{size}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = (runs or RESULTS.parent / "runs") / (f"plan-{size}" + ("-cuda" if device == "cuda" else ""))
     cfg_path = out / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "name": f"plan-{size}", "model": model_dir(size), "device": device, "finetune": None,
-        "data": {"preset": "pistol-mini", "seed": 0}, "eval": EVAL, "methods": names or "all",
-        "scenarios": [{"type": "edge", "edge": "A_B", "name": "hub"}], "seeds": [0]}))
+    if measure:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(yaml.safe_dump({
+            "name": f"plan-{size}", "model": model_dir(size), "device": device, "finetune": None,
+            "data": {"preset": "pistol-mini", "seed": 0}, "eval": EVAL,
+            "methods": ([{"name": n} for n in names] if names else "all") if not variants else
+            [{"name": n} for n in names or []] + VARIANTS,
+            "scenarios": [{"type": "edge", "edge": "A_B", "name": "hub"}], "seeds": [0]}))
     cfg = load_config(cfg_path)
-    predicted = {c["cell"]: c for c in plan(cfg, device=device)["cells"]}
-    Runner(cfg, out_dir=out).run()
+    if not measure:  # the model the runs measured: its configuration is the preset's
+        from unlearnbench.config import MethodEntry
+
+        every = cfg.model_copy(update={"methods": "all"}).method_entries() + \
+            [MethodEntry.model_validate(v) for v in VARIANTS]
+        cfg = cfg.model_copy(update={"model": f"random-llama-{size}", "methods": every})
+    predicted = {c["cell"]: c for c in plan(cfg, device=device, memory_gb=1e6)["cells"]}
+    if measure:
+        from common import machine
+
+        Runner(cfg, out_dir=out).run()
+        (out / "machine.json").write_text(json.dumps(machine()))
     rows = []
     for cid, pred in predicted.items():
-        rec = json.loads((out / "cells" / f"{cid}__seed0.json").read_text())
+        path = out / "cells" / f"{cid}__seed0.json"
+        if not path.exists():
+            continue
+        rec = json.loads(path.read_text())
         if rec["status"] != "ok":
-            rows.append({"size": size, "method": pred["method"], "error": rec.get("error")})
+            rows.append({"size": size, "method": cid.rsplit("__", 1)[0], "error": rec.get("error")})
             continue
         cost = rec["cost"]
-        measured = (cost["peak_cuda_mb"] if device == "cuda" and cost.get("peak_cuda_mb") else cost["cell_peak_mb"])
-        rows.append({"size": size, "method": pred["method"], "predicted_gb": pred["peak_bytes"] / GB,
+        measured = (cost["cell_cuda_mb"] if device == "cuda" and cost.get("cell_cuda_mb") is not None
+                    else cost["cell_peak_mb"])
+        rows.append({"size": size, "method": cid.rsplit("__", 1)[0], "predicted_gb": pred["peak_bytes"] / GB,
                      "peak_phase": pred["peak_phase"], "measured_gb": measured * 2**20 / GB,
                      "ratio": measured * 2**20 / max(pred["peak_bytes"], 1)})
     return rows
@@ -90,17 +115,35 @@ def main() -> None:
     ap.add_argument("sizes", nargs="*", default=list(SIZES), choices=SIZES)
     ap.add_argument("--methods", nargs="+")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--variants", action="store_true", help="also gd and npo with LoRA and gd with gradient "
+                    "checkpointing (with --methods: those methods and the variants)")
     ap.add_argument("--table", action="store_true", help="rewrite the table from results/plan_validation.json")
+    ap.add_argument("--repredict", metavar="RUNS", nargs="?", const=str(RESULTS.parent / "runs"),
+                    help="measure nothing: compare the runs in RUNS (default benchmarks/runs) with the plan as it is now")
     a = ap.parse_args()
-    store = RESULTS / "plan_validation.json"
+    name = "plan_validation" + ("_cuda" if a.device == "cuda" else "")
+    store = RESULTS / f"{name}.json"
     if a.table:
         rows = json.loads(store.read_text())["rows"]
+    elif a.repredict:
+        from pathlib import Path
+
+        rows = [r for size in a.sizes for r in run_size(size, a.methods, a.device, Path(a.repredict), measure=False)]
     else:
-        rows = [r for size in a.sizes for r in run_size(size, a.methods, a.device)]
+        rows = [r for size in a.sizes for r in run_size(size, a.methods, a.device, variants=a.variants)]
         if store.exists():  # other sizes measured before stay
-            old = [r for r in json.loads(store.read_text())["rows"] if r["size"] not in a.sizes]
+            now = {(r["size"], r["method"]) for r in rows}
+            old = [r for r in json.loads(store.read_text())["rows"] if (r["size"], r["method"]) not in now]
             rows = old + rows
-    write("plan_validation", table(rows), {"rows": rows})
+    data = {"rows": rows}
+    if a.repredict:  # the machine that measured, not this one
+        from pathlib import Path
+
+        sizes = [Path(a.repredict) / (f"plan-{size}" + ("-cuda" if a.device == "cuda" else "")) for size in a.sizes]
+        found = [json.loads((d / "machine.json").read_text()) for d in sizes if (d / "machine.json").exists()]
+        if found:
+            data["machine"] = found[-1]
+    write(name, table(rows), data)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 from . import alphaedit, blur, grace, gradient, lunar, memit, preference, rmu, rome, wise  # noqa: F401  (registration side effects)
 from .base import (
                    REGISTRY,
+                   AsGiven,
                    Method,
                    MethodParams,
                    MethodResult,
@@ -18,5 +19,5 @@ from .base import (
                    validate_params,
 )
 
-__all__ = ["REGISTRY", "Method", "MethodParams", "MethodResult", "UnlearnRequest", "UnknownMethodError", "get_method",
+__all__ = ["AsGiven", "REGISTRY", "Method", "MethodParams", "MethodResult", "UnlearnRequest", "UnknownMethodError", "get_method",
            "list_methods", "register_method", "validate_params"]

@@ -39,7 +39,9 @@ class UnlearnRequest:
     (DPO's preferred answer, editing's target). ``refusal_questions``: questions the model
     refuses (LUNAR's reference set). ``reference_model``: a lazy handle to a frozen copy of the
     model before this request (for KL, NPO, DPO); each call may make a new copy, so call it once
-    and drop the model when done. ``entities``: the
+    and drop the model when done; an :class:`AsGiven` handle says the reference *is* the model
+    ``apply`` receives (the runner's): the shared loop then reads the model before its first update
+    instead of a copy. ``entities``: the
     dataset's entity names (editing methods find a question's subject among them). ``edits``:
     editing mode — rewrite each record's question to its answer (a new attribute value)
     instead of forgetting; only methods of kind ``edit`` support it.
@@ -58,6 +60,18 @@ class UnlearnRequest:
     preserve: list[str] = field(default_factory=list)
 
 
+class AsGiven:
+    """A ``reference_model`` handle that also says what the reference is: the model ``apply``
+    receives, as it is when ``apply`` starts. A method that knows may read the model itself before
+    its first update (no copy); calling the handle still makes a copy, for one that does not."""
+
+    def __init__(self, make: Callable[[], object]):
+        self._make = make
+
+    def __call__(self):
+        return self._make()
+
+
 @dataclass
 class MethodResult:
     """What ``apply`` produced: the ``model``; ``info``, JSON-able facts kept with the result
@@ -69,6 +83,9 @@ class MethodResult:
     info: dict | None = None
     layers: list[int] | None = None
     directions: dict[int, Any] | None = None
+    # a peft model whose adapters were kept (lora.merge: false): ``model`` runs with them; the runner
+    # saves the adapter and unloads it after the cell (the base weights are the model's as it came in)
+    adapter: Any = None
 
     @classmethod
     def of(cls, out) -> "MethodResult":

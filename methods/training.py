@@ -11,6 +11,7 @@ of the forget set and gradients are all-reduced by DDP.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from types import MappingProxyType
@@ -24,7 +25,7 @@ from unlearnbench.core.lm import answer_logits, answer_nll, upcast
 from unlearnbench.core.optim import adamw
 from unlearnbench.core.prompts import DEFAULT_REFUSAL, IGNORE, collate, encode_qa
 
-from .base import Method, MethodParams, MethodResult, UnlearnRequest
+from .base import AsGiven, Method, MethodParams, MethodResult, UnlearnRequest
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ class LoraSpec(BaseModel):
     targets: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="module names (suffixes) that get adapters; all-linear = every linear layer "
                                   "but the LM head. A method that trains only some weights (RMU) adapts only those")
+    merge: bool = Field(True, description="write W + (alpha / r) B A into the weights after training (the cell's "
+                        "model has the base architecture); false = keep the adapters: the model is evaluated "
+                        "with them, --save-models writes the adapter (peft format), and they are removed after "
+                        "the cell (the base weights never change). One request only (not with sequences)")
 
 
 class TrainParams(MethodParams):
@@ -292,6 +297,11 @@ class GradientMethod(Method):
             trainable = self.trainable_parameters(model, params)
         for p in trainable:
             p.requires_grad_(True)
+            if p.dtype in (torch.bfloat16, torch.float16):
+                # AdamW's steps (~lr) are below bf16's resolution at a weight's size: a trained tensor of
+                # a half-precision model is held in fp32 while it trains and rounded back afterwards
+                self._upcast.append((p, p.dtype))
+                p.data = p.data.float()
         return adamw(trainable, lr=params.lr, weight_decay=params.weight_decay)
 
     def _add_lora(self, model, params: TrainParams) -> None:
@@ -314,7 +324,7 @@ class GradientMethod(Method):
         self._lora = get_peft_model(model, LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=0.0,
                                                       target_modules=targets, bias="none"))
         n = sum(p.numel() for nm, p in model.named_parameters() if "lora_" in nm)
-        self._lora_info = {"r": spec.r, "alpha": spec.alpha, "targets": targets, "merged": True,
+        self._lora_info = {"r": spec.r, "alpha": spec.alpha, "targets": targets, "merged": spec.merge,
                            "trainable_parameters": n}
 
     def apply(self, model, tokenizer, request: UnlearnRequest, params: TrainParams):
@@ -326,6 +336,9 @@ class GradientMethod(Method):
         from unlearnbench.core import precision
 
         mp = precision.check(params.precision, request.device, f"method {self.name!r}")
+        if next(model.parameters()).dtype == torch.bfloat16:
+            mp = "bf16"  # a bf16 model computes in bf16 (its trained tensors in fp32 under autocast)
+        self._upcast = []
         accelerator = precision.fresh_accelerator(cpu=request.device == "cpu",
                                                   gradient_accumulation_steps=params.grad_accum,
                                                   mixed_precision="bf16" if mp == "bf16" else "no")
@@ -338,10 +351,13 @@ class GradientMethod(Method):
         if self.needs_reference and outputs != {}:
             if request.reference_model is None:
                 raise ValueError(f"method {self.name!r} needs a reference model")
-            if params.lora is not None and outputs:
-                # the memo is filled before any update, and the adapters start at zero: the reference
+            as_given = isinstance(request.reference_model, AsGiven)
+            if outputs and (as_given or params.lora is not None):
+                # the memo is filled before any update (and LoRA adapters start at zero): the reference
                 # is this model as it is now, no copy
-                ref = model
+                ref = model.eval()
+            elif as_given:  # read every step while the model changes (RMU): a copy of it as it is now
+                ref = copy.deepcopy(model).eval()
             else:
                 ref = request.reference_model().to(accelerator.device).eval()  # used under no_grad only
             if outputs:  # ask it once, then let it go before the optimiser state exists
@@ -351,6 +367,9 @@ class GradientMethod(Method):
                 with accelerator.autocast():
                     ref = ReferenceMemo.build(ref, rows, outputs, tokenizer.pad_token_id, params.batch_size)
         if params.lora is not None:
+            if any("lora_" in n for n, _ in model.named_parameters()):
+                raise ValueError(f"{self.name}: the model still carries LoRA adapters of an earlier request "
+                                 "(lora.merge: false takes one request, not a sequence)")
             self._add_lora(model, params)
         checkpointing = model if params.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable") \
             else None
@@ -400,6 +419,9 @@ class GradientMethod(Method):
                     bar.set_postfix(loss=f"{loss:.3f}")
             bar.close()
             model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # drop the bf16 autocast forward
+            kept = None
+            if self._lora is not None and not params.lora.merge:  # evaluated with the adapters; removed after
+                kept, self._lora = self._lora, None
             if self._lora is not None:  # W + (alpha / r) B A written into the weights, the adapter modules gone
                 merged = self._lora.merge_and_unload()
                 if merged is not model:
@@ -412,12 +434,17 @@ class GradientMethod(Method):
                 self._lora = None
             raise
         finally:
+            for p, dtype in self._upcast:  # the model's own dtype again
+                p.data = p.data.to(dtype)
+            self._upcast = []
             if checkpointing is not None:
                 off = getattr(checkpointing, "activation_checkpointing_disable", None) or \
                     checkpointing.gradient_checkpointing_disable
                 off()
         self.history = history
-        return self.result(model)
+        out = self.result(model)
+        out.adapter = kept
+        return out
 
     def result(self, model) -> MethodResult:
         """What :meth:`apply` returns: the model and the loss history's ends (a subclass adds its facts)."""

@@ -126,3 +126,58 @@ def test_gradient_checkpointing_trains_to_the_same_weights(setup, lora):
     # recomputed activations, unshared prefix: the same update up to float rounding (AdamW's
     # normalised steps carry a gradient's last-bit differences into the weights)
     assert max((ckpt[k] - plain[k]).abs().max().item() for k in plain) < 0.01 * moved
+
+
+def test_kept_adapters_are_evaluated_saved_and_removed(tmp_path, grid_config, monkeypatch):
+    """lora.merge: false — the cell is scored with the adapters on, --save-models writes the adapter
+    (peft format), and the shared model comes back without adapter modules and with its weights."""
+    from unlearnbench.runner import Runner
+
+    cfg = grid_config({
+        "name": "kept", "model": "tiny-random-llama", "device": "cpu", "data": {"preset": "pistol-mini", "seed": 0},
+        "finetune": {"mode": "full", "epochs": 1, "lr": 1.0e-3, "n_anchor": 4, "n_refusal": 8},
+        "eval": {"batch_size": 64, "max_new_tokens": 4, "qa_max_new_tokens": 4, "utility_limit": 8,
+                 "forms": ["direct"], "attacks": []},
+        "methods": [{"name": "gd", "label": "kept", "params": {"epochs": 2, "lr": 1e-2, "lora": {"r": 4, "merge": False}}},
+                    {"name": "gd", "label": "merged", "params": {"epochs": 2, "lr": 1e-2, "lora": {"r": 4}}}],
+        "scenarios": [{"type": "edge", "edge": "A_B", "name": "hub"}], "seeds": [0]}, tmp_path)
+    seen = {}
+    real = Runner.prepare
+
+    def prepare(self, **kw):  # the grid's own context: its shared model is what the cells change
+        seen["ctx"] = ctx = real(self, **kw)
+        seen["before"] = {k: v.clone() for k, v in ctx.model.model.state_dict().items()}
+        return ctx
+
+    monkeypatch.setattr(Runner, "prepare", prepare)
+    runner = Runner(cfg, out_dir=tmp_path / "out", progress=False, save_models=tmp_path / "models")
+    runner.run()
+    import json
+    from pathlib import Path
+
+    recs = {r["row"]: r for r in (json.loads(p.read_text()) for p in (tmp_path / "out" / "cells").glob("*.json"))}
+    kept, merged = recs["kept"], recs["merged"]
+    assert kept["status"] == merged["status"] == "ok"
+    assert kept["method_info"]["lora"]["merged"] is False and merged["method_info"]["lora"]["merged"] is True
+    assert kept["method_info"]["saved_model"]["format"] == "peft-adapter"
+    saved = Path(kept["method_info"]["saved_model"]["path"])
+    assert saved.parent == tmp_path / "models"
+    assert (saved / "adapter_config.json").exists() and not (saved / "config.json").exists()
+    # the adapter on the implanted model is the cell's model: its losses are the cell's
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from unlearnbench.core.generation import teacher_forced_stats
+    from unlearnbench.models import tiny_tokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(seen["ctx"].model.path, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(base, str(saved)).eval()
+    qa = kept["per_example"]["qa"]
+    stats = teacher_forced_stats(reloaded, tiny_tokenizer(), [(q["question"], q["answer"]) for q in qa])
+    assert [x["nll"] for x in stats] == pytest.approx([q["nll"] for q in qa], abs=1e-4)
+    # the same training, merged or not: the scores agree (merging is exact up to float rounding)
+    assert kept["metrics"]["forget_rouge1"]["value"] == pytest.approx(merged["metrics"]["forget_rouge1"]["value"], abs=0.1)
+    # the grid's shared model afterwards: no adapter module, the implant's weights, bit for bit
+    after = seen["ctx"].model.model.state_dict()
+    assert not any("lora_" in k for k in after) and set(after) == set(seen["before"])
+    assert all(torch.equal(after[k], v) for k, v in seen["before"].items())

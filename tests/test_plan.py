@@ -36,25 +36,44 @@ def test_paper_scale_presets_have_their_published_sizes():
     assert shape_of("mistral-7b").n_params == pytest.approx(7.24e9, rel=0.01)
 
 
-def _cell(name, **params):
+def _cell(name, weights="fp32", device="cpu", **params):
     cls = methods.get_method(name)
-    return plan_cell(name, cls.Params(**params), shape_of("llama-3-8b"), TOKENS, EVAL)
+    return plan_cell(name, cls.Params(**params), shape_of("llama-3-8b"), TOKENS, EVAL, weights=weights, device=device)
 
 
 def test_options_move_the_prediction_the_right_way():
     full, lora = _cell("gd"), _cell("gd", lora={"r": 16})
     w = shape_of("llama-3-8b").n_params * 4
-    # full fine-tuning: a gradient and two AdamW moments per weight
-    assert full.parts["grads"] == w and full.parts["optimizer"] == 2 * w and full.peak_bytes > 3 * w
+    # full fine-tuning: a gradient and two AdamW moments per weight; a retain term's second backward
+    # pass holds a second gradient (measured: gd 1.3x ga), gradient ascent alone does not
+    assert full.parts["grads"] == 2 * w and full.parts["optimizer"] == 2 * w and full.peak_bytes > 4 * w
+    assert _cell("ga").parts["grads"] == w
     assert lora.peak_bytes < 0.1 * full.peak_bytes and lora.flops < full.flops
     ckpt = _cell("gd", lora={"r": 16}, gradient_checkpointing=True)
     assert ckpt.parts["activations"] < 0.2 * lora.parts["activations"]
-    # BLUR keeps a second gradient; NPO's reference copy exists before the optimiser, not under LoRA
+    # BLUR keeps a second gradient; NPO reads the model itself before its first update (no copy),
+    # RMU holds a frozen copy
     assert _cell("blur-npo").parts["grads"] == 2 * w
-    assert _cell("npo").phases["reference"] == w and "reference" not in _cell("npo", lora={"r": 8}).phases
+    assert "copy" not in _cell("npo").parts and "reference" not in _cell("npo").phases
+    assert _cell("rmu").parts["copy"] == w
     # the editors hold statistics, not optimiser state; GRACE/WISE a copy of the model
     assert "optimizer" not in _cell("rome").parts and _cell("memit").parts["statistics"] > _cell("rome").parts["statistics"]
     assert _cell("grace").parts["copy"] == w
+
+
+def test_bf16_weights_halve_the_model_and_train_fp32_copies():
+    n = shape_of("llama-3-8b").n_params
+    fp32, bf16 = _cell("gd"), _cell("gd", weights="bf16", device="cuda")
+    assert bf16.resident_bytes == 2 * n and fp32.resident_bytes == 4 * n
+    assert bf16.parts["master"] == 2 * n and "master" not in fp32.parts  # trained tensors held in fp32
+    assert bf16.parts["activations"] < fp32.parts["activations"]
+    assert "master" not in _cell("gd", weights="bf16", device="cuda", lora={"r": 16}).parts  # adapters are fp32
+    assert _cell("grace", weights="bf16", device="cuda").parts["copy"] == 2 * n
+    # the editors' statistics are cached and solved on the CPU: host memory on a GPU
+    gpu, cpu = _cell("memit", weights="bf16", device="cuda"), _cell("memit")
+    assert "statistics" not in gpu.parts and gpu.host_bytes == cpu.parts["statistics"] > 0
+    # LUNAR keeps its activation rows for every candidate layer of the search
+    assert _cell("lunar", layers=[20]).parts["rows"] < _cell("lunar").parts["rows"]
 
 
 def test_plan_says_what_fits_and_how(tmp_path, grid_config):
@@ -67,7 +86,7 @@ def test_plan_says_what_fits_and_how(tmp_path, grid_config):
     by = {c["cell"]: c for c in p["cells"]}
     assert not by["gd__hub"]["fits"] and "lora" in by["gd__hub"]["advice"]
     assert by["gd-lora__hub"]["fits"] and by["rome__hub"]["fits"]
-    assert p["weights_gb"] == pytest.approx(8.03e9 * 4 / GB, rel=0.01)
+    assert p["weights"] == "bf16" and p["weights_gb"] == pytest.approx(8.03e9 * 2 / GB, rel=0.01)  # auto on CUDA
 
 
 def test_cli_plan_json(tmp_path):

@@ -135,12 +135,14 @@ def quantization(model, info: dict | None, target: Target):
 def relearn(model, tokenizer, records, steps: int, lr: float, batch_size: int, seed: int):
     """A copy of ``model`` fine-tuned for ``steps`` AdamW steps on ``records`` (answer NLL), every
     weight trainable (a method may hand back a model with some or all weights frozen); fp32
-    weights, bf16 autocast on CUDA, fp32 on CPU (``precision: auto``, as the methods train)."""
+    weights (a bf16 model's copy trains in fp32 and is rounded back to bf16 for scoring), bf16
+    autocast on CUDA, fp32 on CPU (``precision: auto``, as the methods train)."""
     from .core import precision
     from .core.optim import adamw
     from .core.prompts import collate, encode_qa
 
-    m = copy.deepcopy(model)
+    dtype = next(model.parameters()).dtype
+    m = copy.deepcopy(model).float()
     m.requires_grad_(True)
     m.train()
     device = next(m.parameters()).device
@@ -156,7 +158,7 @@ def relearn(model, tokenizer, records, steps: int, lr: float, batch_size: int, s
         loss.backward()
         opt.step()
     m.eval()
-    return m
+    return m.to(dtype)
 
 
 RELEARN_STEPS, RELEARN_LR, RELEARN_BATCH = 10, 2e-5, 4

@@ -61,6 +61,10 @@ class RunConfig(BaseModel):
     out_dir: str | None = None
     model: str = "smollm2-135m-instruct"
     device: Literal["cpu", "cuda", "auto"] = "auto"
+    weights: Literal["fp32", "bf16", "auto"] = Field(
+        "auto", description="dtype of the shared model's weights in the grid: auto = bf16 on CUDA (half the memory; "
+                            "trained tensors are held in fp32 while a method trains them), fp32 on CPU; bf16 on a CPU "
+                            "only where bf16 is native. The implant itself trains in its own finetune.precision")
     data: DataConfig = Field(default_factory=DataConfig)
     finetune: FinetuneParams | None = Field(default_factory=FinetuneParams,
                                             description="knowledge implant; null = use the model as is")

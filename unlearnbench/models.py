@@ -253,19 +253,24 @@ def restore_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
                     params[k].copy_(sf.get_tensor(k))
 
 
-def save_checkpoint(model: torch.nn.Module, tokenizer, path: str | os.PathLike, structure_changed: bool = False) -> dict:
+def save_checkpoint(model: torch.nn.Module, tokenizer, path: str | os.PathLike, structure_changed: bool = False,
+                    adapter=None) -> dict:
     """Write a (changed) model where other tools can load it: a Hugging Face checkpoint
     (``config.json``, safetensors, tokenizer) that ``from_pretrained``, lm-evaluation-harness or
     vLLM read as they read any model. A model whose *structure* a method changed (GRACE's codebook,
     WISE's side memory wrap a layer in modules transformers does not know) cannot be a plain
     checkpoint: it is pickled whole to ``model.pt`` (``torch.load(path, weights_only=False)`` with
-    unlearnbench installed) beside its tokenizer. Written through ``atomic_dir``: a folder that
+    unlearnbench installed) beside its tokenizer. LoRA adapters kept unmerged (``adapter``: the peft
+    model) are written alone, in peft's format, to load onto the base model. Written through ``atomic_dir``: a folder that
     exists is complete. Returns ``{"path", "format"}``."""
     from pistol_data.io import atomic_dir
 
     path = Path(path)
     with atomic_dir(path) as tmp:
-        if structure_changed:
+        if adapter is not None:  # LoRA kept unmerged: the adapter alone (peft's format, on the base model)
+            adapter.save_pretrained(tmp)
+            fmt = "peft-adapter"
+        elif structure_changed:
             torch.save(model, tmp / "model.pt")
             fmt = "torch-pickle"
         else:

@@ -4,13 +4,13 @@ the model's configuration alone (a meta-device model: exact parameter counts, no
 The prediction is an arithmetic model of what the code holds, per part:
 
 * ``weights`` — the shared implanted model (resident for the whole grid; not part of a cell);
-* ``copy`` — a second model a cell holds: GRACE/WISE (they change the structure), RMU's frozen
-  reference, and the transient reference copy the other reference-reading methods ask for before
-  their optimiser exists (none under LoRA: the model itself is read before its first update);
+* ``copy`` — a second model a cell holds: GRACE/WISE (they change the structure) and RMU's frozen
+  reference (the other reference-reading methods read the model itself once, before its first
+  update: no copy);
 * ``grads`` + ``optimizer`` — fp32 gradient and AdamW's two moments per *trained* value (every
   weight; RMU 3 down-projections, LUNAR one; under LoRA the adapters); BLUR keeps a second gradient;
 * ``activations`` — what autograd saves for the largest training micro-batch (one sub-batch of
-  ``batch_size`` rows at a time), per token and layer ≈ (8h + 2·kv + 4i) values (``h`` hidden,
+  ``batch_size`` rows at a time), per token and layer ≈ (4h + 2·kv + 4i) values + 2h fp32 (``h`` hidden,
   ``i`` MLP width, ``kv`` the key/value width), plus the LM head at answer positions only; with
   ``gradient_checkpointing`` one input per layer plus one layer's;
 * ``statistics`` — the editors' key second moments and projections (i² values per edited layer:
@@ -110,13 +110,19 @@ class Tokens:
     eval_rows: int    # questions the evaluator generates for
     eval_prompt: int  # longest evaluation prompt
     eval_prompt_tokens: int
+    forget_prompt_tokens: int = 0  # the questions alone (templated), what LUNAR reads
+    retain_prompt_tokens: int = 0
+    preserve_prompt: float = 16.0  # mean templated length of an everyday (preserve) prompt
 
 
 # ---- the per-method model -------------------------------------------------------------------
 
 GRADIENT = {"ga", "gd", "ukl", "dpo", "npo", "blur-ga", "blur-npo"}
-MEMO_REFERENCE = {"ukl", "dpo", "npo", "blur-npo"}  # read the frozen reference once (a transient copy)
+MEMO_REFERENCE = {"ukl", "dpo", "npo", "blur-npo"}  # read the model once before training (no copy)
+TWO_BACKWARDS = {"gd", "ukl", "dpo", "npo"}  # a retain term: a second backward pass into existing gradients
 EDITOR_LAYERS = {"rome": 1, "memit": 5, "alphaedit": 5}
+EDITOR_DEPTH = {"rome": 1 / 6, "memit": 0.27, "alphaedit": 0.27}  # (last) edited layer, fraction of the depth
+F64 = 8
 
 
 @dataclass
@@ -127,9 +133,10 @@ class CellPlan:
     parts: dict[str, float]   # bytes per part (apply's parts, and the evaluation's)
     phases: dict[str, float]  # bytes per phase above the shared model
     peak_phase: str
-    peak_bytes: float         # above the shared model
+    peak_bytes: float         # above the shared model, on the device
     resident_bytes: float     # the shared model's weights
     flops: float
+    host_bytes: float = 0.0   # on a GPU: what the cell holds in host memory (the editors' statistics)
     fits: bool | None = None
     advice: str | None = None
 
@@ -138,33 +145,47 @@ class CellPlan:
 
 
 def _activations(shape: Shape, rows: int, tokens: int, answer_tokens: int, checkpointing: bool,
-                 upto_layer: int | None = None) -> float:
-    per_layer_token = (8 * shape.hidden + 2 * shape.kv + 4 * shape.intermediate) * FP32
-    layers = shape.layers if upto_layer is None else upto_layer + 1
+                 upto_layer: int | None = None, act_bytes: int = FP32, from_layer: int = 0,
+                 frozen: bool = False) -> float:
+    """Saved for backward, per token and layer of a Llama block, counted from its operations: the
+    two RMSNorm inputs (2h, fp32: the norm upcasts) and, in the compute dtype, the two normed
+    outputs (inputs of q/k/v and gate/up), q, k, v (h + 2kv), the attention output (input of o) and
+    the gated MLP's gate, up, SiLU and product (4i): 4h + 2kv + 4i; plus the LM head's logits at
+    answer positions. With ``frozen`` weights (a gradient for an activation only: the editors' δ)
+    no linear layer's input is kept: 2h + 2kv + 3i."""
+    core = (2 * shape.hidden + 2 * shape.kv + 3 * shape.intermediate) if frozen else \
+        (4 * shape.hidden + 2 * shape.kv + 4 * shape.intermediate)
+    per_layer_token = core * act_bytes + 2 * shape.hidden * FP32
+    layers = (shape.layers if upto_layer is None else upto_layer + 1) - from_layer
     if checkpointing:
-        saved = rows * tokens * (layers * shape.hidden * FP32 + per_layer_token)
+        saved = rows * tokens * (layers * shape.hidden * act_bytes + per_layer_token)
     else:
         saved = rows * tokens * layers * per_layer_token
     head = 0 if upto_layer is not None else answer_tokens * shape.vocab * FP32 * 3  # logits, log-softmax, grad
     return saved + head
 
 
-def _evaluation(shape: Shape, t: Tokens, eval_params) -> float:
+def _evaluation(shape: Shape, t: Tokens, eval_params, weight_bytes: int = FP32) -> float:
     rows = min(eval_params.batch_size, t.eval_rows)
     length = t.eval_prompt + max(eval_params.max_new_tokens, eval_params.qa_max_new_tokens)
-    kv_cache = rows * length * shape.layers * 2 * shape.kv * FP32
+    kv_cache = rows * length * shape.layers * 2 * shape.kv * weight_bytes
     step = rows * (shape.vocab + 4 * shape.intermediate + 8 * shape.hidden) * FP32
     tf = min(eval_params.tf_batch_size, t.eval_rows) * t.eval_prompt * (shape.vocab * 2 + 8 * shape.hidden) * FP32
     return max(kv_cache + step, tf)
 
 
-def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str = "", scenario: str = "") -> CellPlan:
-    """Peak memory (bytes above the shared model) and FLOPs of one method cell."""
-    weights = shape.n_params * FP32
+def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str = "", scenario: str = "",
+              weights: str = "fp32", device: str = "cpu") -> CellPlan:
+    """Peak memory (bytes above the shared model) and FLOPs of one method cell, for the shared
+    model's ``weights`` dtype (``fp32`` | ``bf16``; bf16 weights compute in bf16) on ``device``."""
+    wb = 2 if weights == "bf16" else FP32
+    ab = 2 if weights == "bf16" or (device == "cuda" and getattr(params, "precision", "auto") != "fp32") else FP32
+    model_copy = shape.n_params * wb
     lora = getattr(params, "lora", None)
     ckpt = bool(getattr(params, "gradient_checkpointing", False))
     phases: dict[str, float] = {}
     parts: dict[str, float] = {}
+    host = 0.0
     rows = getattr(params, "batch_size", 8)
     answer_tokens = rows * 12  # PISTOL answers are ≤ 11 tokens; refusals ~10
     flops = 0.0
@@ -174,17 +195,17 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
             trained = params.n_update_layers * shape.hidden * shape.intermediate
             if lora is not None:
                 trained = params.n_update_layers * lora.r * (shape.hidden + shape.intermediate)
-            act = _activations(shape, rows, t.longest, 0, ckpt, upto_layer=layer)
-            parts["copy"] = weights  # the frozen model, read every step
+            act = _activations(shape, rows, t.longest, 0, ckpt, upto_layer=layer, act_bytes=ab)
+            parts["copy"] = model_copy  # the frozen model, read every step
             path = shape.n_params * (layer + 1) / shape.layers
         else:
             trained = shape.lora_params(lora.r) if lora is not None else shape.n_params
-            act = _activations(shape, rows, t.longest, answer_tokens, ckpt)
+            act = _activations(shape, rows, t.longest, answer_tokens, ckpt, act_bytes=ab)
             path = shape.n_params
-            if name in MEMO_REFERENCE and lora is None:
-                phases["reference"] = weights  # the copy, asked once before the optimiser exists
-        grads = trained * FP32 * (2 if name.startswith("blur") else 1)
-        parts.update(grads=grads, optimizer=2 * trained * FP32, activations=act)
+        if lora is None and wb < FP32:  # a half-precision model's trained tensors train in fp32
+            parts["master"] = trained * (FP32 - wb)
+        two = name.startswith("blur") or name in TWO_BACKWARDS  # BLUR's second gradient; a retain term's backward
+        parts.update(grads=trained * FP32 * (2 if two else 1), optimizer=2 * trained * FP32, activations=act)
         phases["training"] = sum(parts.values())
         passes = 3 if name in ("dpo", "npo", "blur-npo") else 2  # forget (+ refusal) + retain sub-batches
         # each step pairs its forget rows with as many retain rows, drawn cyclically
@@ -197,45 +218,73 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
             flops += 2 * path * params.epochs * per_epoch
     elif name == "lunar":
         trained = shape.hidden * shape.intermediate
-        act_rows = (t.forget_rows + t.retain_rows + params.general_retain) * t.longest
-        parts.update(grads=trained * FP32, optimizer=2 * trained * FP32,
-                     activations=act_rows * (shape.intermediate + shape.hidden) * FP32)
+        if params.layers:
+            cands = list(params.layers)
+        else:
+            n = shape.layers
+            cands = params.candidate_layers or list(range(n - 2, n // 3 - 1, -params.layer_stride))
+        # down-projection input and output rows (fp32) of every prompt token, kept for every candidate
+        # layer; each fit also mixes its rows into one table (retain rows capped in the search)
+        tokens = (t.forget_prompt_tokens or t.forget_tokens) + (t.retain_prompt_tokens or t.retain_tokens) + \
+            params.general_retain * (t.preserve_prompt + params.general_answer_tokens)
+        row = (shape.intermediate + shape.hidden) * FP32
+        parts.update(rows=tokens * row * len(cands), mix=tokens * row,
+                     grads=trained * FP32, optimizer=2 * trained * FP32)
+        if wb < FP32:
+            parts["master"] = trained * FP32
         phases["training"] = sum(parts.values())
-        n_candidates = len(params.layers or range(0, shape.layers, params.layer_stride))
-        flops = 2 * shape.n_params * act_rows * max(1, n_candidates // 4) + \
-            6 * trained * act_rows * params.epochs * n_candidates
+        act_rows = tokens
+        flops = 2 * shape.n_params * act_rows * max(1, len(cands) // 4) + \
+            6 * trained * act_rows * params.epochs * len(cands)
     elif name in EDITOR_LAYERS:
         n = EDITOR_LAYERS[name]
-        per_layer = shape.intermediate ** 2 * FP32 * (4 if name == "alphaedit" else 2)
-        ctx_rows = getattr(params, "n_prefixes", 5) + 1
-        parts.update(statistics=n * per_layer,
-                     activations=_activations(shape, ctx_rows, t.longest, ctx_rows * 12, False))
+        square = shape.intermediate ** 2 * F64
+        # float64 key second moments: ROME one layer + its ridge copy + the solve's factorisation;
+        # MEMIT/AlphaEdit one per layer + the system and its factorisation (AlphaEdit: a projector per layer)
+        stats = 3 * square if name == "rome" else (n + 2 + (n if name == "alphaedit" else 0)) * square
+        if device == "cuda":
+            host = stats  # cached and solved on the CPU
+        else:
+            parts["statistics"] = stats
+        # the value optimisation: δ's gradient flows through every layer after the edited one, for
+        # each context prefix (+ the bare question and the KL row); MEMIT/AlphaEdit batch every fact
+        # (the KL rows are short and few: not counted)
+        ctx_rows = (getattr(params, "n_prefixes", 5) + 1) * (1 if name == "rome" else t.forget_rows)
+        edited = round(EDITOR_DEPTH[name] * shape.layers)
+        parts["activations"] = _activations(shape, ctx_rows, t.longest + 10, 0, False, act_bytes=ab,
+                                            upto_layer=shape.layers - 1, from_layer=edited, frozen=True)
         phases["edit"] = sum(parts.values())
         flops = 6 * shape.n_params * ctx_rows * t.longest * params.v_steps * t.forget_rows
     elif name in ("grace", "wise"):
-        parts["copy"] = weights  # the structure changes: the cell edits a copy
+        parts["copy"] = model_copy  # the structure changes: the cell edits a copy
         side = shape.hidden * shape.intermediate * FP32 * (3 if name == "wise" else 0)
-        parts.update(side_memory=side, activations=_activations(shape, 1, t.longest, 12, False))
+        parts.update(side_memory=side, activations=_activations(shape, 1, t.longest, 12, False, act_bytes=ab))
         phases["edit"] = sum(parts.values())
         steps = params.n_iter
         flops = 6 * shape.n_params * t.longest * steps * t.forget_rows
     else:
         raise ValueError(f"plan has no memory model for method {name!r}")
     # scored after apply: GRACE/WISE's copy is the model being evaluated, so it is still there
-    parts["evaluation"] = _evaluation(shape, t, eval_params)
-    phases["evaluation"] = parts["evaluation"] + (weights if name in ("grace", "wise") else 0.0)
+    parts["evaluation"] = _evaluation(shape, t, eval_params, wb)
+    phases["evaluation"] = parts["evaluation"] + (model_copy if name in ("grace", "wise") else 0.0)
     peak_phase = max(phases, key=phases.get)
     flops += 2 * shape.n_params * (t.eval_prompt_tokens + t.eval_rows * eval_params.qa_max_new_tokens) * 2
-    return CellPlan(cell, name, scenario, parts, phases, peak_phase, phases[peak_phase], weights, flops)
+    return CellPlan(cell, name, scenario, parts, phases, peak_phase, phases[peak_phase], shape.n_params * wb, flops,
+                    host)
 
 
 def _tokens(ds, split, evaluator_rows: int, count) -> Tokens:
+    from pistol_data.side_sets import preserve_prompts
+
     forget = split.request(ds)
     retain = split.retain(ds)
     f = [count(r.question, r.answer) for r in forget]
     r = [count(x.question, x.answer) for x in retain]
     prompts = [count(x.question) for x in ds.qa[:evaluator_rows]] or [0]
-    return Tokens(len(f), len(r), max(f + r + [1]), sum(f), sum(r), evaluator_rows, max(prompts), sum(prompts))
+    everyday = [count(q) for q in preserve_prompts()] or [0]
+    return Tokens(len(f), len(r), max(f + r + [1]), sum(f), sum(r), evaluator_rows, max(prompts), sum(prompts),
+                  sum(count(x.question) for x in forget), sum(count(x.question) for x in retain),
+                  sum(everyday) / len(everyday))
 
 
 def plan(cfg, device: str | None = None, memory_gb: float | None = None) -> dict:
@@ -258,6 +307,8 @@ def plan(cfg, device: str | None = None, memory_gb: float | None = None) -> dict
             memory_gb = torch.cuda.get_device_properties(0).total_memory / GB if torch.cuda.is_available() else None
         else:
             memory_gb = psutil.virtual_memory().available / GB
+    # weights: auto is bf16 on CUDA (any GPU this plans for has bf16), fp32 on CPU — as the runner resolves it
+    weights = cfg.weights if cfg.weights != "auto" else ("bf16" if device == "cuda" else "fp32")
     shape = shape_of(cfg.model)
     ds = load_dataset(cfg)
     count = _counter()
@@ -275,17 +326,18 @@ def plan(cfg, device: str | None = None, memory_gb: float | None = None) -> dict
         for e in cfg.method_entries():
             cls = methods_pkg.get_method(e.name)
             params = cls.Params.model_validate(e.params)
-            c = plan_cell(e.name, params, shape, t, cfg.eval, cell=f"{e.row}__{spec.label()}", scenario=spec.label())
+            c = plan_cell(e.name, params, shape, t, cfg.eval, cell=f"{e.row}__{spec.label()}", scenario=spec.label(),
+                          weights=weights, device=device)
             c.flops *= len(splits)
             cells.append(c)
-    resident = shape.n_params * FP32
+    resident = shape.n_params * (2 if weights == "bf16" else FP32)
     for c in cells:
         if memory_gb is not None:
             c.fits = resident + c.peak_bytes <= memory_gb * GB
             if not c.fits:
                 c.advice = _advice(c, shape, memory_gb, resident)
     return {"model": cfg.model, "device": device, "memory_gb": memory_gb, "n_params": shape.n_params,
-            "weights_gb": resident / GB, "cells": [c.to_dict() for c in cells]}
+            "weights": weights, "weights_gb": resident / GB, "cells": [c.to_dict() for c in cells]}
 
 
 def _advice(c: CellPlan, shape: Shape, memory_gb: float, resident: float) -> str:
@@ -305,7 +357,8 @@ def _advice(c: CellPlan, shape: Shape, memory_gb: float, resident: float) -> str
 
 def render(p: dict) -> str:
     mem = f"{p['memory_gb']:.1f} GB" if p["memory_gb"] else "unknown memory"
-    lines = [f"plan: {p['model']} ({p['n_params'] / 1e9:.3f} B parameters, fp32 weights {p['weights_gb']:.2f} GB) "
+    w = f"{p.get('weights', 'fp32')} weights {p['weights_gb']:.2f} GB"
+    lines = [f"plan: {p['model']} ({p['n_params'] / 1e9:.3f} B parameters, {w}) "
              f"on {p['device']} with {mem}", "",
              "| cell | peak above the model (GB) | largest parts (GB) | TFLOP | fits |", "|---|---|---|---|---|"]
     for c in p["cells"]:

@@ -67,6 +67,7 @@ class PrecisionRecord(BaseModel):
     implant: Precision | None
     evaluation: Precision
     method: Precision | None
+    weights: Precision | None = Field(None, description="dtype of the shared model's weights (absent: fp32)")
 
 
 class CostRecord(_Open):
@@ -74,6 +75,8 @@ class CostRecord(_Open):
     peak_rss_mb: float | None = None
     cell_peak_mb: float | None = None
     peak_cuda_mb: float | None = None
+    cell_cuda_mb: float | None = Field(None, description="CUDA memory the cell allocated above the shared model, "
+                                       "apply and evaluation")
     eval_seconds: float | None = None
     seconds_per_edit: float | None = None
 

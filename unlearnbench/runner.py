@@ -30,7 +30,7 @@ import torch
 import yaml
 
 import methods as methods_pkg
-from methods import MethodResult
+from methods import AsGiven, MethodResult
 from pistol_data import PistolDataset, generate, scenarios
 from pistol_data import load as load_data
 from pistol_data.facts import pretrained_facts
@@ -138,7 +138,7 @@ class Context:
 def check_precisions(cfg: RunConfig, device: str) -> dict:
     """Resolve every precision of the grid on ``device`` before any work, refusing bf16 on a CPU
     without native bf16 (one error naming each part that asks for it)."""
-    settings = {"eval.precision": cfg.eval.precision}
+    settings = {"weights": cfg.weights, "eval.precision": cfg.eval.precision}
     if cfg.finetune is not None:
         settings["finetune.precision"] = cfg.finetune.precision
     method_setting = {}
@@ -148,9 +148,11 @@ def check_precisions(cfg: RunConfig, device: str) -> dict:
             method_setting[e.row] = f"method {e.row!r} (params.precision)"
             settings[method_setting[e.row]] = params.precision
     out = precision.check_all(settings, device)
-    return {"implant": out.get("finetune.precision"), "evaluation": out["eval.precision"],
-            "methods": {e.row: out[method_setting[e.row]] if e.row in method_setting else "fp32"
-                        for e in cfg.method_entries()}}
+    bf16_weights = out["weights"] == "bf16"  # a bf16 model computes in bf16 whatever the autocast setting
+    return {"implant": out.get("finetune.precision"), "weights": out["weights"],
+            "evaluation": "bf16" if bf16_weights else out["eval.precision"],
+            "methods": {e.row: "bf16" if bf16_weights else out[method_setting[e.row]] if e.row in method_setting
+                        else "fp32" for e in cfg.method_entries()}}
 
 
 class Runner:
@@ -180,6 +182,7 @@ class Runner:
         # a finished cell is reused only if it was scored on this data, implant and evaluation
         self.expected_key = (ds.fingerprint, cfg.model, implant_key, precisions["evaluation"], EVALUATOR_VERSION)
         base = load(cfg.model, device=device)
+        wdtype = torch.bfloat16 if precisions["weights"] == "bf16" else torch.float32
         info: dict = {"key": None}
         model = base
         evaluator = Evaluator(ds, cfg.eval.model_copy(update={"progress": self.progress}))
@@ -190,7 +193,8 @@ class Runner:
         if cfg.finetune is not None:
             # the implant leaves its input as it was: the base model can be scored before or after
             model, info = finetune(base, ds, cfg.finetune, progress=self.progress)
-            model.model.to(device)
+            model.model.to(device, wdtype)  # the implant trains and is cached in its own precision
+            base.model.to(wdtype)  # the base row is scored as every cell is
             graph_labels = [s.label() for s in self._specs() if not s.on_facts()]
             if evaluate_base and cfg.mode == "unlearn" and graph_labels and not self._all_done("base", graph_labels):
                 base_eval = evaluator.run(base.model, base.tokenizer, desc="evaluate base model",
@@ -199,6 +203,8 @@ class Runner:
                 facts_base_eval = facts_evaluator.run(base.model, base.tokenizer, desc="evaluate base model (facts)",
                                                       heldout_edges=self._heldout(facts_ds, facts=True))
             del base
+        else:
+            model.model.to(wdtype)
         checkpoint = model.path if checkpoint_covers(model.model, model.path) else None
         return Context(cfg, ds, model, info, evaluator, device, base_eval, facts_ds, facts_evaluator,
                        facts_base_eval, precisions, checkpoint)
@@ -215,7 +221,8 @@ class Runner:
                    "finetune_seconds": ctx.finetune_info.get("seconds")},
             evaluator_version=EVALUATOR_VERSION,
             precision={"implant": ctx.precisions["implant"], "evaluation": ctx.precisions["evaluation"],
-                       "method": ctx.precisions["methods"].get(row) if kind != "reference" else None},
+                       "method": ctx.precisions["methods"].get(row) if kind != "reference" else None,
+                       "weights": ctx.precisions.get("weights")},
             versions=package_versions(), hardware=hardware(), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
             **task.extra(), **fields)
         return rec.dump()
@@ -310,7 +317,7 @@ class Runner:
                 continue
             base = base or load(self.cfg.model, device=ctx.device)
             oracle, info = finetune(base, ctx.ds.without_edges(edges), params, progress=self.progress)
-            oracle.model.to(ctx.device)
+            oracle.model.to(ctx.device, next(ctx.model.model.parameters()).dtype)  # scored as the cells are
             ev = group[0].evaluate(ctx, oracle.model, f"evaluate oracle without {sorted(edges)}", reference=True)
             log.info("oracle without %s: implant %s (%.0fs%s)", sorted(edges), info["key"], info.get("seconds") or 0,
                      ", cached" if info.get("cached") else "")
@@ -422,9 +429,11 @@ class Runner:
         # memory, not two); a method that needs the model as it was gets a copy, made on request.
         in_place = ctx.checkpoint is not None and not getattr(cls, "changes_structure", False)
         flags = [p.requires_grad for p in ctx.model.model.parameters()]
+        kept = []  # adapters a method kept on the model (LoRA, merge: false): unloaded after the cell
         try:
             set_seed(task.seed)
             rss0 = release_memory()  # the cell's memory is what it adds to this
+            cuda0 = torch.cuda.memory_allocated() if torch.cuda.is_available() else None
             model = ctx.model.model if in_place else copy.deepcopy(ctx.model.model)
             apply_s, peak_rss, peak_cuda, steps = 0.0, 0, None, []
             method = cls()
@@ -439,7 +448,9 @@ class Runner:
                         restore_weights(ref, ctx.checkpoint)
                         return ref
                     return ctx.model.model if first_step else copy.deepcopy(before)
-                return reference
+                # the reference is the model apply receives: memo methods read it before their first
+                # update and never call this (no copy, at any model size); RMU calls it
+                return AsGiven(reference)
 
             n_steps = len(task.splits)
             for i, (name, request) in enumerate(task.requests(ctx, reference_for, self.progress)):
@@ -449,6 +460,8 @@ class Runner:
                     result = MethodResult.of(method.apply(model, ctx.model.tokenizer, request, params))
                     apply_s += time.perf_counter() - t
                 model = result.model
+                if result.adapter is not None:
+                    kept.append(result.adapter)
                 peak_rss = max(peak_rss, mem.peak_rss)
                 if mem.peak_cuda is not None:
                     peak_cuda = max(peak_cuda or 0, mem.peak_cuda)
@@ -459,12 +472,15 @@ class Runner:
                 ev = task.evaluate(ctx, model, f"evaluate {cid}")
             cost = {"apply_seconds": apply_s, "peak_rss_mb": peak_rss / 2**20, "cell_peak_mb": (peak_rss - rss0) / 2**20,
                     "peak_cuda_mb": peak_cuda / 2**20 if peak_cuda else None, "eval_seconds": ev.seconds}
+            if cuda0 is not None:  # allocated above the shared model, apply and evaluation (since apply began)
+                cost["cell_cuda_mb"] = (max(peak_cuda or 0, torch.cuda.max_memory_allocated()) - cuda0) / 2**20
             if task.mode == "edit":
                 cost["seconds_per_edit"] = apply_s / len(task.cases)
             info = result.info
             if self.save_models is not None:
                 info = {**(info or {}), "saved_model": save_checkpoint(
-                    model, ctx.model.tokenizer, self.save_models / cid, getattr(cls, "changes_structure", False))}
+                    model, ctx.model.tokenizer, self.save_models / cid, getattr(cls, "changes_structure", False),
+                    adapter=kept[-1] if kept else None)}
             rec = self._record(ctx, task, entry.row, entry.name, cls.kind, params.model_dump(), status="ok",
                                metrics=task.score(ev), steps=steps or None,
                                attacks=task.attacks(ctx, model, result, ev), method_info=info, cost=cost,
@@ -474,6 +490,8 @@ class Runner:
             log.error("cell %s failed: %s", cid, e)
             rec = self.failed_record(ctx, entry, task, f"{type(e).__name__}: {e}", traceback.format_exc())
         finally:
+            for adapter in kept:  # the adapter modules out again (the base weights were never changed)
+                adapter.unload()
             if in_place:  # as it was: weights, trainable flags, no forward wrapper (accelerate's autocast), eval
                 shared = ctx.model.model
                 restore_weights(shared, ctx.checkpoint)

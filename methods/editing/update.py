@@ -236,4 +236,5 @@ def out_weight(model, layer: int) -> torch.Tensor:
 @torch.no_grad()
 def add_to_weight(model, layer: int, delta_w: torch.Tensor) -> None:
     """W += ΔW, with ΔW as [hidden, d_ff]."""
-    out_weight(model, layer).add_(delta_w.to(out_weight(model, layer).dtype))
+    w = out_weight(model, layer)
+    w.add_(delta_w.to(device=w.device, dtype=w.dtype))  # solved on the CPU in float64

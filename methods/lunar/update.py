@@ -16,9 +16,12 @@ log = logging.getLogger(__name__)
 
 
 def _fit(weights, data, params: LunarParams, seed: int, progress: bool = False) -> list[float]:
-    """Train down-projection weights in place: MSE over shuffled rows, AdamW, exponential decay."""
+    """Train down-projection weights in place: MSE over shuffled rows, AdamW, exponential decay. A
+    half-precision weight (a bf16 model) trains as an fp32 copy, written back rounded at the end."""
     from tqdm.auto import tqdm
 
+    model_weights = weights
+    weights = [w if w.dtype == torch.float32 else w.detach().float() for w in weights]
     for w in weights:
         w.requires_grad_(True)
     opt = adamw(weights, lr=params.lr)
@@ -38,8 +41,11 @@ def _fit(weights, data, params: LunarParams, seed: int, progress: bool = False) 
             history.append(loss.item())
         sched.step()
         bar.set_postfix(loss=f"{history[-1]:.4f}")
-    for w in weights:
+    for w, mw in zip(weights, model_weights):
         w.requires_grad_(False)
+        if w is not mw:
+            with torch.no_grad():
+                mw.copy_(w)
     return history
 
 
