@@ -10,6 +10,9 @@ Node ids and edge ids follow the original PISTOL sample files (edge ``A_B`` join
 * ``pistol-2`` — PISTOL sample dataset 2: 30 companies, 75 sales contracts: a chain on nodes
   0–9 (9 edges), a semi-dense cluster on 10–19 (21 edges, the original's edge list) and a
   complete graph on 20–29 (45 edges).
+* ``pistol-2-mini`` — ``pistol-2``'s three densities at CPU size: a chain on 0–4 (4 edges, edge
+  density 0.4), a semi-dense cluster on 5–9 (a 5-cycle and two chords: 7 edges, 0.7) and a
+  complete graph on 10–14 (10 edges, 1.0); 21 sales contracts, 6 attributes each.
 * ``pistol-mini`` — the shape of ``pistol-1`` at a size SmolLM2-135M memorises on a 2-core
   CPU in minutes: hub ``A`` with 4 contracts (2 sales, 2 employment), ``B`` with 2, and two
   independent edges (one sales, one employment); 6 attributes per contract type.
@@ -58,6 +61,14 @@ def _pistol2() -> Topology:
                     description="PISTOL sample dataset 2: chain, semi-dense cluster, complete graph")
 
 
+def _pistol2_mini() -> Topology:
+    chain = [f"{i}_{i + 1}" for i in range(4)]
+    cluster = ["5_6", "6_7", "7_8", "8_9", "5_9", "5_7", "6_9"]
+    complete = [f"{i}_{j}" for i, j in combinations(range(10, 15), 2)]
+    return Topology("pistol-2-mini", tuple(_edge(e, "sales") for e in chain + cluster + complete), attributes="mini",
+                    description="pistol-2's chain, semi-dense cluster and complete graph, 5 entities each")
+
+
 def _mini() -> Topology:
     edges = [_edge("A_B", "sales"), _edge("A_C", "sales"), _edge("A_m", "employment"),
              _edge("A_n", "employment"), _edge("B_p", "employment"), _edge("E1_F1", "sales"),
@@ -66,7 +77,7 @@ def _mini() -> Topology:
                     description="pistol-1's shape at CPU size: one hub, independent edges")
 
 
-PRESETS: dict[str, Topology] = {t.name: t for t in (_pistol1(), _pistol2(), _mini())}
+PRESETS: dict[str, Topology] = {t.name: t for t in (_pistol1(), _pistol2(), _pistol2_mini(), _mini())}
 
 
 def get_preset(name: str) -> Topology:

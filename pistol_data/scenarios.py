@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import facts
 from .dataset import PistolDataset
@@ -48,6 +48,22 @@ class ScenarioSpec(BaseModel):
     steps: list["ScenarioSpec"] | None = None
     each: "ScenarioSpec | None" = Field(None, description="sequence: request this spec's forget groups one at a time")
     n: int | None = Field(None, ge=1, description="pretrained_facts: how many facts (spread over the categories)")
+
+    @field_validator("edge", "entity", mode="before")
+    @classmethod
+    def _unquoted_id(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool):
+            raise ValueError(f"got the number {v}: an unquoted edge id such as 1_2 reads as a number in YAML; "
+                             "quote it (\"1_2\")")
+        return v
+
+    @field_validator("edges", mode="before")
+    @classmethod
+    def _unquoted_ids(cls, v):
+        if isinstance(v, list):
+            for x in v:
+                cls._unquoted_id(x)
+        return v
 
     def label(self) -> str:
         if self.name:

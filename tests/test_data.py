@@ -29,7 +29,7 @@ def test_other_seed_changes_names_not_topology():
     assert a.entity_names() != b.entity_names()
 
 
-@pytest.mark.parametrize("preset", ["pistol-1", "pistol-2", "pistol-mini"])
+@pytest.mark.parametrize("preset", ["pistol-1", "pistol-2", "pistol-2-mini", "pistol-mini"])
 def test_names_unique_and_values_consistent(preset):
     ds = generate(preset, 0)
     names = [d["name"] for _, d in ds.graph.nodes(data=True)]
@@ -60,6 +60,13 @@ def test_pistol2_topology():
     assert ds.counts()["n_companies"] == 30 and ds.counts()["n_edges"] == 75
     sizes = sorted((len(c), ds.graph.subgraph(c).number_of_edges()) for c in nx.connected_components(ds.graph))
     assert sizes == [(10, 9), (10, 21), (10, 45)]
+
+
+def test_pistol2_mini_has_the_three_densities_at_cpu_size():
+    ds = generate("pistol-2-mini", 0)
+    comps = sorted(nx.connected_components(ds.graph), key=lambda c: min(int(n) for n in c))
+    assert [(len(c), round(nx.density(nx.Graph(ds.graph.subgraph(c))), 2)) for c in comps] == [(5, 0.4), (5, 0.7), (5, 1.0)]
+    assert set(ds.edge_types.values()) == {"sales"} and ds.counts()["n_qa_direct"] == 21 * 6
 
 
 def test_mini_has_hub_and_independent_edges():
@@ -253,3 +260,15 @@ def test_sequence_each_requests_one_group_at_a_time(mini):
         scenarios.resolve(mini, {"type": "sequence"})
     with pytest.raises(ScenarioError, match="belongs to type 'pretrained_facts'"):
         scenarios.resolve(mini, {"type": "edge", "edge": "A_B", "n": 3})
+
+
+def test_an_unquoted_numeric_edge_id_is_a_clear_error():
+    """pistol-2's edge ids look like numbers to YAML (1_2 reads as 12): the error says to quote them."""
+    from pydantic import ValidationError
+
+    from pistol_data.scenarios import ScenarioSpec
+
+    for spec in ({"type": "edge", "edge": 12}, {"type": "edges", "edges": ["0_1", 23]}):
+        with pytest.raises(ValidationError, match="quote it"):
+            ScenarioSpec.model_validate(spec)
+    assert ScenarioSpec.model_validate({"type": "edge", "edge": "1_2"}).edge == "1_2"

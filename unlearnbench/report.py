@@ -8,6 +8,9 @@ support:
 * **Connectivity** (PISTOL: more connected knowledge is harder to unlearn) — single-edge
   scenarios ordered by their edge's connectivity (the larger endpoint degree): DS at the most
   connected edge minus DS at the least connected one, per method.
+* **Density** (PISTOL, sample dataset 2: unlearning is harder in a denser graph) — scenarios whose
+  forget set lies in one connected component, by the component's edge density: DS in the densest
+  minus DS in the sparsest, per method.
 * **Domain** (PISTOL: domain-skewed forgetting harms the same domain more) — for single-edge
   scenarios, the drop in retain ROUGE-1 (against the implanted model, ``none``) on the contracts
   of the forgotten edge's type vs on the other type.
@@ -140,6 +143,27 @@ class Study:
                 out.append((s, e, max(deg[u], deg[v])))
         return sorted(out, key=lambda t: (t[2], t[0]))
 
+    def by_component(self) -> list[tuple[str, int, float, int]]:
+        """(scenario, component, edge density, forgotten edges) for one-request scenarios whose forget
+        edges all lie in one connected component of the graph; components numbered by density."""
+        import networkx as nx
+
+        if self.ds is None or not self.ds.has_graph:
+            return []
+        g = nx.Graph(self.ds.graph)
+        comps = [set(c) for c in nx.connected_components(g)]
+        dens = [nx.density(g.subgraph(c)) for c in comps]
+        rank = {i: k for k, i in enumerate(sorted(range(len(comps)), key=lambda i: (dens[i], min(comps[i]))))}
+        out = []
+        for s, splits in self.splits.items():
+            if len(splits) != 1 or s in self.on_facts or not splits[0]["forget_edges"]:
+                continue
+            nodes = {n for e in splits[0]["forget_edges"] for n in self.ds.edge_endpoints.get(e, ())}
+            hit = [i for i, c in enumerate(comps) if nodes and nodes <= c]
+            if hit:
+                out.append((s, rank[hit[0]], dens[hit[0]], len(splits[0]["forget_edges"])))
+        return sorted(out, key=lambda t: (t[2], t[3], t[0]))
+
     def sequences(self) -> list[str]:
         return [s for s, sp in self.splits.items() if len(sp) > 1]
 
@@ -185,6 +209,45 @@ def connectivity_section(st: Study) -> Section:
             "connected (positive Δ DS = the connected edge is harder).\n\n" + _table(header, rows)
             + f"\n\n**{finding['name']}**: {'holds' if finding['holds'] else 'does not hold'} — {finding['evidence']}.")
     return Section(text, {"connectivity": finding}, {"deltas": deltas})
+
+
+def density_section(st: Study) -> Section:
+    """PISTOL's second question (its sample dataset 2): is unlearning harder in a denser graph? One
+    column per scenario whose forget set lies in one component, components by edge density."""
+    cells = st.by_component()
+    densities = sorted({d for _, _, d, _ in cells})
+    if len(densities) < 2:
+        return Section("")
+    lo = [c for c in cells if c[2] == densities[0]]
+    hi = [c for c in cells if c[2] == densities[-1]]
+    header = ["method"] + [f"{s} (density {d:.2f}, {n} edge{'s' * (n > 1)})" for s, _, d, n in cells] + \
+        ["Δ DS densest − sparsest", "Δ neighbour retain R1"]
+    rows, deltas = [], {}
+    for row in st.references + st.methods:
+        def avg(group, key, row=row):
+            return _agg([st.mean(row, s, key) for s, _, _, _ in group])[0]
+        d_ds = avg(hi, "ds") - avg(lo, "ds")
+        d_n = avg(hi, "neighbour_retain_rouge1") - avg(lo, "neighbour_retain_rouge1")
+        if row in st.methods and not math.isnan(d_ds):
+            deltas[row] = d_ds
+        rows.append([row] + [f"{_fmt(st.mean(row, s, 'ds'))} ({_fmt(st.mean(row, s, 'forget_rouge1'), 2)} / "
+                             f"{_fmt(st.mean(row, s, 'retain_rouge1'), 2)} / "
+                             f"{_fmt(st.mean(row, s, 'neighbour_retain_rouge1'), 2)})" for s, _, _, _ in cells]
+                    + [_fmt(d_ds), _fmt(d_n, 3)])
+    harder = sorted(r for r, d in deltas.items() if d > 0)
+    finding = {"name": "PISTOL: unlearning is harder in a denser graph",
+               "holds": len(harder) > len(deltas) / 2 if deltas else None,
+               "evidence": f"DS is higher in the densest component (density {densities[-1]:.2f}) than in the "
+                           f"sparsest ({densities[0]:.2f}) for {len(harder)} of {len(deltas)} methods "
+                           f"(mean Δ DS {_fmt(_agg(deltas.values())[0])})"}
+    text = ("## Density: chain vs semi-dense cluster vs complete graph\n\nScenarios whose forgotten contracts lie "
+            "in one connected component, sparsest component first (edge density = edges / possible edges). "
+            "Cells: DS (forget R1 / retain R1 / neighbour retain R1), mean over seeds. Δ columns: densest minus "
+            "sparsest, averaged over each one's scenarios (positive Δ DS = the dense graph is harder). In a denser "
+            "component each entity also has more contracts: density and connectivity move together here, as in "
+            "PISTOL's dataset.\n\n" + _table(header, rows)
+            + f"\n\n**{finding['name']}**: {'holds' if finding['holds'] else 'does not hold'} — {finding['evidence']}.")
+    return Section(text, {"density": finding}, {"density_deltas": deltas})
 
 
 def _retain_by_type(rec: dict, ds, etype: str, same: bool) -> float:
@@ -473,7 +536,53 @@ def lunar_section(st: Study) -> Section:
     text = (f"## LUNAR vs the gradient baselines ({', '.join(base)})\n\n"
             + _table(["scenario", "LUNAR DS", "best baseline DS", "best / LUNAR", "range over baselines"], rows)
             + f"\n\n**{finding['name']}**: {'holds' if finding['holds'] else 'does not hold'} — {finding['evidence']}.")
-    return Section(text, {"lunar": finding})
+    findings = {"lunar": finding}
+    eff = _lunar_efficiency(st, base)
+    if eff is not None:
+        text += "\n\n" + eff[0]
+        findings["lunar_efficiency"] = eff[1]
+    return Section(text, findings)
+
+
+def _lunar_efficiency(st: Study, base: list[str]):
+    """LUNAR's efficiency as the paper states it: its apply time with the layer fixed (the paper's
+    setting) and with the automatic layer search, beside the gradient baselines' on the same requests."""
+    def apply_s(row, s):
+        return _agg([(r.get("cost") or {}).get("apply_seconds") for r in st.by.get((row, s), [])])[0]
+
+    lunar_rows = [r for r in st.methods if any(x.get("method") == "lunar" for x in st.ok if x["row"] == r)]
+    if not lunar_rows:
+        return None
+    params = {r["row"]: r.get("params") or {} for r in st.ok}
+    rows, fixed_ratios = [], []
+    for row in lunar_rows:
+        p = params.get(row, {})
+        mode = (f"fixed {p['layers']}" if p.get("layers") else
+                f"search over {p['candidate_layers']}" if p.get("candidate_layers") else "search (default candidates)")
+        per_base = {}
+        for b in base:
+            pairs = [(apply_s(b, s), apply_s(row, s)) for s in st.scenarios]
+            pairs = [(x, y) for x, y in pairs if not (math.isnan(x) or math.isnan(y)) and y > 0]
+            per_base[b] = _agg([x / y for x, y in pairs])[0] if pairs else float("nan")
+        lu = _agg([apply_s(row, s) for s in st.scenarios])[0]
+        rs = [v for v in per_base.values() if not math.isnan(v)]
+        if p.get("layers"):
+            fixed_ratios += rs
+        rows.append([row, mode] + [_fmt(per_base[b], 2) + "×" for b in base] + [_fmt(lu), _fmt(min(rs), 2) + "–"
+                                                                                 + _fmt(max(rs), 2) + "×" if rs else "–"])
+    header = ["row", "layer"] + [f"{b} time / LUNAR" for b in base] + ["LUNAR apply s", "range"]
+    finding = {"name": "LUNAR: cheaper to apply than the gradient baselines (its layer fixed, as in the paper)",
+               "holds": (sum(r > 1 for r in fixed_ratios) > len(fixed_ratios) / 2) if fixed_ratios else None,
+               "evidence": (f"faster than the baseline in {sum(r > 1 for r in fixed_ratios)} of {len(fixed_ratios)} "
+                            f"baseline comparisons, {min(fixed_ratios):.2f}–{max(fixed_ratios):.2f}×") if fixed_ratios
+               else "no LUNAR row with a fixed layer (params.layers) in this grid"}
+    text = ("### Efficiency: apply time\n\nApply seconds of each baseline over LUNAR's on the same scenarios "
+            "(mean of per-scenario ratios; > 1 = LUNAR is faster), for each LUNAR row: its layer fixed "
+            "(`params.layers`, the paper's setting) or chosen by the search.\n\n" + _table(header, rows)
+            + f"\n\n**{finding['name']}**: "
+            + ("not measurable" if finding["holds"] is None else "holds" if finding["holds"] else "does not hold")
+            + f" — {finding['evidence']}.")
+    return text, finding
 
 
 def cost_section(st: Study, results_dir: Path) -> Section:
@@ -513,8 +622,8 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
     st = Study(records, ds, order)
     if not st.methods:
         raise ValueError(f"{d} holds only reference rows; nothing to report")
-    parts = [fn(st) for fn in (ds_section, connectivity_section, domain_section, size_section, sequence_section,
-                               attack_section, oracle_section, lunar_section, editing_section)]
+    parts = [fn(st) for fn in (ds_section, connectivity_section, density_section, domain_section, size_section,
+                               sequence_section, attack_section, oracle_section, lunar_section, editing_section)]
     parts.append(cost_section(st, d))
     findings = {k: v for part in parts for k, v in part.findings.items()}
     sections = [part.text for part in parts if part.text]
@@ -534,7 +643,8 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
 
     first = records[0]
     summary = []
-    for key in ("connectivity", "domain", "lunar", "editing_strong", "editing_strongest", "query_merge",
+    for key in ("connectivity", "density", "domain", "lunar", "lunar_efficiency", "editing_strong", "editing_strongest",
+                "query_merge",
                 "self_improve"):
         if key in findings:
             f = findings[key]
