@@ -137,7 +137,7 @@ def test_kept_adapters_are_evaluated_saved_and_removed(tmp_path, grid_config, mo
         "name": "kept", "model": "tiny-random-llama", "device": "cpu", "data": {"preset": "pistol-mini", "seed": 0},
         "finetune": {"mode": "full", "epochs": 1, "lr": 1.0e-3, "n_anchor": 4, "n_refusal": 8},
         "eval": {"batch_size": 64, "max_new_tokens": 4, "qa_max_new_tokens": 4, "utility_limit": 8,
-                 "forms": ["direct"], "attacks": []},
+                 "forms": ["direct"], "attacks": ["quantization"]},  # quantizes the adapters merged
         "methods": [{"name": "gd", "label": "kept", "params": {"epochs": 2, "lr": 1e-2, "lora": {"r": 4, "merge": False}}},
                     {"name": "gd", "label": "merged", "params": {"epochs": 2, "lr": 1e-2, "lora": {"r": 4}}}],
         "scenarios": [{"type": "edge", "edge": "A_B", "name": "hub"}], "seeds": [0]}, tmp_path)
@@ -158,6 +158,7 @@ def test_kept_adapters_are_evaluated_saved_and_removed(tmp_path, grid_config, mo
     recs = {r["row"]: r for r in (json.loads(p.read_text()) for p in (tmp_path / "out" / "cells").glob("*.json"))}
     kept, merged = recs["kept"], recs["merged"]
     assert kept["status"] == merged["status"] == "ok"
+    assert set(kept["attacks"]) == {"quantization"}
     assert kept["method_info"]["lora"]["merged"] is False and merged["method_info"]["lora"]["merged"] is True
     assert kept["method_info"]["saved_model"]["format"] == "peft-adapter"
     saved = Path(kept["method_info"]["saved_model"]["path"])

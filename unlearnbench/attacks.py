@@ -117,13 +117,28 @@ def layer_skip(model, info: dict | None, target: Target):
     return _hooked([(bl[l], identity, True) for l in skip], target)
 
 
+def _merged(model):
+    """``model`` with any LoRA adapters it carries (``lora.merge: false``) merged into their layers
+    and the adapter modules gone: what a deployed model is quantized from."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return model
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, LoraLayer):
+            mod.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, mod.get_base_layer())
+    return model
+
+
 @register_attack("quantization", "forget ROUGE-1 after int8 dynamic quantization of every linear layer (CPU)")
 def quantization(model, info: dict | None, target: Target):
     @contextlib.contextmanager
     def run():
         with warnings.catch_warnings():  # torch.ao's quantized tensors are deprecated (see above)
             warnings.simplefilter("ignore", UserWarning)
-            q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).float().cpu(), {torch.nn.Linear},
+            q = torch.ao.quantization.quantize_dynamic(_merged(copy.deepcopy(model)).float().cpu(), {torch.nn.Linear},
                                                        dtype=torch.qint8)
         try:
             yield replace(target, model=q)

@@ -128,6 +128,7 @@ class Wise(EditMethod):
                 mem.merge(False, 0, params.density)
         finally:
             mem.editing = False
+            mem.scores = None  # the last step's scores hold its graph (a copy of the model would fail)
             mem.current.weight.requires_grad_(False)
             for p, fl in zip(model.parameters(), flags):
                 p.requires_grad_(fl)
