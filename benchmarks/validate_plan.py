@@ -6,6 +6,10 @@ configuration, saved once under the cache so that cells run in place as they do 
     python benchmarks/validate_plan.py                      # 0.1b 0.5b 1b, every method
     python benchmarks/validate_plan.py 0.1b --methods gd rome
     python benchmarks/validate_plan.py --table              # the table again from the JSON
+    python benchmarks/validate_plan.py 0.1b --repredict     # the stored runs against the plan as it is now
+
+On CPU run it with ``MALLOC_MMAP_THRESHOLD_=65536`` (glibc then returns freed large blocks, and RSS
+reads the live tensors rather than the allocator's high-water mark).
 
 Each size is one grid (no implant: the random model is the "implanted" model; the hub edge of
 pistol-mini; a short evaluation); finished cells are reused, so an interrupted run resumes.
@@ -93,9 +97,13 @@ def run_size(size: str, names: list[str] | None, device: str, runs=None, measure
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["## `plan` vs measured peak memory", "",
-             "Peak above the shared model per cell: predicted by `unlearnbench plan`, measured by the runner.", "",
+def table(rows: list[dict], device: str = "cpu") -> str:
+    how = ("CUDA memory allocated above the shared model (bf16 weights), apply and evaluation" if device == "cuda" else
+           "RSS above the process before the cell, during apply (fp32; measured with `MALLOC_MMAP_THRESHOLD_=65536` "
+           "so that freed large blocks leave the RSS — with glibc's default the editors read 1.5–1.9× higher)")
+    lines = [f"## `plan` vs measured peak memory ({'H100, bf16' if device == 'cuda' else 'CPU, fp32'})", "",
+             f"Peak above the shared model per cell: predicted by `unlearnbench plan`, measured by the runner: {how}.",
+             "",
              "| size | method | predicted GB (phase) | measured GB | measured / predicted |", "|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -143,7 +151,7 @@ def main() -> None:
         found = [json.loads((d / "machine.json").read_text()) for d in sizes if (d / "machine.json").exists()]
         if found:
             data["machine"] = found[-1]
-    write(name, table(rows), data)
+    write(name, table(rows, a.device), data)
 
 
 if __name__ == "__main__":
