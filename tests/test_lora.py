@@ -1,5 +1,7 @@
-"""LoRA in the shared training loop: adapters only are trained and merged back, the frozen
-reference is the model itself (no copy), and a failing run leaves the model's structure as it was."""
+"""What the shared training loop trains. LoRA: adapters only are trained and merged back, the
+frozen reference is the model itself (no copy), and a failing run leaves the model's structure as
+it was. Full fine-tuning: the embeddings stay fixed unless asked (no gradient, no optimiser state),
+and ``plan`` counts what is trained."""
 
 import copy
 
@@ -182,3 +184,59 @@ def test_kept_adapters_are_evaluated_saved_and_removed(tmp_path, grid_config, mo
     after = seen["ctx"].model.model.state_dict()
     assert not any("lora_" in k for k in after) and set(after) == set(seen["before"])
     assert all(torch.equal(after[k], v) for k, v in seen["before"].items())
+
+
+# ---- full fine-tuning: the embeddings stay fixed by default ----------------------------------
+
+@pytest.fixture(scope="module")
+def with_reference(mini):
+    lm = load("tiny-random-llama")
+    [split] = scenarios.resolve(mini, {"type": "edge", "edge": "A_B"})
+    req = methods.UnlearnRequest(forget=split.request(mini), retain=split.retain(mini), progress=False,
+                                 refusal_targets=["I don't know."], reference_model=lambda: copy.deepcopy(lm.model))
+    return lm, req
+
+
+@pytest.mark.parametrize("name", ["gd", "npo", "blur-npo"])
+def test_embeddings_stay_fixed_by_default(with_reference, monkeypatch, name):
+    lm, req = with_reference
+    seen = _optimised(monkeypatch)
+    cls = methods.get_method(name)
+    model = copy.deepcopy(lm.model)
+    emb = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = cls().apply(model, lm.tokenizer, req, cls.Params(lr=5e-3, epochs=1, batch_size=4)).model
+    ids = {id(p) for p in seen[0]}
+    assert not ids & emb  # no gradient and no AdamW state for them
+    assert len(ids) == sum(1 for p in model.parameters() if id(p) not in emb)
+    after = out.state_dict()
+    assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    assert torch.equal(after["lm_head.weight"], before["lm_head.weight"])
+    assert any(not torch.equal(after[k], before[k]) for k in before if ".layers." in k)  # the blocks trained
+
+
+def test_freeze_embeddings_false_trains_every_weight(with_reference, monkeypatch):
+    lm, req = with_reference
+    seen = _optimised(monkeypatch)
+    gd = methods.get_method("gd")
+    model = copy.deepcopy(lm.model)
+    before = model.get_input_embeddings().weight.clone()
+    gd().apply(model, lm.tokenizer, req, gd.Params(lr=5e-3, epochs=1, batch_size=4, freeze_embeddings=False))
+    assert len(seen[0]) == sum(1 for _ in model.parameters())
+    assert not torch.equal(model.get_input_embeddings().weight, before)
+
+
+def test_plan_counts_frozen_embeddings_out():
+    from unlearnbench.evaluate import EvalParams
+    from unlearnbench.plan import Tokens, plan_cell, shape_of
+
+    shape = shape_of("tiny-random-llama")
+    assert 0 < shape.embedding < shape.n_params
+    gd = methods.get_method("gd")
+    t = Tokens(forget_rows=6, retain_rows=30, longest=40, forget_tokens=200, retain_tokens=1000,
+               eval_rows=50, eval_prompt=30, eval_prompt_tokens=1200)
+    fixed = plan_cell("gd", gd.Params(), shape, t, EvalParams())
+    full = plan_cell("gd", gd.Params(freeze_embeddings=False), shape, t, EvalParams())
+    # two AdamW moments per embedding value less (and its gradients)
+    assert full.parts["optimizer"] - fixed.parts["optimizer"] == 8 * shape.embedding
+    assert full.parts["grads"] > fixed.parts["grads"]

@@ -49,6 +49,7 @@ class Shape:
     kv: int  # key/value width: kv heads × head dim
     vocab: int
     linear: list[tuple[str, int, int]] = field(default_factory=list)  # (name, in, out) of every Linear but the head
+    embedding: int = 0  # token embeddings + LM head (a tied pair counted once): fixed by freeze_embeddings
 
     def lora_params(self, r: int) -> int:
         return sum(r * (i + o) for _, i, o in self.linear)
@@ -84,8 +85,11 @@ def shape_of(spec: str) -> Shape:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     linear = [(name, m.in_features, m.out_features) for name, m in model.named_modules()
               if isinstance(m, torch.nn.Linear) and name != "lm_head"]
+    emb = {id(m.weight): m.weight.numel() for m in (model.get_input_embeddings(), model.get_output_embeddings())
+           if m is not None}
     return Shape(n, cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size,
-                 getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * head_dim, cfg.vocab_size, linear)
+                 getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * head_dim, cfg.vocab_size, linear,
+                 sum(emb.values()))
 
 
 # ---- tokens ---------------------------------------------------------------------------------
@@ -199,7 +203,10 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
             parts["copy"] = model_copy  # the frozen model, read every step
             path = shape.n_params * (layer + 1) / shape.layers
         else:
-            trained = shape.lora_params(lora.r) if lora is not None else shape.n_params
+            if lora is not None:
+                trained = shape.lora_params(lora.r)
+            else:
+                trained = shape.n_params - (shape.embedding if getattr(params, "freeze_embeddings", False) else 0)
             act = _activations(shape, rows, t.longest, answer_tokens, ckpt, act_bytes=ab)
             path = shape.n_params
         if lora is None and wb < FP32:  # a half-precision model's trained tensors train in fp32

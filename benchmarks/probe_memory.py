@@ -1,0 +1,63 @@
+"""One method's apply on the quickstart's hub edge: its peak memory above the process before it,
+and its wall time, under one allocator setting. One process per measurement, one at a time:
+
+    python benchmarks/probe_memory.py gd                        # glibc's default: RSS = the heap's high-water mark
+    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/probe_memory.py gd   # large blocks returned: RSS = live tensors
+    python benchmarks/probe_memory.py gd --params '{"freeze_embeddings": false}'
+
+(With the fixed 64 KiB threshold every large tensor is its own mapping: measured 1.6x slower
+apply for gd on 2 cores, so it is a measuring mode, not a default.)
+
+Prints one JSON line: method, params, allocator setting, apply seconds, peak RSS above the
+baseline (MiB), trained parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+from common import implanted
+
+from methods import get_method
+from pistol_data import scenarios
+from pistol_data.scenarios import ScenarioSpec
+from unlearnbench.runner import PeakMemory, release_memory
+from unlearnbench.tasks import build_request
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("method")
+    ap.add_argument("--params", default="{}")
+    ap.add_argument("--edge", default="A_B")
+    a = ap.parse_args()
+    setting = f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'glibc default')}"
+    torch.manual_seed(0)
+    lm, ds = implanted()
+    model, tok = lm.model, lm.tokenizer
+    split = scenarios.resolve(ds, ScenarioSpec(type="edge", edge=a.edge))[-1]
+    request = build_request(ds, split, 0, "cpu", reference=lambda: model, progress=False)
+    cls = get_method(a.method)
+    params = cls.Params.model_validate(json.loads(a.params))
+    with torch.no_grad():  # the weights' file pages in, as in a grid (evaluated before its cells)
+        for p in model.parameters():
+            p.sum()
+    rss0 = release_memory()
+    with PeakMemory(interval=0.01) as mem:
+        t = time.perf_counter()
+        res = cls().apply(model, tok, request, params)
+        secs = time.perf_counter() - t
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    info = getattr(res, "info", None) or {}
+    print(json.dumps({"method": a.method, "params": json.loads(a.params),
+                      "malloc": setting,
+                      "apply_s": round(secs, 2), "cell_peak_mib": round((mem.peak_rss - rss0) / 2**20),
+                      "requires_grad_after": trained, "last_loss": info.get("last_loss")}))
+
+
+if __name__ == "__main__":
+    main()
