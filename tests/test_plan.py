@@ -43,17 +43,21 @@ def _cell(name, weights="fp32", device="cpu", **params):
 
 def test_options_move_the_prediction_the_right_way():
     full, lora = _cell("gd"), _cell("gd", lora={"r": 16})
-    w = shape_of("llama-3-8b").n_params * 4
-    # full fine-tuning: a gradient and two AdamW moments per weight; a retain term's second backward
-    # pass holds a second gradient (measured: gd 1.3x ga), gradient ascent alone does not
-    assert full.parts["grads"] == 2 * w and full.parts["optimizer"] == 2 * w and full.peak_bytes > 4 * w
-    assert _cell("ga").parts["grads"] == w
+    shape = shape_of("llama-3-8b")
+    w = shape.n_params * 4
+    t = (shape.n_params - shape.embedding) * 4  # trained: the embeddings and the LM head stay fixed by default
+    assert shape.embedding == 2 * 128256 * 4096  # Llama-3-8B: untied embedding and head, 13% of its weights
+    # full fine-tuning: a gradient and two AdamW moments per trained weight; a retain term's second
+    # backward pass holds a second gradient (measured: gd 1.3x ga), gradient ascent alone does not
+    assert full.parts["grads"] == 2 * t and full.parts["optimizer"] == 2 * t and full.peak_bytes > 4 * t
+    assert _cell("gd", freeze_embeddings=False).parts["optimizer"] == 2 * w
+    assert _cell("ga").parts["grads"] == t
     assert lora.peak_bytes < 0.1 * full.peak_bytes and lora.flops < full.flops
     ckpt = _cell("gd", lora={"r": 16}, gradient_checkpointing=True)
     assert ckpt.parts["activations"] < 0.2 * lora.parts["activations"]
     # BLUR keeps a second gradient; NPO reads the model itself before its first update (no copy),
     # RMU holds a frozen copy
-    assert _cell("blur-npo").parts["grads"] == 2 * w
+    assert _cell("blur-npo").parts["grads"] == 2 * t
     assert "copy" not in _cell("npo").parts and "reference" not in _cell("npo").phases
     assert _cell("rmu").parts["copy"] == w
     # the editors hold statistics, not optimiser state; GRACE/WISE a copy of the model
@@ -62,10 +66,12 @@ def test_options_move_the_prediction_the_right_way():
 
 
 def test_bf16_weights_halve_the_model_and_train_fp32_copies():
-    n = shape_of("llama-3-8b").n_params
+    shape = shape_of("llama-3-8b")
+    n = shape.n_params
     fp32, bf16 = _cell("gd"), _cell("gd", weights="bf16", device="cuda")
     assert bf16.resident_bytes == 2 * n and fp32.resident_bytes == 4 * n
-    assert bf16.parts["master"] == 2 * n and "master" not in fp32.parts  # trained tensors held in fp32
+    # trained tensors held in fp32 (the fixed embeddings stay bf16)
+    assert bf16.parts["master"] == 2 * (n - shape.embedding) and "master" not in fp32.parts
     assert bf16.parts["activations"] < fp32.parts["activations"]
     assert "master" not in _cell("gd", weights="bf16", device="cuda", lora={"r": 16}).parts  # adapters are fp32
     assert _cell("grace", weights="bf16", device="cuda").parts["copy"] == 2 * n
