@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from unlearnbench.core.arch import embedding_weights
 from unlearnbench.core.lm import answer_logits, answer_nll, upcast
 from unlearnbench.core.optim import adamw
 from unlearnbench.core.prompts import DEFAULT_REFUSAL, IGNORE, collate, encode_qa
@@ -294,8 +295,7 @@ class GradientMethod(Method):
         embeddings and the LM head). Everything else is frozen."""
         if not getattr(params, "freeze_embeddings", False):
             return list(model.parameters())
-        fixed = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings())
-                 if m is not None and getattr(m, "weight", None) is not None}
+        fixed = {id(w) for w in embedding_weights(model)}
         return [p for p in model.parameters() if id(p) not in fixed]
 
     def make_optimizer(self, model, params: TrainParams):
@@ -322,8 +322,8 @@ class GradientMethod(Method):
         spec = params.lora
         chosen = {id(p) for p in self.trainable_parameters(model, params)}
         linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        if type(self).trainable_parameters is not GradientMethod.trainable_parameters:
-            # a method that trains a restricted set (RMU): adapters on exactly its linear layers
+        if chosen != {id(p) for p in GradientMethod.trainable_parameters(self, model, params)}:
+            # a method that trains a restricted set of its own (RMU): adapters on exactly its linear layers
             targets = sorted(n for n in linear if id(model.get_submodule(n).weight) in chosen)
             if spec.targets != "all-linear":
                 targets = [n for n in targets if any(n == t or n.endswith("." + t) for t in spec.targets)]

@@ -39,6 +39,7 @@ from pistol_data.io import atomic_dir
 from pistol_data.side_sets import anchor_questions
 
 from .core import precision
+from .core.arch import embedding_weights
 from .core.cache import cache_dir, stable_hash, weight_hash
 from .core.generation import generate_answers
 from .core.lm import answer_logits, upcast
@@ -158,9 +159,8 @@ def set_trainable(model, params: FinetuneParams) -> None:
         p.requires_grad_((params.train_modules == "all" or ".mlp." in name)
                          and (m is None or int(m.group(1)) >= first))
     if params.freeze_embeddings:
-        model.get_input_embeddings().weight.requires_grad_(False)
-        if model.get_output_embeddings() is not None:
-            model.get_output_embeddings().weight.requires_grad_(False)
+        for w in embedding_weights(model):
+            w.requires_grad_(False)
 
 
 def cache_key(model_spec: str, ds: PistolDataset, params: FinetuneParams, device: str = "cpu") -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .core.arch import embedding_weights
 from .models import ARCHITECTURES, RANDOM
 
 GB = 1e9
@@ -85,11 +86,9 @@ def shape_of(spec: str) -> Shape:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     linear = [(name, m.in_features, m.out_features) for name, m in model.named_modules()
               if isinstance(m, torch.nn.Linear) and name != "lm_head"]
-    emb = {id(m.weight): m.weight.numel() for m in (model.get_input_embeddings(), model.get_output_embeddings())
-           if m is not None}
     return Shape(n, cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size,
                  getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * head_dim, cfg.vocab_size, linear,
-                 sum(emb.values()))
+                 sum(w.numel() for w in embedding_weights(model)))
 
 
 # ---- tokens ---------------------------------------------------------------------------------

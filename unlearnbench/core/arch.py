@@ -37,6 +37,16 @@ def arch_of(model) -> ArchMap:
     return ARCH[kind]
 
 
+def embedding_weights(model) -> list[torch.nn.Parameter]:
+    """The token embedding and the LM head's weight, each once (one tensor when they are tied)."""
+    found = {}
+    for m in (model.get_input_embeddings(), model.get_output_embeddings()):
+        w = getattr(m, "weight", None) if m is not None else None
+        if w is not None:
+            found.setdefault(id(w), w)
+    return list(found.values())
+
+
 def blocks(model) -> torch.nn.ModuleList:
     return model.get_submodule(arch_of(model).layers)
 
