@@ -97,11 +97,12 @@ def run_size(size: str, names: list[str] | None, device: str, runs=None, measure
     return rows
 
 
-def table(rows: list[dict], device: str = "cpu") -> str:
+def table(rows: list[dict], device: str = "cpu", gpu: str | None = None) -> str:
     how = ("CUDA memory allocated above the shared model (bf16 weights), apply and evaluation" if device == "cuda" else
            "RSS above the process before the cell, during apply (fp32; measured with `MALLOC_MMAP_THRESHOLD_=65536` "
            "so that freed large blocks leave the RSS — with glibc's default the editors read 1.5–1.9× higher)")
-    lines = [f"## `plan` vs measured peak memory ({'H100, bf16' if device == 'cuda' else 'CPU, fp32'})", "",
+    where = (gpu or "GPU").removeprefix("NVIDIA ") + ", bf16" if device == "cuda" else "CPU, fp32"
+    lines = [f"## `plan` vs measured peak memory ({where})", "",
              f"Peak above the shared model per cell: predicted by `unlearnbench plan`, measured by the runner: {how}.",
              "",
              "| size | method | predicted GB (phase) | measured GB | measured / predicted |", "|---|---|---|---|---|"]
@@ -120,7 +121,7 @@ def table(rows: list[dict], device: str = "cpu") -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("sizes", nargs="*", default=list(SIZES), choices=SIZES)
+    ap.add_argument("sizes", nargs="*", help=f"any of {', '.join(SIZES)} (default: every size)")
     ap.add_argument("--methods", nargs="+")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--variants", action="store_true", help="also gd and npo with LoRA and gd with gradient "
@@ -129,6 +130,10 @@ def main() -> None:
     ap.add_argument("--repredict", metavar="RUNS", nargs="?", const=str(RESULTS.parent / "runs"),
                     help="measure nothing: compare the runs in RUNS (default benchmarks/runs) with the plan as it is now")
     a = ap.parse_args()
+    bad = [s for s in a.sizes if s not in SIZES]  # (argparse's choices check fails an empty list)
+    if bad:
+        ap.error(f"unknown size {bad[0]!r}: choose from {', '.join(SIZES)}")
+    a.sizes = a.sizes or list(SIZES)
     name = "plan_validation" + ("_cuda" if a.device == "cuda" else "")
     store = RESULTS / f"{name}.json"
     if a.table:
@@ -151,7 +156,11 @@ def main() -> None:
         found = [json.loads((d / "machine.json").read_text()) for d in sizes if (d / "machine.json").exists()]
         if found:
             data["machine"] = found[-1]
-    write(name, table(rows, a.device), data)
+    if "machine" not in data and store.exists():  # --table: the machine stored with the rows
+        data["machine"] = json.loads(store.read_text()).get("machine")
+    from common import machine
+
+    write(name, table(rows, a.device, (data.get("machine") or machine()).get("cuda")), data)
 
 
 if __name__ == "__main__":
