@@ -37,4 +37,4 @@ for s in ${SIZES:-1b 0.5b 0.1b}; do size "$s" & pids+=($!); done
 wait "${pids[@]}"
 nvidia-smi --query-gpu=memory.used --format=csv >> "$OUT/gpu.txt"
 tar czf "$OUT/runs.tgz" --exclude='*.lock' --exclude='*.safetensors' --exclude='*.pt' -C /tmp runs
-tail -3 $RUNS/*.log
+tail -n 3 $RUNS/*.log

@@ -23,7 +23,7 @@ import argparse
 import json
 
 import yaml
-from common import RESULTS, write
+from common import RESULTS, machine, write
 
 from unlearnbench.core.cache import cache_dir
 from unlearnbench.plan import GB, plan
@@ -75,8 +75,6 @@ def run_size(size: str, names: list[str] | None, device: str, runs=None, measure
         cfg = cfg.model_copy(update={"model": f"random-llama-{size}", "methods": every})
     predicted = {c["cell"]: c for c in plan(cfg, device=device, memory_gb=1e6)["cells"]}
     if measure:
-        from common import machine
-
         Runner(cfg, out_dir=out).run()
         (out / "machine.json").write_text(json.dumps(machine()))
     rows = []
@@ -136,8 +134,9 @@ def main() -> None:
     a.sizes = a.sizes or list(SIZES)
     name = "plan_validation" + ("_cuda" if a.device == "cuda" else "")
     store = RESULTS / f"{name}.json"
+    stored = json.loads(store.read_text()) if a.table else {}
     if a.table:
-        rows = json.loads(store.read_text())["rows"]
+        rows = stored["rows"]
     elif a.repredict:
         from pathlib import Path
 
@@ -156,10 +155,8 @@ def main() -> None:
         found = [json.loads((d / "machine.json").read_text()) for d in sizes if (d / "machine.json").exists()]
         if found:
             data["machine"] = found[-1]
-    if "machine" not in data and store.exists():  # --table: the machine stored with the rows
-        data["machine"] = json.loads(store.read_text()).get("machine")
-    from common import machine
-
+    if stored.get("machine"):  # --table: the machine that measured the stored rows
+        data["machine"] = stored["machine"]
     write(name, table(rows, a.device, (data.get("machine") or machine()).get("cuda")), data)
 
 
