@@ -28,7 +28,7 @@ leaderboard: install
 smoke: install
 	$(BIN)/unlearnbench run configs/smoke.yaml
 
-# the structural study: CPU size (pistol-mini, ~1 h on 2 cores) and full size (pistol-1, for a GPU)
+# the structural study: CPU size (pistol-mini, every method: hours on 2 cores, resumable; parts: README) and full size (pistol-1, for a GPU)
 study: install
 	$(BIN)/unlearnbench run configs/structural.yaml && $(BIN)/unlearnbench report results/structural
 

@@ -187,3 +187,47 @@ def test_pretrained_facts_grid(tmp_path, make_cfg):
                                                            for i in range(3))] == [1, 2, 3]
         assert all("forget_fluency" in s["metrics"] for s in rec["steps"])
     assert "facts" in (out / "leaderboard.md").read_text()
+
+
+def _metrics(folder) -> dict:
+    return {p.stem: json.loads(p.read_text())["metrics"] for p in sorted((folder / "cells").glob("*.json"))}
+
+
+def test_grid_in_parts_equals_the_whole_grid(tmp_path, make_cfg):
+    """``--methods/--scenarios/--seeds``: each part writes only its cells, the parts together
+    write the whole grid's cells with the same values, the report lists what no part has run."""
+    from unlearnbench.config import Selection
+    from unlearnbench.report import write_report
+
+    cfg = make_cfg(seeds=[0, 1])
+    whole = Runner(cfg, out_dir=tmp_path / "whole", progress=False).run()
+    parts = tmp_path / "parts"
+    Runner(cfg, out_dir=parts, progress=False, only=Selection(methods=("ga",), seeds=(0,))).run()
+    assert sorted(p.stem for p in (parts / "cells").glob("*.json")) == sorted(
+        f"{r}__{s}__seed0" for r in ("none", "ga") for s in ("hub", "ind"))
+    report = write_report(parts, plots=False).read_text()
+    assert "Not run yet: 6 of 8 method cells" in report
+    assert "- `ga`: hub (seed 1); ind (seed 1)" in report and "- `gd`: hub (seeds 0, 1); ind (seeds 0, 1)" in report
+    first = {p.name: p.stat().st_mtime_ns for p in (parts / "cells").glob("*.json")}
+    Runner(cfg, out_dir=parts, progress=False, only=Selection(scenarios=("hub",))).run()
+    Runner(cfg, out_dir=parts, progress=False).run()  # the rest
+    assert {p.name: p.stat().st_mtime_ns for p in (parts / "cells").glob("*.json") if p.name in first} == first
+    assert _metrics(parts) == _metrics(whole)
+    assert "Not run yet" not in write_report(parts, plots=False).read_text()
+
+
+def test_cli_unknown_part_of_the_grid(tmp_path):
+    import yaml
+
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(BASE))
+    r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "run", str(p), "--out", str(tmp_path / "o"),
+                        "--methods", "ga,rmu", "--seeds", "0", "--scenarios", "hub", "--scenarios", "galaxy"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--methods: rmu not in the config (it has ga, gd)" in r.stderr
+    assert "--scenarios: galaxy not in the config (it has hub, ind)" in r.stderr
+    assert not (tmp_path / "o").exists()
+    r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "run", str(p), "--out", str(tmp_path / "o"),
+                        "--seeds", "zero"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--seeds: integers expected" in r.stderr and not (tmp_path / "o").exists()

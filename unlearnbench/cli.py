@@ -94,13 +94,28 @@ def _cmd_evaluate(a):
         print(f"{k:<26} {v:8.4f}  {'↑' if dirs[k] else '↓'}")
 
 
+def _selection(a):
+    """``--methods/--scenarios/--seeds`` (comma-separated, repeatable) as a part of the grid."""
+    from .config import ConfigError, Selection
+
+    def items(values):
+        return None if values is None else tuple(x.strip() for v in values for x in v.split(",") if x.strip())
+
+    seeds = items(a.seeds)
+    try:
+        seeds = None if seeds is None else tuple(int(x) for x in seeds)
+    except ValueError:
+        raise ConfigError(f"--seeds: integers expected, got {', '.join(seeds)}") from None
+    return Selection(methods=items(a.methods), scenarios=items(a.scenarios), seeds=seeds)
+
+
 def _cmd_run(a):
     from .config import load_config
     from .runner import Runner
 
     cfg = load_config(a.config)
     out = Runner(cfg, out_dir=a.out, retry_failed=a.retry_failed, executor=a.executor, address=a.address,
-                 cpus_per_cell=a.cpus_per_cell, save_models=a.save_models).run()
+                 cpus_per_cell=a.cpus_per_cell, save_models=a.save_models, only=_selection(a)).run()
     print(f"results in {out}; leaderboard: {out / 'leaderboard.md'}")
     print((out / "leaderboard.md").read_text())
 
@@ -210,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default 1)")
     s.add_argument("--save-models", metavar="DIR", help="write every unlearned model to DIR/<cell>/ as a Hugging Face "
                                                         "checkpoint (GRACE/WISE, which add modules: model.pt)")
+    part = s.add_argument_group("a part of the grid", "run only these cells now (comma-separated or repeated); the "
+                                "results folder keeps the whole grid, a later part resumes it, and `unlearnbench "
+                                "report` lists the cells not run yet")
+    part.add_argument("--methods", action="append", metavar="ROWS", help="method rows (a method's label where the "
+                                                                        "config gives one), e.g. gd,rome")
+    part.add_argument("--scenarios", action="append", metavar="LABELS", help="scenario labels, e.g. hub_edge")
+    part.add_argument("--seeds", action="append", metavar="SEEDS", help="seeds, e.g. 0")
     s.set_defaults(fn=_cmd_run)
 
     s = sub.add_parser("plan", help="predict each cell's peak memory and FLOPs from the model's configuration "

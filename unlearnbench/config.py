@@ -144,3 +144,58 @@ def load_config(path: str | Path) -> RunConfig:
     if cfg.out_dir is None:
         cfg.out_dir = str(Path("results") / cfg.name)
     return cfg
+
+
+class Selection(BaseModel):
+    """A part of a config's grid to run now (``unlearnbench run --methods/--scenarios/--seeds``):
+    the results folder keeps the whole grid's config, a cell run in a part is the cell the whole
+    run would write (same seed, same implant, same held-out forms), and the report lists the
+    cells no part has run yet. ``None`` keeps every row, scenario or seed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    methods: tuple[str, ...] | None = None    # method rows (a label where the config gives one)
+    scenarios: tuple[str, ...] | None = None  # scenario labels
+    seeds: tuple[int, ...] | None = None
+
+    def check(self, cfg: RunConfig) -> Selection:
+        """One clear error naming every unknown row, scenario or seed (with the config's)."""
+        known = {"methods": [e.row for e in cfg.method_entries()],
+                 "scenarios": [s.label() for s in cfg.scenarios] if cfg.mode == "unlearn" else [],
+                 "seeds": list(cfg.seeds)}
+        bad = []
+        for part, allowed in known.items():
+            chosen = getattr(self, part)
+            if chosen is None:
+                continue
+            unknown = [x for x in chosen if x not in allowed]
+            if unknown:
+                bad.append(f"--{part}: {', '.join(map(str, unknown))} not in the config "
+                           f"(it has {', '.join(map(str, allowed)) or 'none'})")
+            elif not chosen:
+                bad.append(f"--{part}: empty")
+        if self.scenarios is not None and cfg.mode != "unlearn":
+            bad.append("--scenarios: an editing grid (mode: edit) has no scenarios")
+        if bad:
+            raise ConfigError("this part of the grid cannot run: " + "; ".join(bad))
+        return self
+
+    def row(self, row: str) -> bool:
+        return self.methods is None or row in self.methods
+
+    def task(self, label: str, seed: int) -> bool:
+        return (self.scenarios is None or label in self.scenarios) and (self.seeds is None or seed in self.seeds)
+
+    @property
+    def everything(self) -> bool:
+        return self.methods is None and self.scenarios is None and self.seeds is None
+
+    def describe(self) -> str:
+        return "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in
+                         (("methods", self.methods), ("scenarios", self.scenarios), ("seeds", self.seeds)) if v is not None)
+
+
+def expected_cells(cfg: RunConfig) -> list[tuple[str, str, int]]:
+    """Every method cell of the grid, (row, column label, seed), in the config's order; the
+    reference rows come with their columns."""
+    labels = [f"edits-n{cfg.edits.n}"] if cfg.mode == "edit" else [s.label() for s in cfg.scenarios]
+    return [(e.row, label, seed) for e in cfg.method_entries() for label in labels for seed in cfg.seeds]

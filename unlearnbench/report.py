@@ -84,15 +84,16 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _dataset(results_dir: Path, records: list[dict]):
-    """The dataset the cells were scored on, the config's scenario order and its evaluation
-    precision (from the run's config.yaml, else the records' preset/seed, file order, None)."""
+    """The dataset the cells were scored on, the config's scenario order, its evaluation precision
+    and the whole grid's config (from the run's config.yaml, else the records' preset/seed, file
+    order, None, None)."""
     cfg = results_dir / "config.yaml"
     if cfg.is_file():
         from .config import load_config
         from .runner import load_dataset
 
         run = load_config(cfg)
-        return load_dataset(run), [s.label() for s in run.scenarios], run.eval.precision
+        return load_dataset(run), [s.label() for s in run.scenarios], run.eval.precision, run
     from pistol_data.io import from_manifest
 
     d = records[0].get("dataset", {})
@@ -100,7 +101,31 @@ def _dataset(results_dir: Path, records: list[dict]):
     if ds is None:
         raise ValueError(f"{results_dir}: cannot find the dataset the cells were scored on "
                          f"({d.get('preset')}, fingerprint {str(d.get('fingerprint'))[:12]}…) and there is no config.yaml")
-    return ds, [], None
+    return ds, [], None, None
+
+
+def missing_cells(run, records: list[dict]) -> list[tuple[str, str, int]]:
+    """The method cells of the config's grid (``run``) that no part has written yet, ok or
+    failed: (row, scenario label, seed) in the config's order."""
+    from .config import expected_cells
+
+    have = {(r["row"], r["scenario"]["label"], r.get("seed")) for r in records}
+    return [c for c in expected_cells(run) if c not in have]
+
+
+def missing_text(missing: list[tuple[str, str, int]], total: int) -> str:
+    """One line per method row with cells not run yet: the whole row, or its scenarios with their seeds."""
+    if not missing:
+        return ""
+    by_row: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for row, label, seed in missing:
+        by_row[row][label].append(seed)
+    lines = [f"\n**Not run yet: {len(missing)} of {total} method cells** (the config's grid; `unlearnbench run "
+             "CONFIG --methods/--scenarios/--seeds` runs a part, finished cells are kept):\n"]
+    for row, cols in by_row.items():
+        lines.append(f"- `{row}`: " + "; ".join(f"{label} (seed{'s' if len(seeds) > 1 else ''} "
+                                                f"{', '.join(map(str, seeds))})" for label, seeds in cols.items()))
+    return "\n".join(lines) + "\n"
 
 
 class Study:
@@ -618,7 +643,7 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
         raise ValueError(f"{d}: the cells are not comparable, so one report cannot rank them: "
                          + "; ".join(groups.values()) + ". Rerun the grid into a fresh folder "
                          "(or remove the stale cells)")
-    ds, order, precision = _dataset(d, records)
+    ds, order, precision, run = _dataset(d, records)
     st = Study(records, ds, order)
     if not st.methods:
         raise ValueError(f"{d} holds only reference rows; nothing to report")
@@ -666,6 +691,10 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
             + (f"; evaluation precision `{precision}`" + (" (bf16 where native)" if precision == "auto" else "")
                if precision else "") + ".\n\n## Findings\n\n"
             + ("\n".join(summary) or "- none measurable with these scenarios") + "\n")
+    if run is not None:
+        from .config import expected_cells
+
+        head += missing_text(missing_cells(run, records), len(expected_cells(run)))
     if st.failed:
         head += "\nFailed cells: " + ", ".join(f"`{r['row']}/{r['scenario']['label']}/seed{r.get('seed')}` "
                                                 f"({r.get('error', '')[:80]})" for r in st.failed) + "\n"

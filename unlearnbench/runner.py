@@ -36,7 +36,7 @@ from pistol_data import load as load_data
 from pistol_data.facts import pretrained_facts
 
 from . import threads
-from .config import RunConfig
+from .config import RunConfig, Selection
 from .core import precision
 from .evaluate import EVALUATOR_VERSION, Evaluator, ModelEval
 from .finetune import cache_key, finetune
@@ -158,10 +158,13 @@ def check_precisions(cfg: RunConfig, device: str) -> dict:
 class Runner:
     def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
                  retry_failed: bool = False, executor: str = "serial", address: str | None = None,
-                 cpus_per_cell: int | None = None, save_models: str | Path | None = None):
+                 cpus_per_cell: int | None = None, save_models: str | Path | None = None,
+                 only: Selection | None = None):
         if executor not in EXECUTORS:
             raise ValueError(f"unknown executor {executor!r}: one of {', '.join(EXECUTORS)}")
         self.cfg = cfg
+        # a part of the grid (--methods/--scenarios/--seeds): checked against the config before any work
+        self.only = (only or Selection()).check(cfg)
         self.out = Path(out_dir or cfg.out_dir)
         self.progress = progress
         self.retry_failed = retry_failed
@@ -227,11 +230,6 @@ class Runner:
             **task.extra(), **fields)
         return rec.dump()
 
-    def _labels(self) -> list[str]:
-        if self.cfg.mode == "edit":
-            return [f"edits-n{self.cfg.edits.n}"]
-        return [s.label() for s in self.cfg.scenarios]
-
     def _specs(self) -> list:
         return list(self.cfg.scenarios) if self.cfg.mode == "unlearn" else []
 
@@ -241,7 +239,9 @@ class Runner:
         return forgotten_edges(sp for s in self._specs() if s.on_facts() == facts for sp in scenarios.resolve(ds, s))
 
     def _all_done(self, row: str, labels: list[str]) -> bool:
-        return all(self._done(cell_id(row, label, seed)) for label in labels for seed in self.cfg.seeds)
+        """Every cell of ``row`` in these columns that this run (its part of the grid) covers is done."""
+        return all(self._done(cell_id(row, label, seed)) for label in labels for seed in self.cfg.seeds
+                   if self.only.task(label, seed))
 
     def _path(self, cid: str) -> Path:
         return self.out / "cells" / f"{cid}.json"
@@ -280,13 +280,16 @@ class Runner:
         """Every column of the grid (scenario or edit set) at every seed, resolved before any work."""
         cfg = self.cfg
         if cfg.mode == "edit":
-            return [EditTask(ctx, cfg.edits.n, cfg.edits.per_edge, seed, self.progress) for seed in cfg.seeds]
+            return [EditTask(ctx, cfg.edits.n, cfg.edits.per_edge, seed, self.progress) for seed in cfg.seeds
+                    if self.only.task(f"edits-n{cfg.edits.n}", seed)]
         resolved = {s.label(): scenarios.resolve(ctx.ds, s) for s in cfg.scenarios}  # fail early on bad scenarios
         heldout = self._heldout(ctx.ds)
         facts_heldout = self._heldout(ctx.facts_ds, facts=True) if ctx.facts_ds is not None else []
         out = []
         for s in cfg.scenarios:
             for seed in cfg.seeds:
+                if not self.only.task(s.label(), seed):  # another part of the grid
+                    continue
                 if s.on_facts():
                     out.append(ScenarioTask(s, resolved[s.label()], seed, facts_heldout, ds=ctx.facts_ds,
                                             evaluator=ctx.facts_evaluator, base_eval=ctx.facts_base_eval))
@@ -310,7 +313,7 @@ class Runner:
         params = self.cfg.finetune
         if params.n_refusal is None:  # the full implant's refusal rows, not as many as the smaller set has
             params = params.model_copy(update={"n_refusal": len(ctx.ds.direct())})
-        rows = ["retrain"] + [e.row for e in self.cfg.method_entries()]
+        rows = ["retrain"] + [e.row for e in self.cfg.method_entries() if self.only.row(e.row)]
         base = None
         for edges, group in sorted(groups.items(), key=lambda kv: sorted(kv[0])):
             if all(self._done(cell_id(row, t.label, t.seed)) for row in rows for t in group):
@@ -365,7 +368,12 @@ class Runner:
         self._oracles(ctx, tasks)
         self._reference_rows(ctx, tasks)
         pending = []  # each finished cell is read (and judged reusable or not) once
+        if not self.only.everything:
+            log.warning("this run covers part of the grid (%s); the report lists the cells not run yet",
+                        self.only.describe())
         for entry in cfg.method_entries():
+            if not self.only.row(entry.row):
+                continue
             for task in tasks:
                 cid = cell_id(entry.row, task.label, task.seed)
                 if self._done(cid):
