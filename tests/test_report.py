@@ -153,6 +153,31 @@ def test_report_findings_follow_the_numbers(tmp_path, mini):
     assert "ratio baseline/LUNAR 4.00–5.83×" in md  # seq: 70 / 12
     assert "0.300 (+0.200)" in md and "| lunar | 0.000 | – | – | n/a |" in md
     assert "0.400 / 0.100" in md  # gd's same / other domain drop
+    assert "- **Leaks under attack** (mean recovery > 0.1 forget ROUGE-1): quantization: gd (+0.20)." in md
+
+
+def test_oracle_columns_per_scenario(tmp_path, mini):
+    """Forget quality and privleak per scenario (mean over seeds), beside the whole-study verdict:
+    a method that matches the oracle on one forget set only is not called indistinguishable."""
+    from pistol_data import scenarios
+
+    splits = {name: [s.to_dict() for s in scenarios.resolve(mini, {"type": "edge", "edge": e})]
+              for name, e in (("hub", "A_B"), ("ind", "E1_F1"))}
+    cells = []
+    for seed in (0, 1):
+        for scen in ("hub", "ind"):
+            for row, fq, pl in (("none", 0.001, 0.9), ("retrain", 1.0, 0.0),
+                                ("gd", 0.5 if scen == "ind" else 0.01, 0.3 + 0.1 * seed)):
+                rec = _record(row, scen, splits[scen], seed, 50.0, [], kind="reference" if row != "gd" else "unlearn")
+                rec["metrics"].update(forget_quality={"value": fq}, privleak={"value": pl})
+                cells.append(rec)
+    md = _report_of(tmp_path, cells)
+    fq = md.split("### Forget quality (p) per scenario")[1].split("###")[0]
+    assert "| row | hub | ind |" in fq and "| gd | 0.010 ± 0.000 | 0.500 ± 0.000 |" in fq
+    pl = md.split("### privleak per scenario")[1]
+    assert "| gd | 0.35 ± 0.05 | 0.35 ± 0.05 |" in pl and "| none | 0.90 ± 0.00 | 0.90 ± 0.00 |" in pl
+    assert "**Indistinguishable from retraining** (forget quality ≥ 0.05 in every cell): none" in md
+    assert "leaking by membership inference** (privleak > 0.1): gd (+0.35)" in md
 
 
 def test_editing_findings_follow_the_numbers(tmp_path, mini):

@@ -41,6 +41,7 @@ from .leaderboard import REFERENCE_ROWS
 from .results import load_results, write_text_atomic
 
 GRADIENT_BASELINES = ("ga", "gd", "ukl", "npo", "dpo")  # LUNAR's comparison set
+LEAK_RECOVERY = 0.1  # an attack that brings back more forget ROUGE-1 than this (mean) makes the method leak
 
 
 @dataclass
@@ -398,12 +399,18 @@ def attack_section(st: Study) -> Section:
             else:
                 cells.append(f"{_fmt(after, 3)} ({'+' if recovery >= 0 else ''}{_fmt(recovery, 3)})")
         rows.append([row] + cells)
+    # which methods leak under which attack: mean recovery above LEAK_RECOVERY forget ROUGE-1
+    leaks = {a: [f"{row} (+{grid[(row, a)]:.2f})" for row in st.methods
+                 if math.isfinite(grid.get((row, a), float("nan"))) and grid[(row, a)] > LEAK_RECOVERY]
+             for a in names}
+    leak_text = "\n".join(f"- **{a}**: " + (", ".join(v) or "none") for a, v in leaks.items())
     text = ("## Attacks: how much forgotten knowledge comes back\n\nForget ROUGE-1 on direct questions, on the "
             "held-out paraphrased and reverse forms, and after each attack (recovery = after − before on the same "
             "questions; relearn_forget scores the half it did not train on). Mean over every scenario and seed; "
             "n/a = the attack does not apply to the method.\n\n" + _table(header, rows)
-            + "\n\n" + "\n".join(f"- `{a}`: {meanings[a]}" for a in names))
-    return Section(text, {}, {"attack_grid": grid})
+            + "\n\n" + "\n".join(f"- `{a}`: {meanings[a]}" for a in names)
+            + f"\n\n**Leaks under attack** (mean recovery > {LEAK_RECOVERY} forget ROUGE-1):\n\n" + leak_text)
+    return Section(text, {"attack_leaks": leaks}, {"attack_grid": grid})
 
 
 def oracle_section(st: Study) -> Section:
@@ -435,12 +442,20 @@ def oracle_section(st: Study) -> Section:
         verdict = ("\n\n**Indistinguishable from retraining** (forget quality ≥ 0.05 in every cell): "
                    + (", ".join(same) or "none") + ". **Leaks by membership inference** (privleak > 0.1): "
                    + (", ".join(leak) or "none") + ".")
+    per_scenario = ""
+    if has_oracle:  # every scenario on its own: a method can match the oracle on one forget set and not another
+        for key, title, digits in (("forget_quality", "Forget quality (p) per scenario", 3),
+                                   ("privleak", "privleak per scenario", 2)):
+            table = [[row] + [_pm([v for v in st.vals(row, s, key) if math.isfinite(v)], digits)
+                              for s in st.scenarios] for row in st.references + st.methods]
+            per_scenario += f"\n\n### {title}\n\nMean ± std over seeds; – = no value (no oracle for that " \
+                            "forget set).\n\n" + _table(["row"] + st.scenarios, table)
     text = ("## Retraining and membership inference\n\nForget quality: KS-test p-value between the forget "
             "truth ratios of the row and of the retrained oracle (TOFU); MIA AUC: forget questions (members) vs "
             "never-implanted holdout contracts (non-members), 0.5 = unseen; privleak: relative gap of the Min-K% "
             "AUC to the oracle's (MUSE), 0 ideal. Mean over scenarios and seeds"
             + ("" if has_oracle else "; no `retrain` row in this run (add `reference: [retrain]`), so no forget "
-               "quality or privleak") + "." + verdict + "\n\n" + _table(header, rows))
+               "quality or privleak") + "." + verdict + "\n\n" + _table(header, rows) + per_scenario)
     return Section(text, {"oracle": {"same": same, "leak": leak}} if has_oracle else {})
 
 
@@ -679,6 +694,9 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
         s = findings["sequence"]
         summary.append(f"- **Sequential requests degrade** — DS after the last request is higher than after the "
                        f"first for {s['worse']} of {s['total']} methods.")
+    if "attack_leaks" in findings:
+        summary.append("- **Leaks under attack** (mean recovery > " + f"{LEAK_RECOVERY} forget ROUGE-1): "
+                       + "; ".join(f"{a}: {', '.join(v) or 'none'}" for a, v in findings["attack_leaks"].items()) + ".")
     if "oracle" in findings:
         o = findings["oracle"]
         summary.append(f"- **Indistinguishable from retraining** (forget quality ≥ 0.05 in every cell): "
