@@ -47,7 +47,10 @@ class RomeParams(EditParams):
 
 
 def ridge(c: torch.Tensor, rel: float = 1e-6) -> torch.Tensor:
-    return c + rel * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype)
+    """C + rel·mean(diag C)·I, in place (the same values as the sum with an identity matrix, without
+    the two d_ff² float64 temporaries: 2 × 134 MB at a 4096-wide MLP, 2 × 1.6 GB at Llama-3-8B's)."""
+    c.diagonal().add_(rel * c.diagonal().mean())
+    return c
 
 
 @register_method("rome")

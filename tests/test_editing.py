@@ -321,3 +321,35 @@ def test_value_optimisation_equals_the_plain_computation(setup, layer, where):
     torch.testing.assert_close(v0.double(), w0, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(v.double(), w.double(), rtol=1e-4, atol=1e-5)  # compute_values' loss is float32
     assert (v - v0).norm() > 0  # the optimisation moved
+
+
+def test_ridge_in_place_equals_the_sum_with_an_identity():
+    c = torch.randn(64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    c = c @ c.T
+    expected = c + 1e-6 * c.diagonal().mean() * torch.eye(64, dtype=c.dtype)
+    out = ridge(c)
+    assert out is c and torch.equal(out, expected)
+
+
+def test_value_geometry_is_what_the_value_optimisation_runs(setup, monkeypatch):
+    """plan's count of the value optimisation's tokens and answer positions (``value_geometry``,
+    from the questions alone) equals what ``compute_values`` runs, one fact and every fact."""
+    from methods.editing import update
+
+    lm, req, _ = setup
+    facts = editing.request_facts(req, editing.FactParams())
+    seen = []
+    real = update._value_rows
+
+    def record(*a, **k):
+        rows = real(*a, **k)
+        seen.append((rows.ids.shape[0] * (rows.ids.shape[1] - rows.s0), len(rows.lab_r)))
+        return rows
+
+    monkeypatch.setattr(update, "_value_rows", record)
+    p = editing.EditParams(v_steps=1, n_prefixes=0)
+    for batch in (facts[:1], facts):
+        expected = update.value_geometry(lm.tokenizer, batch, 0)
+        seen.clear()
+        update.compute_values(lm.model, lm.tokenizer, batch, 1, "mlp", [""], p)
+        assert seen == [expected] and expected[0] > 0 and expected[1] >= len(batch)

@@ -98,7 +98,39 @@ def _counter():
     from .models import tiny_tokenizer
 
     tok = tiny_tokenizer()
-    return lambda q, a="": len(encode_qa(tok, q, a)["input_ids"])
+
+    def count(q, a=""):
+        return len(encode_qa(tok, q, a)["input_ids"])
+
+    count.tokenizer = tok
+    return count
+
+
+def _edit_geometry(ds, forget, tokenizer):
+    """``(n_prefixes, batched, query_merge) -> (tokens, answer positions)`` of one value-optimisation
+    step: one fact at a time (ROME: the largest fact) or every fact in one batch (MEMIT,
+    AlphaEdit); None where the questions name no known entity (no subject to edit at)."""
+    from functools import lru_cache
+
+    from methods.base import UnlearnRequest
+    from methods.editing import FactParams, SubjectError, request_facts, value_geometry
+    from pistol_data import refusal_sentences
+
+    request = UnlearnRequest(forget=list(forget), retain=[], refusal_targets=list(refusal_sentences()),
+                             entities=sorted(ds.entity_names()))
+
+    @lru_cache(maxsize=None)
+    def geometry(n_prefixes: int, batched: bool, query_merge: int = 1) -> tuple[int, int]:
+        facts = request_facts(request, FactParams(query_merge=query_merge))
+        if batched:
+            return value_geometry(tokenizer, facts, n_prefixes)
+        return max((value_geometry(tokenizer, [f], n_prefixes) for f in facts), default=(0, 0))
+
+    try:
+        geometry(0, True)
+    except SubjectError:
+        return None
+    return geometry
 
 
 @dataclass
@@ -116,6 +148,9 @@ class Tokens:
     forget_prompt_tokens: int = 0  # the questions alone (templated), what LUNAR reads
     retain_prompt_tokens: int = 0
     preserve_prompt: float = 16.0  # mean templated length of an everyday (preserve) prompt
+    # the editors' value optimisation: (n_prefixes, batched, query_merge) -> (tokens per step, answer positions)
+    edit_geometry: object = None
+    template_prefix: int = 0  # tokens every templated prompt shares before the question
 
 
 # ---- the per-method model -------------------------------------------------------------------
@@ -231,10 +266,15 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
             cands = params.candidate_layers or list(range(n - 2, n // 3 - 1, -params.layer_stride))
         # down-projection input and output rows (fp32) of every prompt token, kept for every candidate
         # layer; each fit also mixes its rows into one table (retain rows capped in the search)
-        tokens = (t.forget_prompt_tokens or t.forget_tokens) + (t.retain_prompt_tokens or t.retain_tokens) + \
-            params.general_retain * (t.preserve_prompt + params.general_answer_tokens)
+        # rows start after the template prefix every prompt shares (skipped)
+        forget_tokens = (t.forget_prompt_tokens or t.forget_tokens) - t.template_prefix * t.forget_rows
+        tokens = forget_tokens + (t.retain_prompt_tokens or t.retain_tokens) - t.template_prefix * t.retain_rows + \
+            params.general_retain * (t.preserve_prompt - t.template_prefix + params.general_answer_tokens)
         row = (shape.intermediate + shape.hidden) * FP32
-        parts.update(rows=tokens * row * len(cands), mix=tokens * row,
+        # the search's fits mix the forget rows with at most select_max_retain retain rows; a fixed
+        # layer (or the search's winner, refitted) mixes every row
+        mix = tokens if params.layers else min(tokens, forget_tokens + params.select_max_retain)
+        parts.update(rows=tokens * row * len(cands), mix=mix * row,
                      grads=trained * FP32, optimizer=2 * trained * FP32)
         if wb < FP32:
             parts["master"] = trained * FP32
@@ -245,20 +285,30 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
     elif name in EDITOR_LAYERS:
         n = EDITOR_LAYERS[name]
         square = shape.intermediate ** 2 * F64
-        # float64 key second moments: ROME one layer + its ridge copy + the solve's factorisation;
-        # MEMIT/AlphaEdit one per layer + the system and its factorisation (AlphaEdit: a projector per layer)
-        stats = 3 * square if name == "rome" else (n + 2 + (n if name == "alphaedit" else 0)) * square
+        # float64 key second moments. ROME: one layer's, made a ridge in place, held through the value
+        # optimisation; its solve adds the factorisation (a second d_ff²), so does computing them
+        # (a batch's k kᵀ beside the sum). MEMIT/AlphaEdit: one per layer + the system and its
+        # factorisation (AlphaEdit: a projector per layer)
+        stats = square if name == "rome" else (n + 2 + (n if name == "alphaedit" else 0)) * square
         if device == "cuda":
-            host = stats  # cached and solved on the CPU
+            host = stats + (square if name == "rome" else 0)  # cached and solved on the CPU
         else:
             parts["statistics"] = stats
+            if name == "rome":
+                phases["solve"] = 2 * square
         # the value optimisation: δ's gradient flows through every layer after the edited one, for
-        # each context prefix (+ the bare question and the KL row); MEMIT/AlphaEdit batch every fact
-        # (the KL rows are short and few: not counted)
+        # each context prefix and the bare question, over the columns after the cached prefix
+        # (from the subject on), and the LM head at the target's positions; ROME edits one fact at
+        # a time, MEMIT/AlphaEdit batch every fact (the KL rows are short and few: not counted)
         ctx_rows = (getattr(params, "n_prefixes", 5) + 1) * (1 if name == "rome" else t.forget_rows)
         edited = round(EDITOR_DEPTH[name] * shape.layers)
-        parts["activations"] = _activations(shape, ctx_rows, t.longest + 10, 0, False, act_bytes=ab,
-                                            upto_layer=shape.layers - 1, from_layer=edited, frozen=True)
+        if t.edit_geometry is not None:
+            tokens, answers = t.edit_geometry(getattr(params, "n_prefixes", 5), name != "rome",
+                                              getattr(params, "query_merge", 1))
+        else:  # no subjects to locate: whole rows
+            tokens, answers = ctx_rows * (t.longest + 10), ctx_rows * 12
+        parts["activations"] = _activations(shape, 1, tokens, 0, False, act_bytes=ab, upto_layer=shape.layers - 1,
+                                            from_layer=edited, frozen=True) + answers * shape.vocab * FP32 * 3
         phases["edit"] = sum(parts.values())
         flops = 6 * shape.n_params * ctx_rows * t.longest * params.v_steps * t.forget_rows
     elif name in ("grace", "wise"):
@@ -282,6 +332,8 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
 def _tokens(ds, split, evaluator_rows: int, count) -> Tokens:
     from pistol_data.side_sets import preserve_prompts
 
+    from .core.prompts import template_prefix_len
+
     forget = split.request(ds)
     retain = split.retain(ds)
     f = [count(r.question, r.answer) for r in forget]
@@ -290,7 +342,9 @@ def _tokens(ds, split, evaluator_rows: int, count) -> Tokens:
     everyday = [count(q) for q in preserve_prompts()] or [0]
     return Tokens(len(f), len(r), max(f + r + [1]), sum(f), sum(r), evaluator_rows, max(prompts), sum(prompts),
                   sum(count(x.question) for x in forget), sum(count(x.question) for x in retain),
-                  sum(everyday) / len(everyday))
+                  sum(everyday) / len(everyday),
+                  _edit_geometry(ds, forget, count.tokenizer) if hasattr(count, "tokenizer") and forget else None,
+                  template_prefix_len(count.tokenizer) if hasattr(count, "tokenizer") else 0)
 
 
 def plan(cfg, device: str | None = None, memory_gb: float | None = None) -> dict:

@@ -48,11 +48,11 @@ from ..base import Method, MethodResult
 from .config import EditParams, FactParams
 from .locate import Fact, SubjectError, context_prefixes, default_layers, find_subject, request_facts
 from .statistics import key_second_moment, model_fingerprint
-from .update import add_to_weight, compute_keys, compute_values, out_weight
+from .update import add_to_weight, compute_keys, compute_values, out_weight, value_geometry
 
 __all__ = ["EditMethod", "EditParams", "Fact", "FactParams", "SubjectError", "add_to_weight", "compute_keys", "compute_values",
            "context_prefixes", "default_layers", "find_subject", "key_second_moment", "model_fingerprint",
-           "out_weight", "request_facts"]
+           "out_weight", "request_facts", "value_geometry"]
 
 
 class EditMethod(Method):

@@ -79,12 +79,13 @@ def key_second_moment(model, tokenizer, layers: list[int], request: UnlearnReque
             for l in todo:
                 k = cap[l][0][m].double()
                 s = k.T @ k
-                sums[l] = s if sums[l] is None else sums[l] + s
+                # in place: the same sums without a third d_ff² float64 matrix per batch
+                sums[l] = s if sums[l] is None else sums[l].add_(s)
     finally:
         for h in hooks:
             h.remove()
     for l in todo:
-        out[l] = (sums[l] / n).cpu()
+        out[l] = sums[l].div_(n).cpu()
         tmp = paths[l].with_suffix(".tmp")
         torch.save(out[l], tmp)
         tmp.replace(paths[l])

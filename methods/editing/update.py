@@ -130,6 +130,18 @@ def _value_rows(tokenizer, facts: list[Fact], prefixes: list[str], fact_token: s
     return _ValueRows(s0, ids, mask, kl_ids, kl_mask, lookup, fact_of, kl_look, lab_r, lab_c, lab_y, lab_f, kl_last)
 
 
+def value_geometry(tokenizer, facts: list[Fact], n_prefixes: int, fact_token: str = "subject_last") -> tuple[int, int]:
+    """What one step of :func:`compute_values` runs for ``facts`` in one batch, for planning its
+    memory without a model: the token positions after the cached prefix columns (rows × padded
+    columns) and the answer positions the LM head reads. The context prefixes stand in as texts of
+    the lengths :func:`~methods.editing.locate.context_prefixes` samples (a starter word, then 5
+    or 10 tokens)."""
+    prefixes = [""] + ["The" + " word" * 5 + "."] * (n_prefixes - n_prefixes // 2) + \
+        ["The" + " word" * 10 + "."] * (n_prefixes // 2)
+    rows = _value_rows(tokenizer, facts, prefixes, fact_token, "cpu")
+    return rows.ids.shape[0] * (rows.ids.shape[1] - rows.s0), len(rows.lab_r)
+
+
 def compute_values(model, tokenizer, facts: list[Fact], layer: int, where: str, prefixes: list[str],
                    params: EditParams, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Optimise one residual δ per fact, added at the subject's last token to the output of
