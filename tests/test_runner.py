@@ -231,3 +231,28 @@ def test_cli_unknown_part_of_the_grid(tmp_path):
     r = subprocess.run([sys.executable, "-m", "unlearnbench.cli", "run", str(p), "--out", str(tmp_path / "o"),
                         "--seeds", "zero"], capture_output=True, text=True)
     assert r.returncode == 2 and "--seeds: integers expected" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_grid_clock_weighs_cells_by_their_predicted_flops(make_cfg):
+    """The estimate before any cell (plan's FLOPs at a share of the measured matmul peak) and after
+    cells finished (their achieved speed), weighted by each cell's FLOPs; equal cells when plan
+    cannot read the grid."""
+    from unlearnbench import eta
+
+    cfg = make_cfg(methods=[{"name": "ga", "params": {"epochs": 1}}, {"name": "rome"}], seeds=[0, 1])
+    ids = [f"{m}__{s}__seed{k}" for m in ("ga", "rome") for s in ("hub", "ind") for k in (0, 1)]
+    clock = eta.GridClock(cfg, ids, "cpu")
+    assert clock.weighted and all(clock.flops[c] > 0 for c in ids) and clock.peak > 0
+    assert clock.flops["ga__hub__seed0"] == clock.flops["ga__hub__seed1"]  # seeds cost the same
+    total = sum(clock.flops.values())
+    assert clock.remaining(ids) == pytest.approx(total / (eta.EFFICIENCY * clock.peak))
+    assert "matmul peak" in clock.basis()
+    clock.finished(ids[0], 10.0)  # this machine ran the first cell at flops/10 s
+    speed = clock.flops[ids[0]] / 10.0
+    assert clock.remaining(ids[1:]) == pytest.approx((total - clock.flops[ids[0]]) / speed)
+    assert "the 1 finished cell(s) achieved" in clock.basis()
+    # a grid plan cannot read: cells of equal cost, known only once one has run
+    unknown = eta.GridClock(cfg.model_copy(update={"model": "no-such-model"}), ids, "cpu")
+    assert not unknown.weighted and unknown.remaining(ids) is None
+    unknown.finished(ids[0], 6.0)
+    assert unknown.remaining(ids[1:]) == pytest.approx(6.0 * 7)

@@ -310,7 +310,12 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
         parts["activations"] = _activations(shape, 1, tokens, 0, False, act_bytes=ab, upto_layer=shape.layers - 1,
                                             from_layer=edited, frozen=True) + answers * shape.vocab * FP32 * 3
         phases["edit"] = sum(parts.values())
-        flops = 6 * shape.n_params * ctx_rows * t.longest * params.v_steps * t.forget_rows
+        # per δ step: forward and the input-gradient backward (no weight gradients) through the blocks
+        # from the edited layer on, over the step's tokens, and the LM head at the answer positions;
+        # ROME one fact at a time, MEMIT/AlphaEdit every fact in one batch (at most v_steps: it stops early)
+        after = (shape.n_params - shape.embedding) * (shape.layers - edited) / shape.layers
+        step = 4 * after * tokens + 4 * shape.hidden * shape.vocab * answers
+        flops = step * params.v_steps * (t.forget_rows if name == "rome" else 1)
     elif name in ("grace", "wise"):
         parts["copy"] = model_copy  # the structure changes: the cell edits a copy
         side = shape.hidden * shape.intermediate * FP32 * (3 if name == "wise" else 0)

@@ -380,9 +380,8 @@ class Runner:
                     log.info("skip finished cell %s", cid)
                 else:
                     pending.append((entry, task, cid))
-        if pending:
-            log.warning("%d cells to run", len(pending))
         if self.executor == "ray" and pending:
+            log.warning("%d cells to run", len(pending))
             from .executors import run_ray
 
             ran = run_ray(self, ctx, tasks, pending)
@@ -397,15 +396,28 @@ class Runner:
     def _run_serial(self, ctx: Context, pending: list) -> int:
         from tqdm.auto import tqdm
 
-        grid0 = time.perf_counter()
+        from .eta import GridClock
+
+        if not pending:
+            return 0
+        ids = [cid for _, _, cid in pending]
+        clock = GridClock(self.cfg, ids, ctx.device)
+        first = clock.remaining(ids)
+        if first is not None:
+            log.warning("%d cells to run: about %.0f min (%s)", len(ids), first / 60, clock.basis())
         ran = 0
-        for entry, task, cid in tqdm(pending, desc="grid", disable=not self.progress):
+        bar = tqdm(pending, desc="grid", disable=not self.progress)
+        for entry, task, cid in bar:
+            t0 = time.perf_counter()
             self._run_cell(ctx, entry, task, cid)
+            clock.finished(cid, time.perf_counter() - t0)
             ran += 1
-            if ran == 1 and len(pending) > 1:
-                per = time.perf_counter() - grid0
-                log.warning("first cell took %.0fs; the other %d cells: about %.0f min (methods differ in cost: "
-                            "the bar below updates the estimate)", per, len(pending) - 1, per * (len(pending) - 1) / 60)
+            left = clock.remaining(ids[ran:])
+            if left is not None and ran < len(ids):
+                bar.set_postfix_str(f"about {left / 60:.0f} min left", refresh=False)
+                if ran == 1:
+                    log.warning("first cell took %.0fs; the other %d cells: about %.0f min (%s)",
+                                clock.done_seconds, len(ids) - 1, left / 60, clock.basis())
         return ran
 
     def _log_run(self, started: str, seconds: float, cells_run: int) -> None:
