@@ -49,6 +49,37 @@ def model_dir(size: str) -> str:
     return str(d)
 
 
+def grid(size: str, names: list[str] | None, device: str, model: str, variants: bool = False) -> dict:
+    """The validation grid of one size: the hub edge of pistol-mini, no implant, a short evaluation."""
+    return {"name": f"plan-{size}", "model": model, "device": device, "finetune": None,
+            "data": {"preset": "pistol-mini", "seed": 0}, "eval": EVAL,
+            "methods": ([{"name": n} for n in names] if names else "all") if not variants else
+            [{"name": n} for n in names or []] + VARIANTS,
+            "scenarios": [{"type": "edge", "edge": "A_B", "name": "hub"}], "seeds": [0]}
+
+
+def predictions(size: str, device: str, params: dict | None = None) -> dict:
+    """The plan as it is now for every method and variant of one size, from the preset's
+    configuration (meta device, no weights), with ``params`` over each method's own where it has
+    them (e.g. ``freeze_embeddings: false`` for a row measured when every weight trained): {cell id: plan cell}."""
+    from methods import get_method
+    from unlearnbench.config import MethodEntry, RunConfig
+
+    cfg = RunConfig.model_validate(grid(size, None, device, f"random-llama-{size}"))
+    every = cfg.method_entries() + [MethodEntry.model_validate(v) for v in VARIANTS]
+    if params:
+        every = [e.model_copy(update={"params": {**e.params, **{k: v for k, v in params.items()
+                                                               if k in get_method(e.name).Params.model_fields}}})
+                 for e in every]
+    cfg = cfg.model_copy(update={"methods": every})
+    return {c["cell"]: c for c in plan(cfg, device=device, memory_gb=1e6)["cells"]}
+
+
+def row(size: str, method: str, pred: dict, measured_gb: float) -> dict:
+    return {"size": size, "method": method, "predicted_gb": pred["peak_bytes"] / GB, "peak_phase": pred["peak_phase"],
+            "measured_gb": measured_gb, "ratio": measured_gb * GB / max(pred["peak_bytes"], 1)}
+
+
 def run_size(size: str, names: list[str] | None, device: str, runs=None, measure: bool = True,
              variants: bool = False) -> list[dict]:
     """Measure one size (``measure``; finished cells are reused) and compare with the prediction of
@@ -60,22 +91,10 @@ def run_size(size: str, names: list[str] | None, device: str, runs=None, measure
     cfg_path = out / "config.yaml"
     if measure:
         out.mkdir(parents=True, exist_ok=True)
-        cfg_path.write_text(yaml.safe_dump({
-            "name": f"plan-{size}", "model": model_dir(size), "device": device, "finetune": None,
-            "data": {"preset": "pistol-mini", "seed": 0}, "eval": EVAL,
-            "methods": ([{"name": n} for n in names] if names else "all") if not variants else
-            [{"name": n} for n in names or []] + VARIANTS,
-            "scenarios": [{"type": "edge", "edge": "A_B", "name": "hub"}], "seeds": [0]}))
-    cfg = load_config(cfg_path)
-    if not measure:  # the model the runs measured: its configuration is the preset's
-        from unlearnbench.config import MethodEntry
-
-        every = cfg.model_copy(update={"methods": "all"}).method_entries() + \
-            [MethodEntry.model_validate(v) for v in VARIANTS]
-        cfg = cfg.model_copy(update={"model": f"random-llama-{size}", "methods": every})
-    predicted = {c["cell"]: c for c in plan(cfg, device=device, memory_gb=1e6)["cells"]}
+        cfg_path.write_text(yaml.safe_dump(grid(size, names, device, model_dir(size), variants)))
+    predicted = predictions(size, device)
     if measure:
-        Runner(cfg, out_dir=out).run()
+        Runner(load_config(cfg_path), out_dir=out).run()
         (out / "machine.json").write_text(json.dumps(machine()))
     rows = []
     for cid, pred in predicted.items():
@@ -89,9 +108,11 @@ def run_size(size: str, names: list[str] | None, device: str, runs=None, measure
         cost = rec["cost"]
         measured = (cost["cell_cuda_mb"] if device == "cuda" and cost.get("cell_cuda_mb") is not None
                     else cost["cell_peak_mb"])
-        rows.append({"size": size, "method": cid.rsplit("__", 1)[0], "predicted_gb": pred["peak_bytes"] / GB,
-                     "peak_phase": pred["peak_phase"], "measured_gb": measured * 2**20 / GB,
-                     "ratio": measured * 2**20 / max(pred["peak_bytes"], 1)})
+        rows.append({**row(size, cid.rsplit("__", 1)[0], pred, measured * 2**20 / GB),
+                     "measured": f"{rec.get('created', '')[:10]}, " + (
+                         f"{rec.get('hardware', {}).get('cpu_count')}-core {machine()['cpu']} "
+                         f"({'native bf16' if machine()['bf16_native'] else 'no native bf16'})"
+                         if device == "cpu" else machine()["cuda"])})
     return rows
 
 
@@ -101,16 +122,20 @@ def table(rows: list[dict], device: str = "cpu", gpu: str | None = None) -> str:
            "so that freed large blocks leave the RSS — with glibc's default the editors read 1.5–1.9× higher)")
     where = (gpu or "GPU").removeprefix("NVIDIA ") + ", bf16" if device == "cuda" else "CPU, fp32"
     lines = [f"## `plan` vs measured peak memory ({where})", "",
-             f"Peak above the shared model per cell: predicted by `unlearnbench plan`, measured by the runner: {how}.",
+             f"Peak above the shared model per cell: predicted by `unlearnbench plan`, measured by the runner: {how}. "
+             "Every row is predicted by the plan as it is now, with the settings it was measured with.",
              "",
-             "| size | method | predicted GB (phase) | measured GB | measured / predicted |", "|---|---|---|---|---|"]
-    for r in rows:
+             "| size | method | predicted GB (phase) | measured GB | measured / predicted | measured on |",
+             "|---|---|---|---|---|---|"]
+    order = {s: i for i, s in enumerate(SIZES)}
+    for r in sorted(rows, key=lambda r: (order.get(r["size"], 9), r["method"])):
         if "error" in r:
-            lines.append(f"| {r['size']} | {r['method']} | – | failed: {r['error'][:60]} | – |")
+            lines.append(f"| {r['size']} | {r['method']} | – | failed: {r['error'][:60]} | – | – |")
             continue
         flag = "" if 0.75 <= r["ratio"] <= 1.25 else " **outside ±25%**"
+        how = "".join(f", {k}: {str(v).lower()}" for k, v in (r.get("params") or {}).items())
         lines.append(f"| {r['size']} | {r['method']} | {r['predicted_gb']:.2f} ({r['peak_phase']}) | "
-                     f"{r['measured_gb']:.2f} | {r['ratio']:.2f}{flag} |")
+                     f"{r['measured_gb']:.2f} | {r['ratio']:.2f}{flag} | {r.get('measured', '–')}{how} |")
     ok = [r for r in rows if "ratio" in r]
     inside = sum(0.75 <= r["ratio"] <= 1.25 for r in ok)
     lines += ["", f"{inside} of {len(ok)} cells within ±25%."]
@@ -124,7 +149,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--variants", action="store_true", help="also gd and npo with LoRA and gd with gradient "
                     "checkpointing (with --methods: those methods and the variants)")
-    ap.add_argument("--table", action="store_true", help="rewrite the table from results/plan_validation.json")
+    ap.add_argument("--table", action="store_true", help="rewrite the table from the measured peaks stored in "
+                    "results/plan_validation[_cuda].json, predicted by the plan as it is now")
     ap.add_argument("--repredict", metavar="RUNS", nargs="?", const=str(RESULTS.parent / "runs"),
                     help="measure nothing: compare the runs in RUNS (default benchmarks/runs) with the plan as it is now")
     a = ap.parse_args()
@@ -136,7 +162,16 @@ def main() -> None:
     store = RESULTS / f"{name}.json"
     stored = json.loads(store.read_text()) if a.table else {}
     if a.table:
-        rows = stored["rows"]
+        preds: dict = {}  # (size, the row's params) -> predictions
+
+        def predicted(r):
+            key = (r["size"], json.dumps(r.get("params") or {}, sort_keys=True))
+            if key not in preds:
+                preds[key] = predictions(r["size"], a.device, r.get("params"))
+            return preds[key][f"{r['method']}__hub"]
+
+        rows = [r if "error" in r else {**r, **row(r["size"], r["method"], predicted(r), r["measured_gb"])}
+                for r in stored["rows"]]
     elif a.repredict:
         from pathlib import Path
 

@@ -285,17 +285,17 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
     elif name in EDITOR_LAYERS:
         n = EDITOR_LAYERS[name]
         square = shape.intermediate ** 2 * F64
-        # float64 key second moments. ROME: one layer's, made a ridge in place, held through the value
-        # optimisation; its solve adds the factorisation (a second d_ff²), so does computing them
-        # (a batch's k kᵀ beside the sum). MEMIT/AlphaEdit: one per layer + the system and its
-        # factorisation (AlphaEdit: a projector per layer)
-        stats = square if name == "rome" else (n + 2 + (n if name == "alphaedit" else 0)) * square
+        # float64 key second moments, one per edited layer, held through the value optimisation (ROME's
+        # made a ridge in place); the solves come after it (its activations freed) and add the system
+        # and its factorisation (ROME: the factorisation; AlphaEdit: a null-space projector per layer
+        # too); computing the statistics adds a batch's k kᵀ beside each sum
+        held = n * square
+        solve = held + (square if name == "rome" else (2 + (n if name == "alphaedit" else 0)) * square)
         if device == "cuda":
-            host = stats + (square if name == "rome" else 0)  # cached and solved on the CPU
+            host = solve  # cached and solved on the CPU
         else:
-            parts["statistics"] = stats
-            if name == "rome":
-                phases["solve"] = 2 * square
+            parts["statistics"] = held
+            phases["solve"] = solve
         # the value optimisation: δ's gradient flows through every layer after the edited one, for
         # each context prefix and the bare question, over the columns after the cached prefix
         # (from the subject on), and the LM head at the target's positions; ROME edits one fact at
