@@ -2,10 +2,10 @@
 predicts them (apply and evaluation), at this machine's speed.
 
 Before any cell has run, the speed is :data:`EFFICIENCY` × the machine's fp32 matmul peak,
-measured here in a fraction of a second (the fraction the shared loop, the editors' value
-optimisation, LUNAR's fit and the evaluation reach on 2-core CPUs: 35–61% in
-``benchmarks/results/phases.md``); once cells have finished, it is the speed those cells achieved
-(their predicted FLOPs over their seconds). Cells of costly methods (an editor, LUNAR's layer
+measured here in a fraction of a second (calibrated on the quickstart's 12 cells on a 2-core AVX2
+EPYC: plan's FLOPs went by at 0.89 × its 1024³ peak of 141 GFLOP/s, 0.66–1.25 per method, ROME
+fastest: its value optimisation stops early); once cells have finished, it is the speed those cells
+achieved (their predicted FLOPs over their seconds). Cells of costly methods (an editor, LUNAR's layer
 search) thus weigh more than a gradient baseline's, where a count of cells would weigh them all
 alike. Attacks are not counted (a few generations each; the relearning attacks' few steps).
 A configuration ``plan`` cannot read (a model whose shape it does not know) falls back to cells
@@ -19,7 +19,7 @@ import time
 
 log = logging.getLogger(__name__)
 
-EFFICIENCY = 0.45  # achieved / matmul peak before this grid has measured itself
+EFFICIENCY = 0.85  # plan's FLOPs per second / the matmul peak, before this grid has measured itself
 
 
 def matmul_gflops(device: str = "cpu", n: int = 1024, reps: int = 5) -> float:
