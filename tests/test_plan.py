@@ -77,7 +77,12 @@ def test_bf16_weights_halve_the_model_and_train_fp32_copies():
     assert _cell("grace", weights="bf16", device="cuda").parts["copy"] == 2 * n
     # the editors' statistics are cached and solved on the CPU: host memory on a GPU
     gpu, cpu = _cell("memit", weights="bf16", device="cuda"), _cell("memit")
-    assert "statistics" not in gpu.parts and gpu.host_bytes == cpu.parts["statistics"] > 0
+    assert "statistics" not in gpu.parts and gpu.host_bytes == cpu.phases["solve"] > cpu.parts["statistics"] > 0
+    # held through the value optimisation: one d_ff² float64 matrix per edited layer; the solves after it
+    square = shape.intermediate ** 2 * 8
+    assert cpu.parts["statistics"] == 5 * square and cpu.phases["solve"] == 7 * square
+    rome = _cell("rome")
+    assert rome.parts["statistics"] == square and rome.phases["solve"] == 2 * square
     # LUNAR keeps its activation rows for every candidate layer of the search
     assert _cell("lunar", layers=[20]).parts["rows"] < _cell("lunar").parts["rows"]
 
