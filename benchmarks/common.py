@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -56,19 +55,11 @@ def implanted(progress: bool = False):
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> dict:
     """Best achieved GFLOP/s of an n×n @ n×n matmul, fp32 (and bf16 where native): the machine's practical limit."""
-    out = {}
+    from unlearnbench.eta import matmul_gflops
+
     # bf16 only where it is native: emulated, a 2048³ bf16 matmul takes ~30 s (AVX2 EPYC)
-    for dtype in (torch.float32, torch.bfloat16) if _bf16() else (torch.float32,):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        for _ in range(2):
-            a @ b
-        best = float("inf")
-        for _ in range(reps):
-            t = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t)
-        out[str(dtype).replace("torch.", "")] = 2 * n ** 3 / best / 1e9
-    return out
+    return {str(dtype).replace("torch.", ""): matmul_gflops("cpu", n, reps, dtype, warmup=2)
+            for dtype in ((torch.float32, torch.bfloat16) if _bf16() else (torch.float32,))}
 
 
 def write(name: str, markdown: str, data: dict) -> Path:

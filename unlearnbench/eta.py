@@ -22,21 +22,21 @@ log = logging.getLogger(__name__)
 EFFICIENCY = 0.85  # plan's FLOPs per second / the matmul peak, before this grid has measured itself
 
 
-def matmul_gflops(device: str = "cpu", n: int = 1024, reps: int = 5) -> float:
-    """Best fp32 GFLOP/s of an n×n matmul on ``device`` (a fraction of a second)."""
+def matmul_gflops(device: str = "cpu", n: int = 1024, reps: int = 5, dtype=None, warmup: int = 1) -> float:
+    """Best GFLOP/s of an n×n @ n×n matmul on ``device`` (fp32 unless ``dtype``), after ``warmup`` calls."""
     import torch
 
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
     best = float("inf")
-    for i in range(reps + 1):
+    for i in range(warmup + reps):
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         a @ b
         if device == "cuda":
             torch.cuda.synchronize()
-        if i:  # the first call warms up
+        if i >= warmup:
             best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best / 1e9
 

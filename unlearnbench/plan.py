@@ -109,7 +109,8 @@ def _counter():
 def _edit_geometry(ds, forget, tokenizer):
     """``(n_prefixes, batched, query_merge) -> (tokens, answer positions)`` of one value-optimisation
     step: one fact at a time (ROME: the largest fact) or every fact in one batch (MEMIT,
-    AlphaEdit); None where the questions name no known entity (no subject to edit at)."""
+    AlphaEdit), computed when an editor asks; None where the questions name no known entity (no
+    subject to edit at)."""
     from functools import lru_cache
 
     from methods.base import UnlearnRequest
@@ -120,16 +121,15 @@ def _edit_geometry(ds, forget, tokenizer):
                              entities=sorted(ds.entity_names()))
 
     @lru_cache(maxsize=None)
-    def geometry(n_prefixes: int, batched: bool, query_merge: int = 1) -> tuple[int, int]:
-        facts = request_facts(request, FactParams(query_merge=query_merge))
+    def geometry(n_prefixes: int, batched: bool, query_merge: int = 1) -> tuple[int, int] | None:
+        try:
+            facts = request_facts(request, FactParams(query_merge=query_merge))
+        except SubjectError:
+            return None
         if batched:
             return value_geometry(tokenizer, facts, n_prefixes)
         return max((value_geometry(tokenizer, [f], n_prefixes) for f in facts), default=(0, 0))
 
-    try:
-        geometry(0, True)
-    except SubjectError:
-        return None
     return geometry
 
 
@@ -302,11 +302,9 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
         # a time, MEMIT/AlphaEdit batch every fact (the KL rows are short and few: not counted)
         ctx_rows = (getattr(params, "n_prefixes", 5) + 1) * (1 if name == "rome" else t.forget_rows)
         edited = round(EDITOR_DEPTH[name] * shape.layers)
-        if t.edit_geometry is not None:
-            tokens, answers = t.edit_geometry(getattr(params, "n_prefixes", 5), name != "rome",
-                                              getattr(params, "query_merge", 1))
-        else:  # no subjects to locate: whole rows
-            tokens, answers = ctx_rows * (t.longest + 10), ctx_rows * 12
+        geometry = t.edit_geometry and t.edit_geometry(getattr(params, "n_prefixes", 5), name != "rome",
+                                                       getattr(params, "query_merge", 1))
+        tokens, answers = geometry or (ctx_rows * (t.longest + 10), ctx_rows * 12)  # no subjects: whole rows
         parts["activations"] = _activations(shape, 1, tokens, 0, False, act_bytes=ab, upto_layer=shape.layers - 1,
                                             from_layer=edited, frozen=True) + answers * shape.vocab * FP32 * 3
         phases["edit"] = sum(parts.values())

@@ -105,13 +105,11 @@ def _dataset(results_dir: Path, records: list[dict]):
     return ds, [], None, None
 
 
-def missing_cells(run, records: list[dict]) -> list[tuple[str, str, int]]:
-    """The method cells of the config's grid (``run``) that no part has written yet, ok or
-    failed: (row, scenario label, seed) in the config's order."""
-    from .config import expected_cells
-
+def missing_cells(expected: list[tuple[str, str, int]], records: list[dict]) -> list[tuple[str, str, int]]:
+    """The method cells of the config's grid (``expected``, from ``config.expected_cells``) that no
+    part has written yet, ok or failed: (row, scenario label, seed) in the config's order."""
     have = {(r["row"], r["scenario"]["label"], r.get("seed")) for r in records}
-    return [c for c in expected_cells(run) if c not in have]
+    return [c for c in expected if c not in have]
 
 
 def missing_text(missing: list[tuple[str, str, int]], total: int) -> str:
@@ -712,7 +710,8 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
     if run is not None:
         from .config import expected_cells
 
-        head += missing_text(missing_cells(run, records), len(expected_cells(run)))
+        expected = expected_cells(run)
+        head += missing_text(missing_cells(expected, records), len(expected))
     if st.failed:
         head += "\nFailed cells: " + ", ".join(f"`{r['row']}/{r['scenario']['label']}/seed{r.get('seed')}` "
                                                 f"({r.get('error', '')[:80]})" for r in st.failed) + "\n"
