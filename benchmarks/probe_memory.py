@@ -9,7 +9,8 @@ and its wall time, under one allocator setting. One process per measurement, one
 apply for gd on 2 cores, so it is a measuring mode, not a default.)
 
 Prints one JSON line: method, params, allocator setting, apply seconds, peak RSS above the
-baseline (MiB), trained parameters.
+baseline (MiB), peak C heap in use above the baseline (glibc mallinfo2: live allocations, without the
+fragmented heap's resident free pages; MiB), trained parameters.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from common import implanted
 from methods import get_method
 from pistol_data import scenarios
 from pistol_data.scenarios import ScenarioSpec
-from unlearnbench.runner import PeakMemory, release_memory
+from unlearnbench.runner import PeakMemory, heap_in_use, release_memory
 from unlearnbench.tasks import build_request
 
 
@@ -47,6 +48,7 @@ def main():
         for p in model.parameters():
             p.sum()
     rss0 = release_memory()
+    heap0 = heap_in_use()
     with PeakMemory(interval=0.01) as mem:
         t = time.perf_counter()
         res = cls().apply(model, tok, request, params)
@@ -56,6 +58,7 @@ def main():
     print(json.dumps({"method": a.method, "params": json.loads(a.params),
                       "malloc": setting,
                       "apply_s": round(secs, 2), "cell_peak_mib": round((mem.peak_rss - rss0) / 2**20),
+                      "cell_heap_mib": round((mem.peak_heap - heap0) / 2**20) if heap0 is not None else None,
                       "requires_grad_after": trained, "last_loss": info.get("last_loss")}))
 
 

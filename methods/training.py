@@ -11,6 +11,7 @@ of the forget set and gradients are all-reduced by DDP.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnbench.core.arch import embedding_weights
-from unlearnbench.core.lm import answer_logits, answer_nll, upcast
+from unlearnbench.core.lean import lean_mlp
+from unlearnbench.core.lm import answer_logits, answer_nll, split_prefix_backward, upcast
 from unlearnbench.core.optim import adamw
 from unlearnbench.core.prompts import DEFAULT_REFUSAL, IGNORE, collate, encode_qa
 
@@ -117,7 +119,7 @@ def build_batches(tokenizer, request: UnlearnRequest, batch_size: int, refusals:
 
 def nll(model, b: dict) -> torch.Tensor:
     """Mean next-token NLL over answer tokens (the batch's token mean, as ``model(labels=).loss``)."""
-    return answer_nll(model, b)
+    return answer_nll(model, b, lean_head=True)
 
 
 def sequence_logprob(model, b: dict, per_token: bool = False) -> torch.Tensor:
@@ -125,7 +127,7 @@ def sequence_logprob(model, b: dict, per_token: bool = False) -> torch.Tensor:
     ``model`` may be a :class:`ReferenceMemo` (the frozen reference's values, looked up)."""
     if isinstance(model, ReferenceMemo):
         return model.sequence_logprob(b, per_token)
-    a = answer_logits(model, b)
+    a = answer_logits(model, b, lean_head=True)
     total = a.per_row_sum(a.logprobs())
     return total / a.per_row_count().clamp(min=1) if per_token else total
 
@@ -133,7 +135,7 @@ def sequence_logprob(model, b: dict, per_token: bool = False) -> torch.Tensor:
 def sequence_mean_nll(model, b: dict) -> torch.Tensor:
     """Mean over sequences of each sequence's mean answer-token NLL. Unlike the batch token mean,
     accumulating equal-sized micro-batches gives exactly the large-batch value."""
-    a = answer_logits(model, b)
+    a = answer_logits(model, b, lean_head=True)
     return (-a.per_row_sum(a.logprobs()) / a.per_row_count().clamp(min=1)).mean()
 
 
@@ -144,7 +146,7 @@ def retain_nll(model, batch: dict, alpha: float) -> torch.Tensor | None:
 
 def kl_to_reference(model, ref, b: dict) -> torch.Tensor:
     """KL(p_ref ‖ p_model) averaged over answer tokens."""
-    a = answer_logits(model, b)
+    a = answer_logits(model, b, lean_head=True)
     if isinstance(ref, ReferenceMemo):
         ref_logp = ref.log_softmax(b)
     else:
@@ -249,7 +251,9 @@ class GradientMethod(Method):
     kind = "unlearn"
     Params = TrainParams
     needs_reference = False
-    own_gradients = False  # True: backward() builds the update itself (no DDP reduction to respect)
+    # True: backward() builds the update itself (no DDP reduction to respect; it may use
+    # torch.autograd.grad, so the shared prefix's backward is not split off: core.lm.split_prefix_backward)
+    own_gradients = False
 
     def forget_loss(self, model, batch: dict, ctx: dict) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} defines neither loss() nor forget_loss()")
@@ -388,6 +392,7 @@ class GradientMethod(Method):
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lean = contextlib.ExitStack()
         try:
             model.train()
             opt = self.make_optimizer(model, params)
@@ -402,6 +407,7 @@ class GradientMethod(Method):
             bar = tqdm(total=total, desc=f"{self.name}", disable=not request.progress or not accelerator.is_main_process,
                        leave=False)
             history = []
+            lean.enter_context(lean_mlp(model))  # the MLPs keep 2 of their 4 wide activations: same gradients
             for epoch in range(params.epochs):
                 for batch in loader:
                     with accelerator.accumulate(model):
@@ -410,8 +416,9 @@ class GradientMethod(Method):
                             terms = [lambda terms=terms: _sum_terms(terms)]  # DDP reduces once per backward
                         loss = 0.0
                         for term in terms:
-                            with accelerator.autocast():  # covers the reference model's forward passes too
-                                part = term()
+                            # a plain backward: the shared prefix's backward after the rows' (less memory)
+                            with accelerator.autocast(), split_prefix_backward(not self.own_gradients):
+                                part = term()  # (the autocast covers the reference model's forward passes too)
                             if part is None:
                                 continue
                             if not torch.isfinite(part):
@@ -428,6 +435,7 @@ class GradientMethod(Method):
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}")
             bar.close()
+            lean.close()
             model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # drop the bf16 autocast forward
             kept = None
             if self._lora is not None and not params.lora.merge:  # evaluated with the adapters; removed after
@@ -444,6 +452,7 @@ class GradientMethod(Method):
                 self._lora = None
             raise
         finally:
+            lean.close()
             for p, dtype in self._upcast:  # the model's own dtype again
                 p.data = p.data.to(dtype)
             self._upcast = []

@@ -73,7 +73,11 @@ class PrecisionRecord(BaseModel):
 class CostRecord(_Open):
     apply_seconds: float = Field(ge=0)
     peak_rss_mb: float | None = None
-    cell_peak_mb: float | None = None
+    cell_peak_mb: float | None = Field(None, description="the method's peak resident memory above the process's "
+                                       "before the cell (RSS; includes the free pages a fragmented C heap keeps)")
+    cell_heap_mb: float | None = Field(None, description="the method's peak of the C heap in use above the level "
+                                       "before the cell (glibc mallinfo2: live allocations, no fragmentation; "
+                                       "null elsewhere)")
     peak_cuda_mb: float | None = None
     cell_cuda_mb: float | None = Field(None, description="CUDA memory the cell allocated above the shared model, "
                                        "apply and evaluation")

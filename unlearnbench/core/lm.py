@@ -15,13 +15,22 @@ The result is the same as ``model(...).logits`` at those positions up to float r
 matmul shapes), for values and gradients (``tests/test_lm.py``). The shared prefix is skipped
 under DistributedDataParallel (two forward calls per backward) and where it would leave a row
 without an input token.
+
+For training (``tests/test_lean.py``):
+
+* ``lean_head=True`` runs the LM head on the answer positions' final hidden states only (not on
+  every kept column of every row) and computes log p(gold) without keeping the N × V logits for
+  the backward pass (:class:`_GoldLogprob`); the logits are made only if a loss reads them (a KL);
+* inside :func:`split_prefix_backward` the prefix's backward runs after the rows' instead of
+  holding a second copy of every weight's gradient until the end (:class:`_PrefixBoundary`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 
 from .prompts import IGNORE
 
@@ -31,25 +40,85 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-@dataclass
 class AnswerLogits:
     """``logits`` [N, V] at the N positions that predict an answer token, ``gold`` [N] those tokens,
-    ``row`` [N] the batch row of each, ``n_rows`` the batch size."""
+    ``row`` [N] the batch row of each, ``n_rows`` the batch size.
 
-    logits: torch.Tensor
-    gold: torch.Tensor
-    row: torch.Tensor
-    n_rows: int
+    Built from the final hidden states at those positions and the LM head (``lean_head``), the
+    logits are only made when read: :meth:`logprobs` then never holds a vocabulary-sized row per
+    position for the backward pass (:class:`_GoldLogprob`)."""
+
+    def __init__(self, gold: torch.Tensor, row: torch.Tensor, n_rows: int, logits: torch.Tensor | None = None,
+                 hidden: torch.Tensor | None = None, head: torch.nn.Linear | None = None):
+        self.gold, self.row, self.n_rows = gold, row, n_rows
+        self._logits, self.hidden, self.head = logits, hidden, head
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._logits is None:
+            self._logits = self.head(self.hidden)
+        return self._logits
 
     def logprobs(self) -> torch.Tensor:
         """log p(gold) per answer token, [N] (at least float32)."""
+        if self._logits is None and self.hidden is not None and not torch.is_autocast_enabled(self.hidden.device.type):
+            return _GoldLogprob.apply(self.hidden, self.head.weight, self.head.bias, self.gold)
         return torch.log_softmax(upcast(self.logits), -1).gather(-1, self.gold[:, None]).squeeze(-1)
+
+    def nll(self) -> torch.Tensor:
+        """Mean NLL over the answer tokens (``cross_entropy``'s value)."""
+        if self._logits is None and self.hidden is not None and not torch.is_autocast_enabled(self.hidden.device.type):
+            return -self.logprobs().mean()
+        return torch.nn.functional.cross_entropy(upcast(self.logits), self.gold)
 
     def per_row_sum(self, values: torch.Tensor) -> torch.Tensor:
         return torch.zeros(self.n_rows, dtype=values.dtype, device=values.device).index_add(0, self.row, values)
 
     def per_row_count(self) -> torch.Tensor:
         return self.per_row_sum(torch.ones_like(self.gold, dtype=torch.float32))
+
+
+class _GoldLogprob(torch.autograd.Function):
+    """log_softmax(h Wᵀ + b)[gold] per row, computed in chunks of rows and again in the backward
+    pass: only ``h`` is kept (N × d), not the N × V logits and their log-softmax (the LM head's
+    rows were ~100 MiB of a SmolLM2 gradient step's activations at batch 8)."""
+
+    @staticmethod
+    def _chunks(n: int, vocab: int):
+        step = max(1, (1 << 21) // max(vocab, 1))  # 2 M values (8 MiB in fp32) per chunk
+        return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, gold):
+        out = hidden.new_empty(hidden.shape[0], dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+        for a, b in _GoldLogprob._chunks(hidden.shape[0], weight.shape[0]):
+            lp = torch.log_softmax(upcast(F.linear(hidden[a:b], weight, bias)), -1)
+            out[a:b] = lp.gather(-1, gold[a:b, None]).squeeze(-1)
+        ctx.save_for_backward(hidden, weight, bias, gold)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, bias, gold = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        gh = torch.empty_like(hidden) if need_h else None
+        gw = torch.zeros_like(weight) if need_w else None
+        gb = torch.zeros_like(bias) if need_b and bias is not None else None
+        for a, b in _GoldLogprob._chunks(hidden.shape[0], weight.shape[0]):
+            logits = F.linear(hidden[a:b], weight, bias)
+            g = torch.log_softmax(upcast(logits), -1).exp_()      # d log p(gold) / d logits = onehot - softmax
+            del logits
+            gc = grad[a:b].to(g.dtype)
+            g.mul_(-gc[:, None])
+            g[torch.arange(b - a, device=g.device), gold[a:b]] += gc
+            g = g.to(hidden.dtype)
+            if need_h:
+                gh[a:b] = g.mm(weight)
+            if need_w:
+                gw.add_(g.t().mm(hidden[a:b]))
+            if gb is not None:
+                gb.add_(g.sum(0))
+        return gh, gw, gb, None
 
 
 def _shared_prefix(ids: torch.Tensor, mask: torch.Tensor, limit: int) -> int:
@@ -71,30 +140,113 @@ def _checkpointing(model) -> bool:
     return model.training and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
-def answer_logits(model, batch: dict, share_prefix: bool = True) -> AnswerLogits:
+_SPLIT = [False]
+
+
+@contextmanager
+def split_prefix_backward(on: bool = True):
+    """Within the block, a shared prefix's backward pass runs after the rows' (see
+    :class:`_PrefixBoundary`): for a loop that calls ``loss.backward()`` on what
+    :func:`answer_logits` returns, not for ``torch.autograd.grad`` (the prefix's share would go into
+    ``.grad``, as with reentrant checkpointing)."""
+    before, _SPLIT[0] = _SPLIT[0], on
+    try:
+        yield
+    finally:
+        _SPLIT[0] = before
+
+
+class _PrefixBoundary(torch.autograd.Function):
+    """The shared prefix's keys and values as the rows' pass sees them, with the prefix's own graph
+    cut off and run from this node's backward.
+
+    With one graph, every trained weight is used twice (prefix and rows) and autograd holds each
+    weight's gradient from the rows' pass in a buffer until the prefix's share arrives, at the very
+    end: a second set of weight gradients (405 MiB for SmolLM2's blocks) lives beside ``.grad``
+    through the whole backward, and the activations are only released at its end (measured: memory
+    grew through the backward instead of falling). Cut here, each weight's share from the rows is
+    added to ``.grad`` as soon as it is computed; when every layer's key/value gradient is in,
+    this node runs the prefix's backward (a reentrant ``torch.autograd.backward``, as reentrant
+    checkpointing does), which adds the prefix's share. Same gradient, up to the order of two
+    float additions per weight."""
+
+    @staticmethod
+    def forward(ctx, anchor, kv: list):
+        # the prefix's outputs with their graph, passed inside a list: not inputs of this node, so
+        # the two graphs stay apart
+        ctx.kv = kv
+        return tuple(t.detach().clone() for t in kv)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        pairs = [(t, g) for t, g in zip(ctx.kv, grads) if g is not None and t.requires_grad]
+        if pairs:
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+        ctx.kv = None
+        return None, None
+
+
+def _cut_prefix_graph(cache) -> None:
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(hasattr(lay, "keys") and hasattr(lay, "values") for lay in layers):
+        return  # another cache layout: one graph, as before
+    kv = [t for lay in layers for t in (lay.keys, lay.values)]
+    if not any(t.requires_grad for t in kv):
+        return
+    anchor = torch.empty(0, requires_grad=True)  # makes the boundary part of the rows' graph
+    out = _PrefixBoundary.apply(anchor, kv)
+    for i, lay in enumerate(layers):
+        lay.keys, lay.values = out[2 * i], out[2 * i + 1]
+
+
+def _decoder_and_head(model):
+    """(the model's blocks, its LM head) when the logits are exactly ``head(blocks(...).last_hidden_state)``
+    (Llama, Mistral, Qwen2: a plain linear head, no soft-capping or scaling), else None."""
+    if _is_ddp(model):  # the wrapper's forward must run (its gradient hooks)
+        return None
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    if getattr(inner.config, "model_type", None) not in ("llama", "mistral", "qwen2"):
+        return None
+    head = inner.get_output_embeddings()
+    decoder = getattr(inner, "model", None)
+    if type(head) is not torch.nn.Linear or decoder is None:
+        return None
+    return decoder, head
+
+
+def answer_logits(model, batch: dict, share_prefix: bool = True, lean_head: bool = False) -> AnswerLogits:
     """Logits at the answer positions of a right-padded batch (``input_ids``, ``attention_mask``,
-    ``labels`` with ``IGNORE`` outside answers): see the module doc."""
+    ``labels`` with ``IGNORE`` outside answers): see the module doc. ``lean_head``: the LM head runs
+    on the answer positions' hidden states only (not on every kept column of every row), and
+    :meth:`AnswerLogits.logprobs` keeps no vocabulary-sized activations (same values up to float
+    rounding: other matmul shapes)."""
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     device = ids.device
     target = labels[:, 1:]                      # logits at t predict token t + 1
     r, t = (target != IGNORE).nonzero(as_tuple=True)
     first = int(t.min()) if t.numel() else ids.shape[1] - 1
     k = _shared_prefix(ids, mask, first) if share_prefix and not _is_ddp(model) and not _checkpointing(model) else 0
+    parts = _decoder_and_head(model) if lean_head else None
     cols = torch.unique(t)                      # positions read in some row, sorted
     kw = {}
     if k > 0:
-        cache = model(input_ids=ids[:1, :k], attention_mask=mask[:1, :k], use_cache=True).past_key_values
+        run = parts[0] if parts else model      # the prefix's hidden states are never read: no LM head
+        cache = run(input_ids=ids[:1, :k], attention_mask=mask[:1, :k], use_cache=True).past_key_values
+        if _SPLIT[0] and torch.is_grad_enabled():
+            _cut_prefix_graph(cache)
         cache.batch_repeat_interleave(ids.shape[0])
         kw = {"past_key_values": cache, "use_cache": True}
+    if parts:
+        h = parts[0](input_ids=ids[:, k:], attention_mask=mask, **kw).last_hidden_state
+        return AnswerLogits(target[r, t], r, ids.shape[0], hidden=h[r, t - k], head=parts[1])
     out = model(input_ids=ids[:, k:], attention_mask=mask, logits_to_keep=(cols - k).to(device), **kw)
     where = torch.searchsorted(cols, t)         # column of each (row, t) among the kept ones
-    return AnswerLogits(out.logits[r, where], target[r, t], r, ids.shape[0])
+    return AnswerLogits(target[r, t], r, ids.shape[0], logits=out.logits[r, where])
 
 
-def answer_nll(model, batch: dict) -> torch.Tensor:
+def answer_nll(model, batch: dict, lean_head: bool = False) -> torch.Tensor:
     """Mean next-token NLL over every answer token of the batch (what ``model(..., labels=).loss`` is)."""
-    a = answer_logits(model, batch)
-    return torch.nn.functional.cross_entropy(upcast(a.logits), a.gold)
+    return answer_logits(model, batch, lean_head=lean_head).nll()
 
 
 def logits_at(model, input_ids, attention_mask, positions: torch.Tensor) -> torch.Tensor:

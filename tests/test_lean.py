@@ -1,0 +1,149 @@
+"""Less activation memory for the same numbers: the lean MLP / RMSNorm forwards give bit-identical
+losses and gradients, the LM head's gold log-probabilities without vocabulary-sized activations
+equal the log-softmax's, and the shared prefix's backward, cut off and run after the rows', adds
+the same gradient."""
+
+import pytest
+import torch
+
+from unlearnbench.core.lean import lean_mlp
+from unlearnbench.core.lm import _GoldLogprob, answer_logits, split_prefix_backward
+from unlearnbench.core.prompts import IGNORE, collate
+from unlearnbench.models import tiny_random_llama
+
+
+def _batch(prefix_len=10, seed=0, vocab=1000):
+    g = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(5, vocab, (prefix_len,), generator=g).tolist()
+    rows = []
+    for q_len, a_len in ((5, 3), (9, 6), (3, 2), (7, 4), (2, 5)):
+        q = torch.randint(5, vocab, (q_len,), generator=g).tolist()
+        a = torch.randint(5, vocab, (a_len,), generator=g).tolist()
+        rows.append({"input_ids": prefix + q + a, "labels": [IGNORE] * (prefix_len + q_len) + a})
+    return collate(rows, pad_id=0)
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("shape", [(8, 50), (1, 7), (3, 33)])
+def test_lean_mlp_and_norms_give_the_same_bits(shape):
+    model, _ = tiny_random_llama(seed=1, layers=2, hidden=96)
+    model.train()
+    ids = torch.randint(0, 500, shape, generator=torch.Generator().manual_seed(sum(shape)))
+    out = []
+    for lean in (False, True):
+        model.zero_grad(set_to_none=True)
+        if lean:
+            with lean_mlp(model) as n:
+                assert n == 2 + 2 * 2 + 1  # two MLPs, two norms per block, the final norm
+                loss = model(input_ids=ids, labels=ids).loss
+            assert not any("forward" in m.__dict__ for m in model.modules())  # the stock forwards are back
+        else:
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        out.append((loss.detach(), _grads(model)))
+    (l0, g0), (l1, g1) = out
+    assert torch.equal(l0, l1) and g0.keys() == g1.keys() and len(g0) > 10
+    assert all(torch.equal(g0[k], g1[k]) for k in g0)
+
+
+def test_lean_mlp_keeps_fewer_activations_and_leaves_what_it_cannot_replace():
+    model, _ = tiny_random_llama(seed=1, layers=2, hidden=96)
+    model.train()
+    ids = torch.randint(0, 500, (4, 40), generator=torch.Generator().manual_seed(0))
+    params = {p.data_ptr() for p in model.parameters()}
+
+    def saved_bytes():
+        seen = {}
+
+        def pack(t):
+            if t.data_ptr() not in params:
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=ids).logits.sum()
+        return sum(seen.values())
+
+    stock = saved_bytes()
+    with lean_mlp(model):
+        lean = saved_bytes()
+    assert lean < 0.85 * stock
+    # a hooked MLP output (the editors' key capture) runs its stock forward
+    h = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda *a: None)
+    try:
+        with lean_mlp(model) as n:
+            assert n == 2 * 2 + 1 + 1  # the norms and the unhooked MLP
+    finally:
+        h.remove()
+    with torch.no_grad(), lean_mlp(model):  # no graph: the stock path
+        model(input_ids=ids)
+
+
+def test_gold_logprobs_without_the_logits_equal_the_log_softmax():
+    g = torch.Generator().manual_seed(0)
+    vocab, d, n = 300_000, 8, 20  # 6 rows per chunk: the rows span four chunks
+    assert len(_GoldLogprob._chunks(n, vocab)) == 4
+    h = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (0.3 * torch.randn(vocab, d, generator=g, dtype=torch.float64)).requires_grad_()
+    b = (0.1 * torch.randn(vocab, generator=g, dtype=torch.float64)).requires_grad_()
+    gold = torch.randint(0, vocab, (n,), generator=g)
+    coef = torch.randn(n, generator=g, dtype=torch.float64)
+    want = torch.log_softmax(torch.nn.functional.linear(h, w, b), -1).gather(-1, gold[:, None]).squeeze(-1)
+    want_grads = torch.autograd.grad((want * coef).sum(), (h, w, b))
+    got = _GoldLogprob.apply(h, w, b, gold)
+    got_grads = torch.autograd.grad((got * coef).sum(), (h, w, b))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for x, y in zip(got_grads, want_grads):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("train_head", [False, True])
+def test_lean_head_answer_logits_equal_the_kept_columns(train_head):
+    model, _ = tiny_random_llama(seed=2)
+    model = model.double().train()
+    model.lm_head.weight.requires_grad_(train_head)
+    b = _batch()
+    res = []
+    for lean in (False, True):
+        model.zero_grad(set_to_none=True)
+        a = answer_logits(model, b, lean_head=lean)
+        lp, nll = a.logprobs(), a.nll()
+        (nll + 0.3 * a.per_row_sum(lp).pow(2).mean()).backward()
+        res.append((lp.detach(), nll.detach(), _grads(model), a))
+    (lp0, n0, g0, a0), (lp1, n1, g1, a1) = res
+    assert a1._logits is None and a1.hidden.shape == (len(a1.gold), model.config.hidden_size)  # no logits made
+    assert torch.equal(a0.gold, a1.gold) and torch.equal(a0.row, a1.row)
+    torch.testing.assert_close(lp1, lp0, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(n1, n0, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a1.logits, a0.logits.detach(), rtol=1e-6, atol=1e-6)  # made when read
+    assert g0.keys() == g1.keys() and ("lm_head.weight" in g0) == train_head
+    for k in g0:  # RMSNorm computes in float32 inside the float64 model
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-6 * float(g0[k].abs().max()), msg=k)
+
+
+def test_split_prefix_backward_adds_the_same_gradient_in_two_parts():
+    """Cut off, the prefix's share of each weight's gradient arrives after the rows' (each weight's
+    gradient is accumulated twice, not buffered until the end); the sum is the same, bit for bit
+    when the step starts from empty gradients."""
+    model, _ = tiny_random_llama(seed=5)
+    model.train()
+    b = _batch(12)
+    weight = model.model.layers[1].mlp.down_proj.weight
+    out = []
+    for split in (False, True):
+        model.zero_grad(set_to_none=True)
+        calls = []
+        h = weight.register_post_accumulate_grad_hook(lambda p: calls.append(1))
+        with split_prefix_backward(split):
+            loss = answer_logits(model, b, lean_head=True).nll()
+        loss.backward()
+        h.remove()
+        out.append((len(calls), _grads(model)))
+    (c0, g0), (c1, g1) = out
+    assert (c0, c1) == (1, 2)
+    assert g0.keys() == g1.keys() and all(torch.equal(g0[k], g1[k]) for k in g0)
+    with split_prefix_backward():  # without a graph nothing is cut
+        with torch.no_grad():
+            answer_logits(model, b)
