@@ -147,3 +147,22 @@ def test_split_prefix_backward_adds_the_same_gradient_in_two_parts():
     with split_prefix_backward():  # without a graph nothing is cut
         with torch.no_grad():
             answer_logits(model, b)
+
+
+def test_the_implant_is_bit_identical_without_the_savings(monkeypatch, mini, tmp_path):
+    """The implant uses the lean forwards and the split prefix backward; each of its steps starts
+    from empty gradients, so the weights it writes are the same bits as without them (an implant
+    cached before them stays valid: same key, same weights)."""
+    import contextlib
+
+    import unlearnbench.finetune as ft
+    from unlearnbench.models import load
+
+    p = ft.FinetuneParams(epochs=1, n_anchor=4, direct_repeats=1, n_refusal=4)
+    lean, _ = ft.finetune(load("tiny-random-llama"), mini, p, out_dir=tmp_path / "lean", progress=False)
+    monkeypatch.setattr(ft, "lean_mlp", lambda m: contextlib.nullcontext(0))
+    monkeypatch.setattr(ft, "split_prefix_backward", lambda on=True: contextlib.nullcontext())
+    stock, _ = ft.finetune(load("tiny-random-llama"), mini, p, out_dir=tmp_path / "stock", progress=False)
+    a, b = lean.model.state_dict(), stock.model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
