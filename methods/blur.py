@@ -125,7 +125,9 @@ class _BiLevel(GradientMethod):
         which, self._part = self._part, None
         params = self._params
         gs = torch.autograd.grad(loss, params, allow_unused=True)
-        gs = [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
+        # laid out as the weights (autograd.grad hands back what the last node made; the fused AdamW
+        # reads a gradient in its weight's layout)
+        gs = [torch.zeros_like(p) if g is None else g.contiguous() for p, g in zip(params, gs)]
         if self._acc is None:
             self._acc = {"gf": None, "gr": None, "n": 0}
         acc = self._acc

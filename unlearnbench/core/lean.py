@@ -45,7 +45,9 @@ class _GatedDown(torch.autograd.Function):
         grad_p = grad2.mm(weight).view(*grad.shape[:-1], width)  # as linear's backward: grad @ W
         grad_w = grad_b = None
         if ctx.needs_input_grad[2]:
-            grad_w = p.reshape(-1, width).t().mm(grad2).t()     # mm's backward of x @ Wᵀ, as autograd runs it
+            # as autograd's mm backward computes it for x @ Wᵀ: laid out like W (a transposed view would
+            # reach torch.autograd.grad's caller as is, and a fused optimiser reads a gradient in W's layout)
+            grad_w = grad2.t().mm(p.reshape(-1, width))
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_b = grad2.sum(0)
         grad_g = torch.ops.aten.silu_backward(grad_p * u, g) if ctx.needs_input_grad[0] else None
