@@ -1,0 +1,100 @@
+"""The gradient loop's memory savings, side by side in one process: each method's apply on the
+quickstart's hub edge (SmolLM2 implant, fp32) with the stock forwards and with the savings
+(``unlearnbench.core.lean``: MLP and RMSNorm keep less; ``core.lm``: the LM head on answer positions
+only with no vocabulary-sized activations, the shared prefix's backward split off), alternating,
+each variant twice (best time kept). Writes ``results/lean_training.md``.
+
+    python benchmarks/bench_lean.py [gd npo ...]
+
+Reports apply seconds, the method's peak C heap in use above the level before it (glibc mallinfo2:
+live allocations) and its peak RSS above the level before it, and the loss it ended on (equal
+up to float rounding: the savings change the order of some additions, not the arithmetic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+
+import torch
+from common import implanted, machine, write
+from report import machine_line
+
+import methods.training as training
+import unlearnbench.core.lm as lm_mod
+from methods import get_method
+from pistol_data import scenarios
+from pistol_data.scenarios import ScenarioSpec
+from unlearnbench.runner import PeakMemory, heap_in_use, release_memory
+from unlearnbench.tasks import build_request
+
+
+@contextlib.contextmanager
+def stock():
+    """The loop as it was: no lean forwards, the LM head on every kept column, one backward graph."""
+    saved = (training.lean_mlp, training.answer_logits, training.answer_nll, training.split_prefix_backward)
+    training.lean_mlp = lambda m: contextlib.nullcontext(0)
+    training.answer_logits = lambda model, b, share_prefix=True, lean_head=False: lm_mod.answer_logits(model, b, share_prefix)
+    training.answer_nll = lambda model, b, lean_head=False: lm_mod.answer_nll(model, b)
+    training.split_prefix_backward = lambda on=True: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        training.lean_mlp, training.answer_logits, training.answer_nll, training.split_prefix_backward = saved
+
+
+def run(method: str, model, tok, request, variant: str) -> dict:
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cls = get_method(method)
+    params = cls.Params()
+    rss0 = release_memory()
+    heap0 = heap_in_use()
+    with (stock() if variant == "stock" else contextlib.nullcontext()), PeakMemory(interval=0.01) as mem:
+        t = time.perf_counter()
+        res = cls().apply(model, tok, request, params)
+        secs = time.perf_counter() - t
+    info = getattr(res, "info", None) or {}
+    model.load_state_dict(state)
+    model.requires_grad_(False)
+    return {"seconds": secs, "heap_mib": (mem.peak_heap - heap0) / 2**20 if heap0 is not None else None,
+            "rss_mib": (mem.peak_rss - rss0) / 2**20, "last_loss": info.get("last_loss")}
+
+
+def main():
+    names = sys.argv[1:] or ["gd", "npo", "blur-npo"]
+    torch.manual_seed(0)
+    lm, ds = implanted()
+    model, tok = lm.model, lm.tokenizer
+    split = scenarios.resolve(ds, ScenarioSpec(type="edge", edge="A_B"))[-1]
+    request = build_request(ds, split, 0, "cpu", reference=lambda: model, progress=False)
+    with torch.no_grad():  # the weights' pages in, as in a grid
+        for p in model.parameters():
+            p.sum()
+    rows, data = [], {}
+    for name in names:
+        runs = {"stock": [], "lean": []}
+        for variant in ("stock", "lean", "stock", "lean"):
+            runs[variant].append(run(name, model, tok, request, variant))
+        best = {v: min(r, key=lambda x: x["seconds"]) for v, r in runs.items()}
+        data[name] = runs
+        s, le = best["stock"], best["lean"]
+        rows.append(f"| {name} | {s['seconds']:.1f} → {le['seconds']:.1f} ({le['seconds'] / s['seconds']:.2f}×) | "
+                    f"{s['heap_mib']:.0f} → {le['heap_mib']:.0f} | {s['rss_mib']:.0f} → {le['rss_mib']:.0f} | "
+                    f"{s['last_loss']:.6f} / {le['last_loss']:.6f} |")
+        print(json.dumps({name: best}))
+    m = machine()
+    md = "\n".join([
+        "## Gradient loop: the same steps in less memory (issue 18)", "",
+        f"*Measured on: {machine_line(m)}.*", "",
+        "Quickstart hub edge, SmolLM2 implant, fp32, each method's defaults; stock forwards vs the savings "
+        "(`core.lean`, `lean_head`, `split_prefix_backward`), alternating in one process, best of two. "
+        "Heap: peak C heap in use above the level before apply (glibc mallinfo2, live allocations); "
+        "RSS: peak resident above the level before apply (adds the free pages a fragmented heap keeps).", "",
+        "| method | apply s | heap MiB | RSS MiB | last loss (stock / lean) |", "|---|---|---|---|---|", *rows])
+    write("lean_training", md, {"runs": data})
+
+
+if __name__ == "__main__":
+    main()
