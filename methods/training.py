@@ -435,7 +435,6 @@ class GradientMethod(Method):
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}")
             bar.close()
-            lean.close()
             model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # drop the bf16 autocast forward
             kept = None
             if self._lora is not None and not params.lora.merge:  # evaluated with the adapters; removed after

@@ -57,16 +57,17 @@ class _MallInfo2(ctypes.Structure):
                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-def _heap_reader():
+def _glibc():
     try:
-        fn = ctypes.CDLL("libc.so.6").mallinfo2  # glibc >= 2.33
-    except (OSError, AttributeError):
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
         return None
-    fn.restype = _MallInfo2
-    return fn
 
 
-_MALLINFO2 = _heap_reader()
+_LIBC = _glibc()  # malloc_trim (release_memory) and mallinfo2 (heap_in_use), loaded once
+_MALLINFO2 = getattr(_LIBC, "mallinfo2", None)  # glibc >= 2.33
+if _MALLINFO2 is not None:
+    _MALLINFO2.restype = _MallInfo2
 
 
 def heap_in_use() -> int | None:
@@ -122,10 +123,8 @@ def release_memory() -> int:
     """Free what the last cell left (its model copies sit in reference cycles) and hand freed heap
     pages back to the OS (glibc keeps them otherwise, and RSS would only ever grow); returns RSS."""
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    if getattr(_LIBC, "malloc_trim", None) is not None:  # glibc
+        _LIBC.malloc_trim(0)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return psutil.Process().memory_info().rss
