@@ -71,6 +71,19 @@ def _fmt(v: float, digits: int = 1) -> str:
     return "–" if v is None or math.isnan(v) else f"{v:.{digits}f}"
 
 
+def _support(k: int, n: int, seeds: int) -> str:
+    """How much a majority of k in n says: the one-sided sign test's p-value (k or more of n by chance
+    when each is a coin flip) and the seeds per cell; weak below 3 seeds or at p >= 0.05."""
+    if n == 0:
+        return ""
+    from scipy.stats import binomtest
+
+    p = binomtest(k, n, 0.5, alternative="greater").pvalue
+    weak = p >= 0.05 or seeds < 3
+    return (f"; sign test p = {p:.2g}, {seeds} seed{'s' * (seeds != 1)} per cell"
+            + (" — weak evidence" if weak else ""))
+
+
 def _pm(vals, digits: int = 1) -> str:
     m, s, n = _agg(vals)
     if n == 0:
@@ -227,7 +240,8 @@ def connectivity_section(st: Study) -> Section:
     finding = {"name": "PISTOL: more connected knowledge is harder to unlearn",
                "holds": len(harder) > len(deltas) / 2 if deltas else None,
                "evidence": f"DS is higher on the most connected edge for {len(harder)} of {len(deltas)} methods "
-                           f"(mean Δ DS {_fmt(_agg(deltas.values())[0])})"}
+                           f"(mean Δ DS {_fmt(_agg(deltas.values())[0])})"
+                           + _support(len(harder), len(deltas), len(st.seeds))}
     text = ("## Connectivity: hub vs independent edge\n\nSingle-edge scenarios, least connected first "
             "(connectivity = the larger degree of the edge's two entities). Δ columns: most minus least "
             "connected (positive Δ DS = the connected edge is harder).\n\n" + _table(header, rows)
@@ -263,7 +277,8 @@ def density_section(st: Study) -> Section:
                "holds": len(harder) > len(deltas) / 2 if deltas else None,
                "evidence": f"DS is higher in the densest component (density {densities[-1]:.2f}) than in the "
                            f"sparsest ({densities[0]:.2f}) for {len(harder)} of {len(deltas)} methods "
-                           f"(mean Δ DS {_fmt(_agg(deltas.values())[0])})"}
+                           f"(mean Δ DS {_fmt(_agg(deltas.values())[0])})"
+                           + _support(len(harder), len(deltas), len(st.seeds))}
     text = ("## Density: chain vs semi-dense cluster vs complete graph\n\nScenarios whose forgotten contracts lie "
             "in one connected component, sparsest component first (edge density = edges / possible edges). "
             "Cells: DS (forget R1 / retain R1 / neighbour retain R1), mean over seeds. Δ columns: densest minus "
@@ -311,7 +326,7 @@ def domain_section(st: Study) -> Section:
     finding = {"name": "PISTOL: forgetting harms the same domain more",
                "holds": wins > total / 2 if total else None,
                "evidence": f"the retain drop is larger on same-type contracts in {wins} of {total} (method, scenario) "
-                           "pairs"}
+                           "pairs" + _support(wins, total, len(st.seeds))}
     text = ("## Domain: same vs other contract type\n\nDrop in retain ROUGE-1 (direct questions) against the "
             "implanted model, on the retained contracts of the forgotten edge's type (*same*) and of the other "
             "type (*other*); mean over seeds.\n\n" + _table(header, rows)
