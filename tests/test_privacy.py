@@ -117,7 +117,15 @@ def test_retrained_oracle_rows_and_forget_quality(tmp_path, grid_config, caplog)
     section = md.split("## Retraining and membership inference")[1].split("\n## ")[0]
     line = next(x for x in section.splitlines() if x.startswith("| retrain |"))
     assert "| 1.000 | 2/2 |" in line  # the oracle against itself, in both scenarios
-    # a fresh folder: the oracle implants come from the cache
-    Runner(grid_config(cfg, tmp_path), out_dir=tmp_path / "b", progress=False).run()
-    again = json.loads((tmp_path / "b" / "cells" / "retrain__seq__seed0.json").read_text())["method_info"]
-    assert again["cached"] and again["implant_key"] == seq["implant_key"]
+    # a fresh folder: the oracle implants come from the cache, and so do their evaluations (JSON kept
+    # beside the cache between parts of a grid) — with the same numbers as scoring them again
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="unlearnbench.runner"):
+        Runner(grid_config(cfg, tmp_path), out_dir=tmp_path / "b", progress=False).run()
+    assert sum("evaluation loaded from" in r.getMessage() for r in caplog.records) == 2  # hub's and seq's oracle
+    again = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "b" / "cells").glob("*.json")}
+    info = again["retrain__seq__seed0"]["method_info"]
+    assert info["cached"] and info["implant_key"] == seq["implant_key"]
+    for cid in ("retrain__hub__seed0", "retrain__seq__seed0", "ga__hub__seed0", "ga__seq__seed0"):
+        for part in ("per_example", "metrics"):  # compared as JSON text: NaN equals NaN there
+            assert json.dumps(again[cid][part], sort_keys=True) == json.dumps(cells[cid][part], sort_keys=True), cid

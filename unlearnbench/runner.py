@@ -39,6 +39,7 @@ from pistol_data.facts import pretrained_facts
 from . import threads
 from .config import RunConfig, Selection
 from .core import precision
+from .core.cache import cache_dir, stable_hash
 from .evaluate import EVALUATOR_VERSION, Evaluator, ModelEval
 from .finetune import cache_key, finetune
 from .models import LoadedModel, checkpoint_covers, load, restore_weights, save_checkpoint
@@ -199,6 +200,21 @@ def check_precisions(cfg: RunConfig, device: str) -> dict:
             "evaluation": "bf16" if bf16_weights else out["eval.precision"],
             "methods": {e.row: "bf16" if bf16_weights else out[method_setting[e.row]] if e.row in method_setting
                         else "fp32" for e in cfg.method_entries()}}
+
+
+def _read_oracle_eval(path: Path) -> tuple[ModelEval, dict] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, or unreadable: score the oracle again
+        return None
+    return ModelEval(qa=data["qa"], utility=data["utility"], seconds=data["seconds"], holdout=data["holdout"]), \
+        {**data["implant"], "cached": True}
+
+
+def _write_oracle_eval(path: Path, ev: ModelEval, info: dict) -> None:
+    implant = {"key": info["key"], "seconds": info.get("seconds")}
+    write_atomic(path, {"qa": ev.qa, "utility": ev.utility, "seconds": ev.seconds, "holdout": ev.holdout,
+                        "implant": implant})
 
 
 class Runner:
@@ -365,17 +381,35 @@ class Runner:
         for edges, group in sorted(groups.items(), key=lambda kv: sorted(kv[0])):
             if all(self._done(cell_id(row, t.label, t.seed)) for row in rows for t in group):
                 continue
-            base = base or load(self.cfg.model, device=ctx.device)
-            oracle, info = finetune(base, ctx.ds.without_edges(edges), params, progress=self.progress)
-            oracle.model.to(ctx.device, next(ctx.model.model.parameters()).dtype)  # scored as the cells are
-            ev = group[0].evaluate(ctx, oracle.model, f"evaluate oracle without {sorted(edges)}", reference=True)
+            without = ctx.ds.without_edges(edges)
+            ev_path = self._oracle_eval_path(ctx, cache_key(self.cfg.model, without, params, ctx.device),
+                                             group[0].grid_heldout)
+            found = _read_oracle_eval(ev_path)
+            if found is not None:  # a part run before scored this oracle on this evaluation: the same numbers
+                ev, info = found
+                log.info("oracle without %s: evaluation loaded from %s", sorted(edges), ev_path)
+            else:
+                base = base or load(self.cfg.model, device=ctx.device)
+                oracle, info = finetune(base, without, params, progress=self.progress)
+                oracle.model.to(ctx.device, next(ctx.model.model.parameters()).dtype)  # scored as the cells are
+                ev = group[0].evaluate(ctx, oracle.model, f"evaluate oracle without {sorted(edges)}", reference=True)
+                del oracle
+                _write_oracle_eval(ev_path, ev, info)
             log.info("oracle without %s: implant %s (%.0fs%s)", sorted(edges), info["key"], info.get("seconds") or 0,
                      ", cached" if info.get("cached") else "")
             for t in group:
                 t.oracle, t.oracle_info = ev, {"implant_key": info["key"], "implant_seconds": info.get("seconds"),
                                                "cached": bool(info.get("cached")), "without": sorted(edges)}
-            del oracle
         del base
+
+    def _oracle_eval_path(self, ctx: Context, implant_key: str, heldout: list[str]) -> Path:
+        """Where an oracle's evaluation is kept between the parts of a grid: keyed by its implant and
+        everything that decides the evaluation's numbers (data, evaluator settings and version, the
+        held-out forms scored, device, precision, torch), so a hit is what scoring again would give."""
+        what = {"implant": implant_key, "dataset": ctx.ds.fingerprint, "eval": self.cfg.eval.model_dump(),
+                "evaluator_version": EVALUATOR_VERSION, "heldout": sorted(heldout), "device": ctx.device,
+                "precision": ctx.precisions["evaluation"] if ctx.precisions else None, "torch": torch.__version__}
+        return cache_dir("oracle_evals") / f"{implant_key}-{stable_hash(what)}.json"
 
     def _reference_rows(self, ctx: Context, tasks: list) -> None:
         """Score the implanted model (``none``), the base model (``base``) and the retrained oracle
