@@ -157,7 +157,7 @@ class Tokens:
 
 GRADIENT = {"ga", "gd", "ukl", "dpo", "npo", "blur-ga", "blur-npo"}
 MEMO_REFERENCE = {"ukl", "dpo", "npo", "blur-npo"}  # read the model once before training (no copy)
-TWO_BACKWARDS = {"gd", "ukl", "dpo", "npo"}  # a retain term: a second backward pass into existing gradients
+TWO_BACKWARDS = {"gd", "ukl", "dpo", "npo", "rmu"}  # a retain term: its activations beside the forget term's gradients
 EDITOR_LAYERS = {"rome": 1, "memit": 5, "alphaedit": 5}
 EDITOR_DEPTH = {"rome": 1 / 6, "memit": 0.27, "alphaedit": 0.27}  # (last) edited layer, fraction of the depth
 F64 = 8
@@ -182,24 +182,34 @@ class CellPlan:
         return asdict(self)
 
 
+HEAD_CHUNK = 2 ** 21 * FP32  # core.lm's lean head: log p(gold) over 2 M logits at a time
+
+
 def _activations(shape: Shape, rows: int, tokens: int, answer_tokens: int, checkpointing: bool,
                  upto_layer: int | None = None, act_bytes: int = FP32, from_layer: int = 0,
-                 frozen: bool = False) -> float:
+                 frozen: bool = False, lean: bool = False, full_logits: bool = True) -> float:
     """Saved for backward, per token and layer of a Llama block, counted from its operations: the
     two RMSNorm inputs (2h, fp32: the norm upcasts) and, in the compute dtype, the two normed
     outputs (inputs of q/k/v and gate/up), q, k, v (h + 2kv), the attention output (input of o) and
     the gated MLP's gate, up, SiLU and product (4i): 4h + 2kv + 4i; plus the LM head's logits at
     answer positions. With ``frozen`` weights (a gradient for an activation only: the editors' δ)
-    no linear layer's input is kept: 2h + 2kv + 3i."""
+    no linear layer's input is kept: 2h + 2kv + 3i. ``lean``: the shared loop's MLP (core.lean)
+    keeps gate and up only (2i). Without ``full_logits`` the head is core.lm's lean head: the answer
+    positions' hidden states and one chunk of logits (log p(gold) only; a KL term reads every logit)."""
     core = (2 * shape.hidden + 2 * shape.kv + 3 * shape.intermediate) if frozen else \
-        (4 * shape.hidden + 2 * shape.kv + 4 * shape.intermediate)
+        (4 * shape.hidden + 2 * shape.kv + (2 if lean else 4) * shape.intermediate)
     per_layer_token = core * act_bytes + 2 * shape.hidden * FP32
     layers = (shape.layers if upto_layer is None else upto_layer + 1) - from_layer
     if checkpointing:
         saved = rows * tokens * (layers * shape.hidden * act_bytes + per_layer_token)
     else:
         saved = rows * tokens * layers * per_layer_token
-    head = 0 if upto_layer is not None else answer_tokens * shape.vocab * FP32 * 3  # logits, log-softmax, grad
+    if upto_layer is not None:
+        head = 0
+    elif full_logits:
+        head = answer_tokens * shape.vocab * FP32 * 3  # logits, log-softmax, grad
+    else:
+        head = answer_tokens * shape.hidden * FP32 + 2 * min(HEAD_CHUNK, answer_tokens * shape.vocab * FP32)
     return saved + head
 
 
@@ -228,12 +238,16 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
     answer_tokens = rows * 12  # PISTOL answers are ≤ 11 tokens; refusals ~10
     flops = 0.0
     if name in GRADIENT or name == "rmu":
+        # the shared loop's lean MLP (core.lean) stands aside under autocast and for LoRA's linears
+        autocast = getattr(params, "precision", "auto") == "bf16" or (
+            device == "cuda" and getattr(params, "precision", "auto") == "auto")
+        lean = lora is None and not autocast
         if name == "rmu":
             layer = params.layer if params.layer is not None else round(0.22 * shape.layers)
             trained = params.n_update_layers * shape.hidden * shape.intermediate
             if lora is not None:
                 trained = params.n_update_layers * lora.r * (shape.hidden + shape.intermediate)
-            act = _activations(shape, rows, t.longest, 0, ckpt, upto_layer=layer, act_bytes=ab)
+            act = _activations(shape, rows, t.longest, 0, ckpt, upto_layer=layer, act_bytes=ab, lean=lean)
             parts["copy"] = model_copy  # the frozen model, read every step
             path = shape.n_params * (layer + 1) / shape.layers
         else:
@@ -241,13 +255,25 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
                 trained = shape.lora_params(lora.r)
             else:
                 trained = shape.n_params - (shape.embedding if getattr(params, "freeze_embeddings", False) else 0)
-            act = _activations(shape, rows, t.longest, answer_tokens, ckpt, act_bytes=ab)
+            kl = name == "ukl" or (name.startswith("blur") and getattr(params, "retain_loss", None) == "kl")
+            act = _activations(shape, rows, t.longest, answer_tokens, ckpt, act_bytes=ab, lean=lean,
+                               full_logits=kl)
             path = shape.n_params
         if lora is None and wb < FP32:  # a half-precision model's trained tensors train in fp32
             parts["master"] = trained * (FP32 - wb)
-        two = name.startswith("blur") or name in TWO_BACKWARDS  # BLUR's second gradient; a retain term's backward
-        parts.update(grads=trained * FP32 * (2 if two else 1), optimizer=2 * trained * FP32, activations=act)
-        phases["training"] = sum(parts.values())
+        grad = trained * FP32
+        blur = name.startswith("blur")
+        parts.update(grads=grad * (2 if blur else 1), optimizer=2 * trained * FP32, activations=act)
+        held = sum(v for k, v in parts.items() if k not in ("grads", "activations"))
+        # a term's backward frees its activations as it makes the gradients: one term alone peaks at the
+        # larger of the two; a retain term runs its forward beside the forget term's gradients; BLUR
+        # computes g_r beside g_f (measured: gd's retain term adds its activations, not a gradient)
+        if blur:
+            phases["training"] = held + grad + max(act, grad)
+        elif name in TWO_BACKWARDS:
+            phases["training"] = held + grad + act
+        else:
+            phases["training"] = held + max(grad, act)
         passes = 3 if name in ("dpo", "npo", "blur-npo") else 2  # forget (+ refusal) + retain sub-batches
         # each step pairs its forget rows with as many retain rows, drawn cyclically
         retain_per_epoch = t.forget_rows * t.retain_tokens / max(t.retain_rows, 1)
