@@ -116,6 +116,17 @@ def run_size(size: str, names: list[str] | None, device: str, runs=None, measure
     return rows
 
 
+# From this day the shared loop runs the shared prompt prefix's backward after the rows' (core.lm.
+# split_prefix_backward): before it, autograd buffered a retain term's weight gradients beside the
+# forget term's until the prefix's share arrived — one more gradient set than the code holds now.
+PREFIX_SPLIT = "2026-12-05"
+
+
+def _before_prefix_split(r: dict) -> bool:
+    return (r["method"].split("-")[0] in ("gd", "npo", "ukl", "dpo") and "lora" not in r["method"]
+            and r.get("measured", "9")[:10] < PREFIX_SPLIT)
+
+
 def table(rows: list[dict], device: str = "cpu", gpu: str | None = None) -> str:
     how = ("CUDA memory allocated above the shared model (bf16 weights), apply and evaluation" if device == "cuda" else
            "RSS above the process before the cell, during apply (fp32; measured with `MALLOC_MMAP_THRESHOLD_=65536` "
@@ -134,6 +145,8 @@ def table(rows: list[dict], device: str = "cpu", gpu: str | None = None) -> str:
             continue
         flag = "" if 0.75 <= r["ratio"] <= 1.25 else " **outside ±25%**"
         how = "".join(f", {k}: {str(v).lower()}" for k, v in (r.get("params") or {}).items())
+        if _before_prefix_split(r):
+            how += ", before the prefix's backward was split off (one more gradient set held)"
         lines.append(f"| {r['size']} | {r['method']} | {r['predicted_gb']:.2f} ({r['peak_phase']}) | "
                      f"{r['measured_gb']:.2f} | {r['ratio']:.2f}{flag} | {r.get('measured', '–')}{how} |")
     ok = [r for r in rows if "ratio" in r]

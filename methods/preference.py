@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from unlearnbench.core.lm import backward_apart
+
 from .base import register_method
 from .training import GradientMethod, TrainParams, retain_nll, sequence_logprob
 
@@ -70,7 +72,9 @@ class IdkDPO(GradientMethod):
     def forget_loss(self, model, batch, ctx):
         p, ref = ctx["params"], ctx["ref"]
         win, lose = batch["forget_idk"], batch["forget"]
-        margin = _log_ratio(model, ref, win) - _log_ratio(model, ref, lose)
+        # the preferred answer's backward apart from the rejected one's: no buffered second set of
+        # weight gradients (core.lm.backward_apart)
+        margin = backward_apart(model, _log_ratio(model, ref, win)) - _log_ratio(model, ref, lose)
         return -F.logsigmoid(p.beta * margin).mean()
 
     def retain_loss(self, model, batch, ctx):

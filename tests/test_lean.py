@@ -123,6 +123,20 @@ def test_lean_head_answer_logits_equal_the_kept_columns(train_head):
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-6 * float(g0[k].abs().max()), msg=k)
 
 
+def _accumulations(model, split: bool, loss_fn) -> tuple[int, dict, float]:
+    """One backward from empty gradients: how many times a weight's ``.grad`` was accumulated
+    into, every gradient, the loss."""
+    weight = model.model.layers[1].mlp.down_proj.weight
+    model.zero_grad(set_to_none=True)
+    calls = []
+    h = weight.register_post_accumulate_grad_hook(lambda p: calls.append(1))
+    with split_prefix_backward(split):
+        loss = loss_fn()
+    loss.backward()
+    h.remove()
+    return len(calls), _grads(model), loss.item()
+
+
 def test_split_prefix_backward_adds_the_same_gradient_in_two_parts():
     """Cut off, the prefix's share of each weight's gradient arrives after the rows' (each weight's
     gradient is accumulated twice, not buffered until the end); the sum is the same, bit for bit
@@ -130,23 +144,34 @@ def test_split_prefix_backward_adds_the_same_gradient_in_two_parts():
     model, _ = tiny_random_llama(seed=5)
     model.train()
     b = _batch(12)
-    weight = model.model.layers[1].mlp.down_proj.weight
-    out = []
-    for split in (False, True):
-        model.zero_grad(set_to_none=True)
-        calls = []
-        h = weight.register_post_accumulate_grad_hook(lambda p: calls.append(1))
-        with split_prefix_backward(split):
-            loss = answer_logits(model, b, lean_head=True).nll()
-        loss.backward()
-        h.remove()
-        out.append((len(calls), _grads(model)))
-    (c0, g0), (c1, g1) = out
+    (c0, g0, _), (c1, g1, _) = [_accumulations(model, split, lambda: answer_logits(model, b, lean_head=True).nll())
+                                for split in (False, True)]
     assert (c0, c1) == (1, 2)
     assert g0.keys() == g1.keys() and all(torch.equal(g0[k], g1[k]) for k in g0)
     with split_prefix_backward():  # without a graph nothing is cut
         with torch.no_grad():
             answer_logits(model, b)
+
+
+def test_dpo_runs_each_answers_backward_apart_with_the_same_gradient():
+    """IdK-DPO's loss reads two forward passes (refusal and true answer): inside the split, each
+    pass's share goes into ``.grad`` on its own (four accumulations per weight: two passes, each
+    rows and prefix) instead of one buffered sum; the gradient is the same up to float rounding."""
+    from types import SimpleNamespace
+
+    from methods.preference import IdkDPO
+
+    model, _ = tiny_random_llama(seed=6)
+    model.train()
+    batch = {"forget": _batch(12, seed=1), "forget_idk": _batch(12, seed=2)}
+    ref, _ = tiny_random_llama(seed=7)
+    ctx = {"params": SimpleNamespace(beta=0.1), "ref": ref.eval()}
+    (c0, g0, l0), (c1, g1, l1) = [_accumulations(model, split, lambda: IdkDPO().forget_loss(model, batch, ctx))
+                                  for split in (False, True)]
+    assert (c0, c1) == (1, 4) and l0 == l1
+    assert g0.keys() == g1.keys()
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-7)
 
 
 def test_the_implant_is_bit_identical_without_the_savings(monkeypatch, mini, tmp_path):

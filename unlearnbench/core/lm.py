@@ -22,7 +22,8 @@ For training (``tests/test_lean.py``):
   every kept column of every row) and computes log p(gold) without keeping the N × V logits for
   the backward pass (:class:`_GoldLogprob`); the logits are made only if a loss reads them (a KL);
 * inside :func:`split_prefix_backward` the prefix's backward runs after the rows' instead of
-  holding a second copy of every weight's gradient until the end (:class:`_PrefixBoundary`).
+  holding a second copy of every weight's gradient until the end (:class:`_PrefixBoundary`);
+  :func:`backward_apart` does the same for a loss over two forward passes (DPO's two answers).
 """
 
 from __future__ import annotations
@@ -184,6 +185,18 @@ class _PrefixBoundary(torch.autograd.Function):
             torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
         ctx.kv = None
         return None, None
+
+
+def backward_apart(model, t: torch.Tensor) -> torch.Tensor:
+    """``t`` for a loss that also reads another forward pass of ``model`` (DPO: the preferred and
+    the rejected answers), with ``t``'s own graph cut off and run from its own node inside
+    :func:`split_prefix_backward` (:class:`_PrefixBoundary`): each weight's share from each pass
+    goes into ``.grad`` as it is computed, instead of autograd buffering a whole set of weight
+    gradients from one pass until the other's arrives. The same gradient up to the order of the
+    float additions per weight; outside the block, under DDP, or without a graph: ``t`` as is."""
+    if not (_SPLIT[0] and torch.is_grad_enabled() and t.requires_grad) or _is_ddp(model):
+        return t
+    return _PrefixBoundary.apply(torch.empty(0, requires_grad=True), [t])[0]
 
 
 def _cut_prefix_graph(cache) -> None:
