@@ -1,10 +1,11 @@
 """The gradient loop's memory savings, side by side in one process: each method's apply on the
 quickstart's hub edge (SmolLM2 implant, fp32) with the stock forwards and with the savings
 (``unlearnbench.core.lean``: MLP and RMSNorm keep less; ``core.lm``: the LM head on answer positions
-only with no vocabulary-sized activations, the shared prefix's backward split off), alternating,
+only with no vocabulary-sized activations, the shared prefix's backward split off, and DPO's two
+answers' backwards apart), alternating,
 each variant twice (best time kept). Writes ``results/lean_training.md``.
 
-    python benchmarks/bench_lean.py [gd npo ...]
+    python benchmarks/bench_lean.py [gd npo ...]   # adds to the table of the methods measured before here
 
 Reports apply seconds, the method's peak C heap in use above the level before it (glibc mallinfo2:
 live allocations) and its peak RSS above the level before it, and the loss it ended on (equal
@@ -19,7 +20,7 @@ import sys
 import time
 
 import torch
-from common import implanted, machine, write
+from common import RESULTS, implanted, machine, write
 from report import machine_line
 
 import methods.training as training
@@ -72,24 +73,29 @@ def main():
     with torch.no_grad():  # the weights' pages in, as in a grid
         for p in model.parameters():
             p.sum()
-    rows, data = [], {}
+    m = machine()
+    store = RESULTS / "lean_training.json"
+    old = json.loads(store.read_text()) if store.exists() else {}
+    # methods measured before on this same machine stay in the table (a run of some methods adds to it)
+    data = dict(old.get("runs", {})) if old.get("machine", {}).get("cpu") == m["cpu"] else {}
     for name in names:
         runs = {"stock": [], "lean": []}
         for variant in ("stock", "lean", "stock", "lean"):
             runs[variant].append(run(name, model, tok, request, variant))
-        best = {v: min(r, key=lambda x: x["seconds"]) for v, r in runs.items()}
         data[name] = runs
+        print(json.dumps({name: {v: min(r, key=lambda x: x["seconds"]) for v, r in runs.items()}}))
+    rows = []
+    for name, runs in data.items():
+        best = {v: min(r, key=lambda x: x["seconds"]) for v, r in runs.items()}
         s, le = best["stock"], best["lean"]
         rows.append(f"| {name} | {s['seconds']:.1f} → {le['seconds']:.1f} ({le['seconds'] / s['seconds']:.2f}×) | "
                     f"{s['heap_mib']:.0f} → {le['heap_mib']:.0f} | {s['rss_mib']:.0f} → {le['rss_mib']:.0f} | "
                     f"{s['last_loss']:.6f} / {le['last_loss']:.6f} |")
-        print(json.dumps({name: best}))
-    m = machine()
     md = "\n".join([
         "## Gradient loop: the same steps in less memory (issue 18)", "",
         f"*Measured on: {machine_line(m)}.*", "",
         "Quickstart hub edge, SmolLM2 implant, fp32, each method's defaults; stock forwards vs the savings "
-        "(`core.lean`, `lean_head`, `split_prefix_backward`), alternating in one process, best of two. "
+        "(`core.lean`, `lean_head`, `split_prefix_backward`, DPO's `backward_apart`), alternating in one process, best of two. "
         "Heap: peak C heap in use above the level before apply (glibc mallinfo2, live allocations); "
         "RSS: peak resident above the level before apply (adds the free pages a fragmented heap keeps).", "",
         "| method | apply s | heap MiB | RSS MiB | last loss (stock / lean) |", "|---|---|---|---|---|", *rows])
