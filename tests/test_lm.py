@@ -107,6 +107,9 @@ def test_busy_cores_and_a_second_run_are_reported(monkeypatch, tmp_path, caplog)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert threads.busy_warning() is None
     monkeypatch.setattr(os, "getloadavg", lambda: (4.0 * threads.available_cores(), 0.0, 0.0))
+    monkeypatch.setattr(threads, "busy_now", lambda seconds=0.5: 0.1)  # a job that has just ended:
+    assert threads.busy_warning() is None                               # the load average lags
+    monkeypatch.setattr(threads, "busy_now", lambda seconds=0.5: float(threads.available_cores()))
     assert "already busy" in threads.busy_warning()
     lock = tmp_path / "run.lock"
     with caplog.at_level(logging.WARNING), threads.RunLock(lock) as first:

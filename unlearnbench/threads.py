@@ -54,15 +54,31 @@ def configure() -> int:
     return n
 
 
+def busy_now(seconds: float = 0.5) -> float:
+    """Cores of this process's set busy right now (summed use over ``seconds``, this process's
+    own share included: call it before the work starts)."""
+    import psutil
+
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = None
+    per_cpu = psutil.cpu_percent(interval=seconds, percpu=True)
+    used = [per_cpu[i] for i in allowed if i < len(per_cpu)] if allowed else per_cpu
+    return sum(used) / 100.0
+
+
 def busy_warning(threshold: float = 0.75) -> str | None:
     """A warning when other work already keeps the cores busy (1-minute load average ≥
-    ``threshold`` × cores): timings will be slow and wrong, and so will everything else."""
+    ``threshold`` × cores, and still busy over half a second now: the load average lags, so a
+    job that has just ended is not taken for one running): timings will be slow and wrong, and so
+    will everything else."""
     try:
         load = os.getloadavg()[0]
     except OSError:
         return None
     cores = available_cores()
-    if load >= threshold * cores:
+    if load >= threshold * cores and busy_now() >= threshold * cores:
         return (f"the {cores} available CPU cores are already busy (load average {load:.1f}): another process "
                 "competes for them, so this run will be several times slower and its timings meaningless. "
                 "Run one torch job at a time.")
