@@ -278,3 +278,21 @@ def test_lunar_efficiency_follows_the_apply_times(tmp_path, mini):
     assert "| lunar-fixed | fixed [2] | 5.00× |" in sec and "| lunar | search over [1, 2] | 2.00× |" in sec
     assert "cheaper to apply than the gradient baselines (its layer fixed, as in the paper)** — holds: faster " \
            "than the baseline in 1 of 1 baseline comparisons, 5.00–5.00×" in md
+
+
+def test_finding_support_names_the_seeds_behind_each_cell():
+    """The sign test's p and the seeds per cell: weak below 3 seeds in some cell, and the count
+    again over the methods that have 3 seeds everywhere."""
+    from types import SimpleNamespace
+
+    from unlearnbench.report import Study, _seeded, _support
+
+    assert _support(13, 15, (1, 3)) == "; sign test p = 0.0037, 1–3 seeds per cell — weak evidence"
+    assert _support(5, 5, (3, 3)) == "; sign test p = 0.031, 3 seeds per cell"
+    by = {("gd", "a"): [0, 1, 2], ("gd", "b"): [0, 1, 2], ("npo", "a"): [0, 1, 2], ("npo", "b"): [0],
+          ("rmu", "a"): [0, 1, 2], ("rmu", "b"): [0, 1, 2]}
+    st = SimpleNamespace(by=by)
+    st.seeds_range = lambda rows, scen: Study.seeds_range(st, rows, scen)
+    assert _seeded(st, {"gd": 2.0, "npo": 1.0, "rmu": -1.0}, ["a", "b"]) == \
+        "; with 3 or more seeds per cell: 1 of 2 (gd, rmu)"
+    assert _seeded(st, {"gd": 2.0, "rmu": -1.0}, ["a", "b"]) == ""  # every method has 3: said once

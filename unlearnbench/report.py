@@ -71,17 +71,27 @@ def _fmt(v: float, digits: int = 1) -> str:
     return "–" if v is None or math.isnan(v) else f"{v:.{digits}f}"
 
 
-def _support(k: int, n: int, seeds: int) -> str:
+def _support(k: int, n: int, seeds: tuple[int, int]) -> str:
     """How much a majority of k in n says: the one-sided sign test's p-value (k or more of n by chance
-    when each is a coin flip) and the seeds per cell; weak below 3 seeds or at p >= 0.05."""
+    when each is a coin flip) and the seeds per cell (fewest, most); weak where a cell has fewer
+    than 3 seeds or at p >= 0.05."""
     if n == 0:
         return ""
     from scipy.stats import binomtest
 
     p = binomtest(k, n, 0.5, alternative="greater").pvalue
-    weak = p >= 0.05 or seeds < 3
-    return (f"; sign test p = {p:.2g}, {seeds} seed{'s' * (seeds != 1)} per cell"
-            + (" — weak evidence" if weak else ""))
+    lo, hi = seeds
+    span = f"{lo}" if lo == hi else f"{lo}–{hi}"
+    return (f"; sign test p = {p:.2g}, {span} seed{'s' * (hi != 1)} per cell"
+            + (" — weak evidence" if p >= 0.05 or lo < 3 else ""))
+
+
+def _seeded(st, deltas: dict, scenarios) -> str:
+    """The count again over the methods with 3 or more seeds in every cell, where only some have."""
+    full = [r for r in deltas if st.seeds_range([r], scenarios)[0] >= 3]
+    if not full or len(full) == len(deltas):
+        return ""
+    return f"; with 3 or more seeds per cell: {sum(deltas[r] > 0 for r in full)} of {len(full)} ({', '.join(full)})"
 
 
 def _pm(vals, digits: int = 1) -> str:
@@ -168,6 +178,12 @@ class Study:
     def mean(self, row: str, scenario: str, key: str) -> float:
         return _agg(self.vals(row, scenario, key))[0]
 
+    def seeds_range(self, rows, scenarios) -> tuple[int, int]:
+        """Fewest and most seeds behind one (row, scenario) cell of a finding."""
+        n = [len(self.by.get((r, s), [])) for r in rows for s in scenarios]
+        n = [k for k in n if k] or [0]
+        return min(n), max(n)
+
     # ---- scenario roles, read off the graph ----------------------------------------------
     def single_edge(self) -> list[tuple[str, str, int]]:
         """(scenario, edge, connectivity) for one-request, one-edge scenarios, least connected first."""
@@ -241,7 +257,8 @@ def connectivity_section(st: Study) -> Section:
                "holds": len(harder) > len(deltas) / 2 if deltas else None,
                "evidence": f"DS is higher on the most connected edge for {len(harder)} of {len(deltas)} methods "
                            f"(mean Δ DS {_fmt(_agg(deltas.values())[0])})"
-                           + _support(len(harder), len(deltas), len(st.seeds))}
+                           + _support(len(harder), len(deltas), st.seeds_range(deltas, [s for s, _, _ in singles]))
+                           + _seeded(st, deltas, [s for s, _, _ in singles])}
     text = ("## Connectivity: hub vs independent edge\n\nSingle-edge scenarios, least connected first "
             "(connectivity = the larger degree of the edge's two entities). Δ columns: most minus least "
             "connected (positive Δ DS = the connected edge is harder).\n\n" + _table(header, rows)
@@ -278,7 +295,8 @@ def density_section(st: Study) -> Section:
                "evidence": f"DS is higher in the densest component (density {densities[-1]:.2f}) than in the "
                            f"sparsest ({densities[0]:.2f}) for {len(harder)} of {len(deltas)} methods "
                            f"(mean Δ DS {_fmt(_agg(deltas.values())[0])})"
-                           + _support(len(harder), len(deltas), len(st.seeds))}
+                           + _support(len(harder), len(deltas), st.seeds_range(deltas, [c[0] for c in lo + hi]))
+                           + _seeded(st, deltas, [c[0] for c in lo + hi])}
     text = ("## Density: chain vs semi-dense cluster vs complete graph\n\nScenarios whose forgotten contracts lie "
             "in one connected component, sparsest component first (edge density = edges / possible edges). "
             "Cells: DS (forget R1 / retain R1 / neighbour retain R1), mean over seeds. Δ columns: densest minus "
@@ -326,7 +344,7 @@ def domain_section(st: Study) -> Section:
     finding = {"name": "PISTOL: forgetting harms the same domain more",
                "holds": wins > total / 2 if total else None,
                "evidence": f"the retain drop is larger on same-type contracts in {wins} of {total} (method, scenario) "
-                           "pairs" + _support(wins, total, len(st.seeds))}
+                           "pairs" + _support(wins, total, st.seeds_range(st.methods, [s for s, _, _ in singles]))}
     text = ("## Domain: same vs other contract type\n\nDrop in retain ROUGE-1 (direct questions) against the "
             "implanted model, on the retained contracts of the forgotten edge's type (*same*) and of the other "
             "type (*other*); mean over seeds.\n\n" + _table(header, rows)
