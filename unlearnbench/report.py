@@ -253,12 +253,13 @@ def connectivity_section(st: Study) -> Section:
         rows.append([row] + [_pm(st.vals(row, s, "ds")) for s, _, _ in singles]
                     + [_fmt(d_ds), _fmt(d_f, 3), _fmt(d_r, 3)])
     harder = sorted(r for r, d in deltas.items() if d > 0)
+    single_labels = [s for s, _, _ in singles]
     finding = {"name": "PISTOL: more connected knowledge is harder to unlearn",
                "holds": len(harder) > len(deltas) / 2 if deltas else None,
                "evidence": f"DS is higher on the most connected edge for {len(harder)} of {len(deltas)} methods "
                            f"(mean Δ DS {_fmt(_agg(deltas.values())[0])})"
-                           + _support(len(harder), len(deltas), st.seeds_range(deltas, [s for s, _, _ in singles]))
-                           + _seeded(st, deltas, [s for s, _, _ in singles])}
+                           + _support(len(harder), len(deltas), st.seeds_range(deltas, single_labels))
+                           + _seeded(st, deltas, single_labels)}
     text = ("## Connectivity: hub vs independent edge\n\nSingle-edge scenarios, least connected first "
             "(connectivity = the larger degree of the edge's two entities). Δ columns: most minus least "
             "connected (positive Δ DS = the connected edge is harder).\n\n" + _table(header, rows)
@@ -290,13 +291,14 @@ def density_section(st: Study) -> Section:
                              f"{_fmt(st.mean(row, s, 'neighbour_retain_rouge1'), 2)})" for s, _, _, _ in cells]
                     + [_fmt(d_ds), _fmt(d_n, 3)])
     harder = sorted(r for r, d in deltas.items() if d > 0)
+    compared = [c[0] for c in lo + hi]  # the sparsest and densest components' scenarios
     finding = {"name": "PISTOL: unlearning is harder in a denser graph",
                "holds": len(harder) > len(deltas) / 2 if deltas else None,
                "evidence": f"DS is higher in the densest component (density {densities[-1]:.2f}) than in the "
                            f"sparsest ({densities[0]:.2f}) for {len(harder)} of {len(deltas)} methods "
                            f"(mean Δ DS {_fmt(_agg(deltas.values())[0])})"
-                           + _support(len(harder), len(deltas), st.seeds_range(deltas, [c[0] for c in lo + hi]))
-                           + _seeded(st, deltas, [c[0] for c in lo + hi])}
+                           + _support(len(harder), len(deltas), st.seeds_range(deltas, compared))
+                           + _seeded(st, deltas, compared)}
     text = ("## Density: chain vs semi-dense cluster vs complete graph\n\nScenarios whose forgotten contracts lie "
             "in one connected component, sparsest component first (edge density = edges / possible edges). "
             "Cells: DS (forget R1 / retain R1 / neighbour retain R1), mean over seeds. Δ columns: densest minus "
