@@ -122,10 +122,19 @@ def test_retrained_oracle_rows_and_forget_quality(tmp_path, grid_config, caplog)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="unlearnbench.runner"):
         Runner(grid_config(cfg, tmp_path), out_dir=tmp_path / "b", progress=False).run()
-    assert sum("evaluation loaded from" in r.getMessage() for r in caplog.records) == 2  # hub's and seq's oracle
+    loaded = [r.getMessage().split(":")[0] for r in caplog.records if "evaluation loaded from" in r.getMessage()]
+    assert sorted(loaded) == ["base model", "implanted model", "oracle without ['A_B', 'E1_F1']",
+                              "oracle without ['A_B']"]  # every reference model scored once, in the first part
     again = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "b" / "cells").glob("*.json")}
     info = again["retrain__seq__seed0"]["method_info"]
     assert info["cached"] and info["implant_key"] == seq["implant_key"]
-    for cid in ("retrain__hub__seed0", "retrain__seq__seed0", "ga__hub__seed0", "ga__seq__seed0"):
+    for cid in ("retrain__hub__seed0", "retrain__seq__seed0", "ga__hub__seed0", "ga__seq__seed0",
+                "base__hub__seed0", "none__seq__seed0"):
         for part in ("per_example", "metrics"):  # compared as JSON text: NaN equals NaN there
             assert json.dumps(again[cid][part], sort_keys=True) == json.dumps(cells[cid][part], sort_keys=True), cid
+    # another evaluation setting is another key: nothing loaded, everything scored again
+    caplog.clear()
+    cfg["eval"] = {**cfg["eval"], "utility_limit": 3}
+    with caplog.at_level(logging.INFO, logger="unlearnbench.runner"):
+        Runner(grid_config(cfg, tmp_path), out_dir=tmp_path / "c", progress=False).run()
+    assert not any("evaluation loaded from" in r.getMessage() for r in caplog.records)

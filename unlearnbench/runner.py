@@ -202,17 +202,19 @@ def check_precisions(cfg: RunConfig, device: str) -> dict:
                         else "fp32" for e in cfg.method_entries()}}
 
 
-def _read_oracle_eval(path: Path) -> tuple[ModelEval, dict] | None:
+def _read_eval(path: Path) -> tuple[ModelEval, dict] | None:
+    """A reference model's evaluation kept by an earlier part of a grid (see
+    :meth:`Runner._reference_eval_path`), with the oracle's implant record; None when absent."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):  # absent, or unreadable: score the oracle again
+    except (OSError, ValueError):  # absent, or unreadable: score the model again
         return None
     return ModelEval(qa=data["qa"], utility=data["utility"], seconds=data["seconds"], holdout=data["holdout"]), \
-        {**data["implant"], "cached": True}
+        ({**data["implant"], "cached": True} if data.get("implant") else {})
 
 
-def _write_oracle_eval(path: Path, ev: ModelEval, info: dict) -> None:
-    implant = {"key": info["key"], "seconds": info.get("seconds")}
+def _write_eval(path: Path, ev: ModelEval, info: dict | None = None) -> None:
+    implant = {"key": info["key"], "seconds": info.get("seconds")} if info else None
     write_atomic(path, {"qa": ev.qa, "utility": ev.utility, "seconds": ev.seconds, "holdout": ev.holdout,
                         "implant": implant})
 
@@ -261,12 +263,19 @@ class Runner:
             model.model.to(device, wdtype)  # the implant trains and is cached in its own precision
             base.model.to(wdtype)  # the base row is scored as every cell is
             graph_labels = [s.label() for s in self._specs() if not s.on_facts()]
+            scored = dict(device=device, precision=precisions["evaluation"])
             if evaluate_base and cfg.mode == "unlearn" and graph_labels and not self._all_done("base", graph_labels):
-                base_eval = evaluator.run(base.model, base.tokenizer, desc="evaluate base model",
-                                          heldout_edges=self._heldout(ds))
+                heldout = self._heldout(ds)
+                base_eval = self._reference_eval(
+                    self._reference_eval_path("base", f"base {cfg.model}", ds, heldout, **scored),
+                    lambda: evaluator.run(base.model, base.tokenizer, desc="evaluate base model",
+                                          heldout_edges=heldout), "base model")
             if evaluate_base and facts_specs and not self._all_done("base", [s.label() for s in facts_specs]):
-                facts_base_eval = facts_evaluator.run(base.model, base.tokenizer, desc="evaluate base model (facts)",
-                                                      heldout_edges=self._heldout(facts_ds, facts=True))
+                heldout = self._heldout(facts_ds, facts=True)
+                facts_base_eval = self._reference_eval(
+                    self._reference_eval_path("base", f"base {cfg.model}", facts_ds, heldout, **scored),
+                    lambda: facts_evaluator.run(base.model, base.tokenizer, desc="evaluate base model (facts)",
+                                                heldout_edges=heldout), "base model (facts)")
             del base
         else:
             model.model.to(wdtype)
@@ -382,9 +391,10 @@ class Runner:
             if all(self._done(cell_id(row, t.label, t.seed)) for row in rows for t in group):
                 continue
             without = ctx.ds.without_edges(edges)
-            ev_path = self._oracle_eval_path(ctx, cache_key(self.cfg.model, without, params, ctx.device),
-                                             group[0].grid_heldout)
-            found = _read_oracle_eval(ev_path)
+            oracle_key = cache_key(self.cfg.model, without, params, ctx.device)
+            ev_path = self._reference_eval_path(oracle_key, oracle_key, ctx.ds, group[0].grid_heldout,
+                                                ctx.device, ctx.precisions["evaluation"] if ctx.precisions else None)
+            found = _read_eval(ev_path)
             if found is not None:  # a part run before scored this oracle on this evaluation: the same numbers
                 ev, info = found
                 log.info("oracle without %s: evaluation loaded from %s", sorted(edges), ev_path)
@@ -394,7 +404,7 @@ class Runner:
                 oracle.model.to(ctx.device, next(ctx.model.model.parameters()).dtype)  # scored as the cells are
                 ev = group[0].evaluate(ctx, oracle.model, f"evaluate oracle without {sorted(edges)}", reference=True)
                 del oracle
-                _write_oracle_eval(ev_path, ev, info)
+                _write_eval(ev_path, ev, info)
             log.info("oracle without %s: implant %s (%.0fs%s)", sorted(edges), info["key"], info.get("seconds") or 0,
                      ", cached" if info.get("cached") else "")
             for t in group:
@@ -402,14 +412,28 @@ class Runner:
                                                "cached": bool(info.get("cached")), "without": sorted(edges)}
         del base
 
-    def _oracle_eval_path(self, ctx: Context, implant_key: str, heldout: list[str]) -> Path:
-        """Where an oracle's evaluation is kept between the parts of a grid: keyed by its implant and
-        everything that decides the evaluation's numbers (data, evaluator settings and version, the
-        held-out forms scored, device, precision, torch), so a hit is what scoring again would give."""
-        what = {"implant": implant_key, "dataset": ctx.ds.fingerprint, "eval": self.cfg.eval.model_dump(),
-                "evaluator_version": EVALUATOR_VERSION, "heldout": sorted(heldout), "device": ctx.device,
-                "precision": ctx.precisions["evaluation"] if ctx.precisions else None, "torch": torch.__version__}
-        return cache_dir("oracle_evals") / f"{implant_key}-{stable_hash(what)}.json"
+    def _reference_eval_path(self, name: str, model_key: str, ds, heldout: list[str], device: str,
+                             precision: str | None) -> Path:
+        """Where a reference model's evaluation (the base model, the implanted model, a retrained
+        oracle) is kept between the parts of a grid: keyed by the model (``model_key``: its implant's
+        cache key, or the base model's spec) and everything that decides the evaluation's numbers
+        (data, evaluator settings and version, the held-out forms scored, device, precision, torch),
+        so a hit is what scoring again would give. Greedy decoding makes it deterministic."""
+        what = {"model": model_key, "dataset": ds.fingerprint, "eval": self.cfg.eval.model_dump(),
+                "evaluator_version": EVALUATOR_VERSION, "heldout": sorted(heldout), "device": device,
+                "precision": precision, "torch": torch.__version__}
+        return cache_dir("reference_evals") / f"{name}-{stable_hash(what)}.json"
+
+    @staticmethod
+    def _reference_eval(path: Path, compute, what: str) -> ModelEval:
+        """The evaluation kept at ``path`` if an earlier part wrote it, else ``compute()``, kept."""
+        found = _read_eval(path)
+        if found is not None:
+            log.info("%s: evaluation loaded from %s", what, path)
+            return found[0]
+        ev = compute()
+        _write_eval(path, ev)
+        return ev
 
     def _reference_rows(self, ctx: Context, tasks: list) -> None:
         """Score the implanted model (``none``), the base model (``base``) and the retrained oracle
@@ -433,7 +457,15 @@ class Runner:
                     key = ("scenario", task.ds is not None) if task.mode == "unlearn" else ("edit", task.seed)
                     if key not in evals:
                         t0 = time.perf_counter()
-                        evals[key] = task.evaluate(ctx, ctx.model.model, "evaluate implanted model", reference=True)
+                        run = lambda: task.evaluate(ctx, ctx.model.model, "evaluate implanted model",  # noqa: E731
+                                                    reference=True)
+                        if task.mode == "unlearn":  # kept between the parts of a grid, like the oracle's
+                            model_key = ctx.finetune_info.get("key") or f"base {self.cfg.model}"
+                            evals[key] = self._reference_eval(self._reference_eval_path(
+                                "implanted", model_key, task.ds if task.ds is not None else ctx.ds, task.grid_heldout, ctx.device,
+                                ctx.precisions["evaluation"] if ctx.precisions else None), run, "implanted model")
+                        else:
+                            evals[key] = run()
                         log.info("implanted model evaluated in %.1fs", time.perf_counter() - t0)
                     ev = evals[key]
                 rec = self._record(ctx, task, row, row, "reference", {}, status="ok", metrics=task.score(ev),
