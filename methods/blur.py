@@ -27,6 +27,15 @@ micro-batch accumulation equals one large batch exactly); NPO's log-ratio is for
 answer log-probabilities (the public code forms it from raw logits); gradient clipping
 (``max_grad_norm``) applies to d.
 
+Memory (``low_memory``, default on). Holding g_f and g_r at once is a fourth copy of the trained
+weights beside AdamW's two moments and the step's gradient. The step needs g_r only through the
+scalar ⟨g_r, g_f⟩ and the sum d, both linear in g_r, so with ``low_memory`` the retain term's
+backward runs twice with hooks on the trained weights that consume each weight's gradient as it
+arrives and free it: the first pass adds up ⟨g_r, g_f⟩ (g_r never held), then g_f's buffers are
+scaled by c = γ − ⟨g_r, g_f⟩/‖g_f‖² and the second pass adds g_r into them, leaving d. The same d
+(up to float rounding) in three copies of the trained weights instead of four, for one more
+forward and backward of the retain batch per step.
+
 Scale of the forget loss. γ compares ⟨g_r, g_f⟩ with ‖g_f‖², so what γ = 1 means depends on
 how large g_f is next to g_r. NPO on *summed* sequence log-probabilities (as ``npo``) has a
 gradient about answer-length times that of the per-token retain NLL, and BLUR's step is then
@@ -47,9 +56,11 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from unlearnbench.core.lm import split_prefix_backward
+
 from .base import register_method
 from .preference import PrefParams, npo_loss
-from .training import GradientMethod, kl_to_reference, sequence_mean_nll
+from .training import DivergenceError, GradientMethod, kl_to_reference, sequence_mean_nll
 
 
 class BLURParams(PrefParams):
@@ -58,6 +69,9 @@ class BLURParams(PrefParams):
                                               "or KL to the frozen model on them")
     alpha: float = Field(1.0, ge=0, description="unused by BLUR (no weighted sum); kept for a common "
                          "parameter set with npo")
+    low_memory: bool = Field(True, description="never hold g_r: the retain backward runs twice, first for "
+                             "<g_r, g_f>, then adding g_r into g_f's scaled buffers (three copies of the trained "
+                             "weights with AdamW instead of four; one more retain forward and backward a step)")
 
 
 class BlurNPOParams(BLURParams):
@@ -114,10 +128,14 @@ class _BiLevel(GradientMethod):
                 return fn(net, batch, ctx)
             return run
 
+        if "retain" in batch and ctx["params"].low_memory:  # run twice once g_f is complete (finish_gradients)
+            self._retain.append(batch)
+            return [part("gf", self.forget_loss)]
         return [part("gf", self.forget_loss)] + ([part("gr", self.retain_loss)] if "retain" in batch else [])
 
     def start(self, model, ctx) -> None:
         self._part, self._acc = None, None  # which term runs; g_f / g_r accumulated over a step
+        self._retain = []  # low_memory: the step's retain micro-batches, run in finish_gradients
         self._params = [p for p in ctx["accelerator"].unwrap_model(model).parameters() if p.requires_grad]
 
     def backward(self, accelerator, model, loss, batch, ctx) -> None:
@@ -139,9 +157,86 @@ class _BiLevel(GradientMethod):
             for a, g in zip(acc[which], gs):
                 a.add_(g)
 
-    def finish_gradients(self, accelerator, model, ctx) -> None:
+    def _retain_backward(self, accelerator, model, batches: list, ctx, take) -> float:
+        """The retain term's forward and backward on each micro-batch, each trained weight's gradient
+        handed to ``take(i, grad)`` as it arrives (a weight used by the shared prefix and the rows
+        arrives in two shares) and freed: no set of g_r is ever held. Returns the summed loss."""
+        net = accelerator.unwrap_model(model)
+
+        def hook(i):
+            def consume(p):
+                take(i, p.grad)
+                p.grad = None
+            return consume
+
+        handles = [p.register_post_accumulate_grad_hook(hook(i)) for i, p in enumerate(self._params)]
+        total = 0.0
+        try:
+            for batch in batches:
+                with accelerator.autocast(), split_prefix_backward():  # each weight's share freed as it comes
+                    loss = self.retain_loss(net, batch, ctx)
+                if not torch.isfinite(loss):
+                    raise DivergenceError(f"{self.name}: retain loss became {loss.item()}")
+                loss.backward()
+                total += loss.item()
+        finally:
+            for h in handles:
+                h.remove()
+        return total
+
+    def _finish_low_memory(self, accelerator, model, ctx) -> float | None:
+        """d = Σg_r + c·Σg_f (then over the micro-batches' count) in g_f's buffers, g_r never held:
+        c from ⟨Σg_r, Σg_f⟩ (first retain pass, per weight in parameter order), then the second pass
+        adds g_r into the scaled buffers. Returns the retain losses of the step."""
+        acc, self._acc = self._acc, None
+        batches, self._retain = self._retain, []
+        params, gf, n = self._params, acc["gf"], acc["n"]
+        world = accelerator.num_processes
+        if world > 1:  # g_f averaged before the inner products, as in the default path
+            for g in gf:
+                torch.distributed.all_reduce(g)
+                g.div_(world)
+        ff = sum(_dot(f, f) for f in gf)
+        lost = None
+        if ff == 0.0:  # d = g_r
+            c = 0.0
+        else:
+            dots = [0.0] * len(params)
+
+            def dot(i, g):
+                dots[i] += _dot(g, gf[i])
+
+            lost = self._retain_backward(accelerator, model, batches, ctx, dot) if batches else None
+            rf = sum(dots)
+            if world > 1:
+                t = torch.tensor(rf, dtype=torch.float64, device=gf[0].device)
+                torch.distributed.all_reduce(t)
+                rf = float(t) / world
+            c = ctx["params"].gamma - rf / ff
+        for f in gf:
+            f.mul_(c)
+        if batches:
+            def add(i, g):
+                gf[i].add_(g)
+
+            second = self._retain_backward(accelerator, model, batches, ctx, add)
+            lost = second if lost is None else lost
+            if world > 1:
+                for g in gf:
+                    torch.distributed.all_reduce(g)
+                    g.div_(world)
+        if n > 1:
+            for g in gf:
+                g.div_(n)
+        for p, g in zip(params, gf):
+            p.grad = g
+        return lost
+
+    def finish_gradients(self, accelerator, model, ctx) -> float | None:
         """The step's direction d from the accumulated (and, over processes, averaged) g_f and g_r,
-        written into g_r's buffers and handed to the optimiser as the gradient."""
+        written into g_r's buffers (``low_memory``: g_f's) and handed to the optimiser as the gradient."""
+        if ctx["params"].low_memory:
+            return self._finish_low_memory(accelerator, model, ctx)
         acc, self._acc = self._acc, None
         params = self._params
         gf = acc["gf"]

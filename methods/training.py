@@ -280,8 +280,9 @@ class GradientMethod(Method):
     def start(self, model, ctx) -> None:
         """Hook before the first step (after the model is prepared): reset the method's own state."""
 
-    def finish_gradients(self, accelerator, model, ctx) -> None:
-        """Hook after the last backward of an optimiser step (before clipping); default: nothing."""
+    def finish_gradients(self, accelerator, model, ctx) -> float | None:
+        """Hook after the last backward of an optimiser step (before clipping); default: nothing.
+        Returns the value of any loss term it ran itself (added to the step's logged loss), or None."""
 
     def reference_outputs(self, params: TrainParams) -> dict[str, str] | None:
         """What the loss reads of the frozen reference, per sub-batch (see :class:`ReferenceMemo`):
@@ -426,7 +427,9 @@ class GradientMethod(Method):
                             self.backward(accelerator, model, part, batch, ctx)
                             loss += part.item()
                         if accelerator.sync_gradients:
-                            self.finish_gradients(accelerator, model, ctx)
+                            extra = self.finish_gradients(accelerator, model, ctx)
+                            if extra is not None:  # a term the method ran itself (BLUR's low_memory retain)
+                                loss += extra
                             accelerator.clip_grad_norm_(model.parameters(), params.max_grad_norm)
                         opt.step()
                         sched.step()

@@ -1,5 +1,6 @@
 """BLUR's bi-level direction and RMU's footprint, on the tiny model."""
 
+import contextlib
 import copy
 
 import pytest
@@ -24,6 +25,9 @@ class _OneProcess:
 
     def unwrap_model(self, m):
         return m
+
+    def autocast(self):
+        return contextlib.nullcontext()
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +72,12 @@ def _slice(batch, sl):
     return {k: {kk: vv[sl] for kk, vv in v.items()} for k, v in batch.items()}
 
 
-def test_direction_keeps_forget_descent_rate(setup):
+@pytest.mark.parametrize("low_memory", [True, False])
+def test_direction_keeps_forget_descent_rate(setup, low_memory):
     lm, req, frozen = setup
     model = _perturbed(lm.model)
     batch = next(iter(build_batches(lm.tokenizer, req, 4)))
-    params = BlurNPO.Params(gamma=0.7)
+    params = BlurNPO.Params(gamma=0.7, low_memory=low_memory)
     d = _direction(BlurNPO(), model, [batch], {"ref": frozen, "params": params})
     # g_f and g_r computed independently of BLUR's code
     gf = torch.autograd.grad(npo_loss(model, frozen, batch["forget"], params.beta, params.forget_per_token),
@@ -98,11 +103,12 @@ def test_zero_forget_gradient_falls_back_to_retain():
     assert torch.equal(bilevel_direction([torch.zeros(2)], gr, 1.0)[0], gr[0])
 
 
-def test_accumulated_micro_batches_equal_one_big_batch(setup):
+@pytest.mark.parametrize("low_memory", [True, False])
+def test_accumulated_micro_batches_equal_one_big_batch(setup, low_memory):
     lm, req, frozen = setup
     model = _perturbed(lm.model)
     batch = next(iter(build_batches(lm.tokenizer, req, 4)))
-    params = BlurNPO.Params()
+    params = BlurNPO.Params(low_memory=low_memory)
     big = _direction(BlurNPO(), model, [batch], {"ref": frozen, "params": params})
     micro = _direction(BlurNPO(), model, [_slice(batch, slice(0, 2)), _slice(batch, slice(2, 4))],
                        {"ref": frozen, "params": params})
@@ -113,6 +119,48 @@ def test_accumulated_micro_batches_equal_one_big_batch(setup):
               for sl in (slice(0, 2), slice(2, 4))]
     naive = [(a + b) / 2 for a, b in zip(*halves)]
     assert max(float((a - b).abs().max()) for a, b in zip(big, naive)) > 1e-4
+
+
+def test_low_memory_gives_the_same_direction_without_holding_the_retain_gradient(setup):
+    """``low_memory`` runs the retain backward twice and consumes each weight's gradient as it
+    arrives: the same d as holding g_f and g_r (up to float rounding), and at no point more than one
+    weight's retain gradient alive."""
+    lm, req, frozen = setup
+    model = _perturbed(lm.model)
+    batch = next(iter(build_batches(lm.tokenizer, req, 4)))
+
+    class Probe(BlurNPO):
+        live: list = []
+
+        def _retain_backward(self, accelerator, model, batches, ctx, take):
+            def probe(i, g):
+                Probe.live.append(sum(p.grad is not None for p in self._params))
+                take(i, g)
+            return super()._retain_backward(accelerator, model, batches, ctx, probe)
+
+    for micro in ([batch], [_slice(batch, slice(0, 2)), _slice(batch, slice(2, 4))]):
+        Probe.live.clear()
+        both = _direction(BlurNPO(), model, micro, {"ref": frozen, "params": BlurNPO.Params(low_memory=False)})
+        lean = _direction(Probe(), model, micro, {"ref": frozen, "params": BlurNPO.Params(low_memory=True)})
+        scale = max(float(a.abs().max()) for a in both)
+        assert max(float((a - b).abs().max()) for a, b in zip(both, lean)) < 1e-5 * scale
+        # two passes, every trained weight's gradient at least once each, and one alive at a time
+        assert len(Probe.live) >= 2 * len(both) and max(Probe.live) == 1
+
+
+def test_low_memory_trains_as_holding_both(setup):
+    """The loop with ``low_memory`` on and off: the same weights and the same logged losses (the
+    retain loss the method runs itself is added to the step's)."""
+    lm, req, frozen = setup
+    out, hist = {}, {}
+    for low in (True, False):
+        m = BlurNPO()
+        out[low] = m.apply(copy.deepcopy(lm.model), lm.tokenizer, req,
+                           BlurNPO.Params(lr=1e-3, epochs=2, batch_size=2, low_memory=low)).model
+        hist[low] = m.history
+    assert hist[True] == pytest.approx(hist[False], rel=1e-5) and len(hist[True]) > 1
+    for a, b in zip(out[True].parameters(), out[False].parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def _forget_nll(model, tok, recs):

@@ -62,10 +62,14 @@ def test_options_move_the_prediction_the_right_way():
     assert lora.peak_bytes < 0.1 * full.peak_bytes and lora.flops < full.flops
     ckpt = _cell("gd", lora={"r": 16}, gradient_checkpointing=True)
     assert ckpt.parts["activations"] < 0.2 * lora.parts["activations"]
-    # BLUR keeps a second gradient; NPO reads the model itself before its first update (no copy),
-    # RMU holds a frozen copy
-    blur = _cell("blur-npo")
+    # BLUR holding g_f and g_r keeps a second gradient; with low_memory (default) it peaks as gd, for
+    # one more retain pass; NPO reads the model itself before its first update (no copy), RMU holds a
+    # frozen copy
+    blur = _cell("blur-npo", low_memory=False)
     assert blur.parts["grads"] == 2 * t and blur.phases["training"] == 3 * t + max(t, blur.parts["activations"])
+    lean_blur = _cell("blur-npo")
+    assert lean_blur.parts["grads"] == t and lean_blur.phases["training"] == 3 * t + lean_blur.parts["activations"]
+    assert lean_blur.flops > blur.flops
     assert "copy" not in _cell("npo").parts and "reference" not in _cell("npo").phases
     assert _cell("rmu").parts["copy"] == w
     # the editors hold statistics, not optimiser state; GRACE/WISE a copy of the model

@@ -263,14 +263,17 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
             parts["master"] = trained * (FP32 - wb)
         grad = trained * FP32
         blur = name.startswith("blur")
-        parts.update(grads=grad * (2 if blur else 1), optimizer=2 * trained * FP32, activations=act)
+        # BLUR holds g_r beside g_f, or (low_memory) runs the retain backward twice consuming g_r
+        # weight by weight: then it peaks as a two-term method does
+        both = blur and not getattr(params, "low_memory", False)
+        parts.update(grads=grad * (2 if both else 1), optimizer=2 * trained * FP32, activations=act)
         held = sum(v for k, v in parts.items() if k not in ("grads", "activations"))
         # a term's backward frees its activations as it makes the gradients: one term alone peaks at the
         # larger of the two; a retain term runs its forward beside the forget term's gradients; BLUR
         # computes g_r beside g_f (measured: gd's retain term adds its activations, not a gradient)
-        if blur:
+        if both:
             phases["training"] = held + grad + max(act, grad)
-        elif name in TWO_BACKWARDS:
+        elif blur or name in TWO_BACKWARDS:
             phases["training"] = held + grad + act
         else:
             phases["training"] = held + max(grad, act)
@@ -278,7 +281,8 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
         # each step pairs its forget rows with as many retain rows, drawn cyclically
         retain_per_epoch = t.forget_rows * t.retain_tokens / max(t.retain_rows, 1)
         per_epoch = t.forget_tokens * (passes - 1) + retain_per_epoch
-        flops = (4 if lora is not None else 6) * path * params.epochs * per_epoch
+        twice = retain_per_epoch if blur and getattr(params, "low_memory", False) else 0  # retain backward twice
+        flops = (4 if lora is not None else 6) * path * params.epochs * (per_epoch + twice)
         if name in MEMO_REFERENCE:  # the reference asked once
             flops += 2 * shape.n_params * per_epoch
         if name == "rmu":  # the frozen model's activations, every step

@@ -419,7 +419,7 @@ class Runner:
         cache key, or the base model's spec) and everything that decides the evaluation's numbers
         (data, evaluator settings and version, the held-out forms scored, device, precision, torch),
         so a hit is what scoring again would give. Greedy decoding makes it deterministic."""
-        what = {"model": model_key, "dataset": ds.fingerprint, "eval": self.cfg.eval.model_dump(),
+        what = {"implant": model_key, "dataset": ds.fingerprint, "eval": self.cfg.eval.model_dump(),
                 "evaluator_version": EVALUATOR_VERSION, "heldout": sorted(heldout), "device": device,
                 "precision": precision, "torch": torch.__version__}
         return cache_dir("reference_evals") / f"{name}-{stable_hash(what)}.json"
