@@ -194,8 +194,17 @@ class Selection(BaseModel):
                          (("methods", self.methods), ("scenarios", self.scenarios), ("seeds", self.seeds)) if v is not None)
 
 
+def edits_label(n: int) -> str:
+    """The column label of an editing grid's n counterfactual edits (its cells' file names)."""
+    return f"edits-n{n}"
+
+
+def column_labels(cfg: RunConfig) -> list[str]:
+    """The grid's column labels: its scenarios', or an editing grid's one edit set."""
+    return [edits_label(cfg.edits.n)] if cfg.mode == "edit" else [s.label() for s in cfg.scenarios]
+
+
 def expected_cells(cfg: RunConfig) -> list[tuple[str, str, int]]:
     """Every method cell of the grid, (row, column label, seed), in the config's order; the
     reference rows come with their columns."""
-    labels = [f"edits-n{cfg.edits.n}"] if cfg.mode == "edit" else [s.label() for s in cfg.scenarios]
-    return [(e.row, label, seed) for e in cfg.method_entries() for label in labels for seed in cfg.seeds]
+    return [(e.row, label, seed) for e in cfg.method_entries() for label in column_labels(cfg) for seed in cfg.seeds]

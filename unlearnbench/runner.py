@@ -37,7 +37,7 @@ from pistol_data import load as load_data
 from pistol_data.facts import pretrained_facts
 
 from . import threads
-from .config import RunConfig, Selection
+from .config import RunConfig, Selection, edits_label
 from .core import precision
 from .core.cache import cache_dir, stable_hash
 from .evaluate import EVALUATOR_VERSION, Evaluator, ModelEval
@@ -353,7 +353,7 @@ class Runner:
         cfg = self.cfg
         if cfg.mode == "edit":
             return [EditTask(ctx, cfg.edits.n, cfg.edits.per_edge, seed, self.progress) for seed in cfg.seeds
-                    if self.only.task(f"edits-n{cfg.edits.n}", seed)]
+                    if self.only.task(edits_label(cfg.edits.n), seed)]
         resolved = {s.label(): scenarios.resolve(ctx.ds, s) for s in cfg.scenarios}  # fail early on bad scenarios
         heldout = self._heldout(ctx.ds)
         facts_heldout = self._heldout(ctx.facts_ds, facts=True) if ctx.facts_ds is not None else []

@@ -18,6 +18,7 @@ from pistol_data.edits import counterfactual_edits
 from pistol_data.scenarios import Split, split_for
 from pistol_data.side_sets import preserve_prompts
 
+from .config import edits_label
 from .edit_eval import EditEvaluator, score_edits
 from .evaluate import ModelEval, attack_scores, score
 from .metrics import EDIT_METRICS, METRICS, directions
@@ -127,7 +128,7 @@ class EditTask:
         self.cases = counterfactual_edits(ctx.ds, n, seed, per_edge=per_edge)
         self.evaluator = EditEvaluator(ctx.ds, self.cases, ctx.evaluator.params.model_copy(update={"progress": progress}))
         self.split = split_for(ctx.ds, "edits", sorted({c.edge for c in self.cases}))
-        self.label = f"edits-n{n}"
+        self.label = edits_label(n)
         self.splits = [self.split]
 
     def scenario_record(self) -> dict:

@@ -19,12 +19,18 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def _affinity() -> list[int] | None:
+    """The CPUs this process may run on (None where the platform does not say: not Linux)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
 def available_cores() -> int:
     """Cores this process may run on: the affinity mask, capped by a cgroup v2/v1 CPU quota."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
+    allowed = _affinity()
+    n = len(allowed) if allowed else os.cpu_count() or 1
     quota = _cgroup_quota()
     return max(1, min(n, math.ceil(quota))) if quota else n
 
@@ -59,10 +65,7 @@ def busy_now(seconds: float = 0.5) -> float:
     own share included: call it before the work starts)."""
     import psutil
 
-    try:
-        allowed = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        allowed = None
+    allowed = _affinity()
     per_cpu = psutil.cpu_percent(interval=seconds, percpu=True)
     used = [per_cpu[i] for i in allowed if i < len(per_cpu)] if allowed else per_cpu
     return sum(used) / 100.0
