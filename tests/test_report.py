@@ -154,6 +154,19 @@ def test_report_findings_follow_the_numbers(tmp_path, mini):
     assert "0.300 (+0.200)" in md and "| lunar | 0.000 | – | – | n/a |" in md
     assert "0.400 / 0.100" in md  # gd's same / other domain drop
     assert "- **Leaks under attack** (mean recovery > 0.1 forget ROUGE-1): quantization: gd (+0.20)." in md
+    # pistol-mini's components differ in size (the hub's six entities, two lone contracts): no density
+    # question to ask — comparing them would be the connectivity question again
+    assert "## Density" not in md and "denser graph" not in md
+
+
+def test_report_names_the_precision_the_cells_were_scored_in():
+    from unlearnbench.report import _precision_text
+
+    cells = [{"precision": {"evaluation": "fp32"}}, {"precision": {"evaluation": "fp32"}}]
+    assert _precision_text(cells, "auto") == "; evaluation precision `fp32` (config: `auto`)"
+    assert _precision_text(cells + [{"precision": {"evaluation": "bf16"}}], "bf16") == \
+        "; evaluation precision `bf16` and `fp32`"
+    assert _precision_text([{}], "auto") == "; evaluation precision `auto`" and _precision_text([{}], None) == ""
 
 
 def test_oracle_columns_per_scenario(tmp_path, mini):

@@ -9,8 +9,8 @@ support:
   scenarios ordered by their edge's connectivity (the larger endpoint degree): DS at the most
   connected edge minus DS at the least connected one, per method.
 * **Density** (PISTOL, sample dataset 2: unlearning is harder in a denser graph) — scenarios whose
-  forget set lies in one connected component, by the component's edge density: DS in the densest
-  minus DS in the sparsest, per method.
+  forget set lies in one connected component, components of one size only, by the component's
+  edge density: DS in the densest minus DS in the sparsest, per method.
 * **Domain** (PISTOL: domain-skewed forgetting harms the same domain more) — for single-edge
   scenarios, the drop in retain ROUGE-1 (against the implanted model, ``none``) on the contracts
   of the forgotten edge's type vs on the other type.
@@ -128,6 +128,16 @@ def _dataset(results_dir: Path, records: list[dict]):
     return ds, [], None, None
 
 
+def _precision_text(records: list[dict], setting: str | None) -> str:
+    """What the cells were scored in (their records: ``auto`` resolved on the machine that ran them),
+    with the config's setting where it differs."""
+    used = sorted({(r.get("precision") or {}).get("evaluation") for r in records} - {None})
+    if not used:
+        return f"; evaluation precision `{setting}`" if setting else ""
+    return "; evaluation precision " + " and ".join(f"`{u}`" for u in used) + \
+        (f" (config: `{setting}`)" if setting and setting not in used else "")
+
+
 def missing_cells(expected: list[tuple[str, str, int]], records: list[dict]) -> list[tuple[str, str, int]]:
     """The method cells of the config's grid (``expected``, from ``config.expected_cells``) that no
     part has written yet, ok or failed: (row, scenario label, seed) in the config's order."""
@@ -198,7 +208,12 @@ class Study:
 
     def by_component(self) -> list[tuple[str, int, float, int]]:
         """(scenario, component, edge density, forgotten edges) for one-request scenarios whose forget
-        edges all lie in one connected component of the graph; components numbered by density."""
+        edges all lie in one connected component of the graph; components numbered by density. Only
+        components of one size (entities) are compared, as PISTOL's density question holds the size
+        fixed: the size of at least 3 entities whose components hit by scenarios differ in density
+        (the one with most scenarios); none when no size does — a lone contract's two entities are
+        trivially "complete", and set beside a sparse hub they would ask the connectivity question
+        again under another name."""
         import networkx as nx
 
         if self.ds is None or not self.ds.has_graph:
@@ -214,8 +229,13 @@ class Study:
             nodes = {n for e in splits[0]["forget_edges"] for n in self.ds.edge_endpoints.get(e, ())}
             hit = [i for i, c in enumerate(comps) if nodes and nodes <= c]
             if hit:
-                out.append((s, rank[hit[0]], dens[hit[0]], len(splits[0]["forget_edges"])))
-        return sorted(out, key=lambda t: (t[2], t[3], t[0]))
+                out.append((len(comps[hit[0]]), (s, rank[hit[0]], dens[hit[0]], len(splits[0]["forget_edges"]))))
+        sizes = {n: [c for m, c in out if m == n] for n, _ in out}
+        fit = [n for n, cs in sizes.items() if n >= 3 and len({c[2] for c in cs}) >= 2]
+        if not fit:
+            return []
+        size = max(fit, key=lambda n: (len(sizes[n]), n))
+        return sorted(sizes[size], key=lambda t: (t[2], t[3], t[0]))
 
     def sequences(self) -> list[str]:
         return [s for s, sp in self.splits.items() if len(sp) > 1]
@@ -300,7 +320,8 @@ def density_section(st: Study) -> Section:
                            + _support(len(harder), len(deltas), st.seeds_range(deltas, compared))
                            + _seeded(st, deltas, compared)}
     text = ("## Density: chain vs semi-dense cluster vs complete graph\n\nScenarios whose forgotten contracts lie "
-            "in one connected component, sparsest component first (edge density = edges / possible edges). "
+            "in one connected component, components of the same size only (entities), sparsest first (edge density "
+            "= edges / possible edges). "
             "Cells: DS (forget R1 / retain R1 / neighbour retain R1), mean over seeds. Δ columns: densest minus "
             "sparsest, averaged over each one's scenarios (positive Δ DS = the dense graph is harder). In a denser "
             "component each entity also has more contracts: density and connectivity move together here, as in "
@@ -739,8 +760,7 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
             f"Model `{first.get('model', {}).get('spec')}`, dataset {first.get('dataset', {}).get('preset')} "
             f"(seed {first.get('dataset', {}).get('seed')}), {len(st.methods)} methods × {len(st.scenarios)} scenarios "
             f"× seeds {st.seeds}: {len(st.ok)} cells ok, {len(st.failed)} failed"
-            + (f"; evaluation precision `{precision}`" + (" (bf16 where native)" if precision == "auto" else "")
-               if precision else "") + ".\n\n## Findings\n\n"
+            + _precision_text(records, precision) + ".\n\n## Findings\n\n"
             + ("\n".join(summary) or "- none measurable with these scenarios") + "\n")
     if run is not None:
         from .config import expected_cells
