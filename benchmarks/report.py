@@ -34,7 +34,9 @@ def main():
         text = p.read_text().rstrip().split("\n")
         m = json.loads((RESULTS / f"{p.stem}.json").read_text())["machine"]
         title = re.sub(r"^##\s*(\d+\.\s*)?", f"## {i}. ", text[0])  # numbered here, in ORDER
-        body.append("\n".join([title, "", f"*Measured on: {machine_line(m)}.*"] + text[1:]) + "\n")
+        # a script that names the machine itself: its line gives way to this one (once, not twice)
+        rest = re.sub(r"^\s*\*Measured on:[^\n]*\*\s*", "", "\n".join(text[1:])).strip("\n")
+        body.append("\n".join([title, "", f"*Measured on: {machine_line(m)}.*", "", rest]) + "\n")
     notes = HERE / "notes.md"
     if notes.exists():
         body.append(notes.read_text())
