@@ -309,3 +309,21 @@ def test_finding_support_names_the_seeds_behind_each_cell():
     assert _seeded(st, {"gd": 2.0, "npo": 1.0, "rmu": -1.0}, ["a", "b"]) == \
         "; with 3 or more seeds per cell: 1 of 2 (gd, rmu)"
     assert _seeded(st, {"gd": 2.0, "rmu": -1.0}, ["a", "b"]) == ""  # every method has 3: said once
+
+
+def test_ties_favour_neither_side_of_a_finding():
+    """A method whose DS is the same in both cells neither supports nor refutes a finding: the
+    majority is over the comparisons that differ, and the sign test drops the ties."""
+    from unlearnbench.report import _holds, _seeded, _support
+
+    assert _holds(2, 5, ties=3) is True and _holds(2, 5) is False and _holds(0, 2, ties=2) is False and _holds(0, 0) is None
+    assert _support(2, 5, (1, 1), ties=3) == "; sign test over the 2 unequal p = 0.25, 1 seed per cell — weak evidence"
+    assert _support(0, 2, (1, 1), ties=2) == ""
+    from types import SimpleNamespace
+
+    from unlearnbench.report import Study
+
+    st = SimpleNamespace(by={(r, s): [0, 1, 2] for r in ("gd", "npo", "rmu") for s in "ab"} | {("ga", "a"): [0]})
+    st.seeds_range = lambda rows, scen: Study.seeds_range(st, rows, scen)
+    assert _seeded(st, {"gd": 2.0, "npo": 0.0, "rmu": -1.0, "ga": 1.0}, ["a", "b"]) == \
+        "; with 3 or more seeds per cell: 1 of 3 (1 equal) (gd, npo, rmu)"

@@ -71,18 +71,36 @@ def _fmt(v: float, digits: int = 1) -> str:
     return "–" if v is None or math.isnan(v) else f"{v:.{digits}f}"
 
 
-def _support(k: int, n: int, seeds: tuple[int, int]) -> str:
-    """How much a majority of k in n says: the one-sided sign test's p-value (k or more of n by chance
-    when each is a coin flip) and the seeds per cell (fewest, most); weak where a cell has fewer
-    than 3 seeds or at p >= 0.05."""
-    if n == 0:
+TIE = 1e-9  # a difference this small favours neither side
+
+
+def _ties(values) -> int:
+    return sum(abs(v) < TIE for v in values)
+
+
+def _holds(k: int, n: int, ties: int = 0) -> bool | None:
+    """A majority of the comparisons that differ (a tie favours neither side); all tied: it does not
+    hold (nothing is harder); None with no comparison."""
+    return k > (n - ties) / 2 if n - ties > 0 else (False if n else None)
+
+
+def _equal(ties: int) -> str:
+    return f" ({ties} equal)" if ties else ""
+
+
+def _support(k: int, n: int, seeds: tuple[int, int], ties: int = 0) -> str:
+    """How much a majority of k in n says: the one-sided sign test's p-value (k or more by chance
+    when each is a coin flip; ties dropped, as the sign test does) and the seeds per cell (fewest,
+    most); weak where a cell has fewer than 3 seeds or at p >= 0.05."""
+    m = n - ties
+    if m <= 0:
         return ""
     from scipy.stats import binomtest
 
-    p = binomtest(k, n, 0.5, alternative="greater").pvalue
+    p = binomtest(k, m, 0.5, alternative="greater").pvalue
     lo, hi = seeds
     span = f"{lo}" if lo == hi else f"{lo}–{hi}"
-    return (f"; sign test p = {p:.2g}, {span} seed{'s' * (hi != 1)} per cell"
+    return (f"; sign test{f' over the {m} unequal' if ties else ''} p = {p:.2g}, {span} seed{'s' * (hi != 1)} per cell"
             + (" — weak evidence" if p >= 0.05 or lo < 3 else ""))
 
 
@@ -91,7 +109,8 @@ def _seeded(st, deltas: dict, scenarios) -> str:
     full = [r for r in deltas if st.seeds_range([r], scenarios)[0] >= 3]
     if not full or len(full) == len(deltas):
         return ""
-    return f"; with 3 or more seeds per cell: {sum(deltas[r] > 0 for r in full)} of {len(full)} ({', '.join(full)})"
+    return (f"; with 3 or more seeds per cell: {sum(deltas[r] > TIE for r in full)} of {len(full)}"
+            f"{_equal(_ties(deltas[r] for r in full))} ({', '.join(full)})")
 
 
 def _pm(vals, digits: int = 1) -> str:
@@ -272,13 +291,14 @@ def connectivity_section(st: Study) -> Section:
             deltas[row] = d_ds
         rows.append([row] + [_pm(st.vals(row, s, "ds")) for s, _, _ in singles]
                     + [_fmt(d_ds), _fmt(d_f, 3), _fmt(d_r, 3)])
-    harder = sorted(r for r, d in deltas.items() if d > 0)
+    harder = sorted(r for r, d in deltas.items() if d > TIE)
+    ties = _ties(deltas.values())
     single_labels = [s for s, _, _ in singles]
     finding = {"name": "PISTOL: more connected knowledge is harder to unlearn",
-               "holds": len(harder) > len(deltas) / 2 if deltas else None,
-               "evidence": f"DS is higher on the most connected edge for {len(harder)} of {len(deltas)} methods "
-                           f"(mean Δ DS {_fmt(_agg(deltas.values())[0])})"
-                           + _support(len(harder), len(deltas), st.seeds_range(deltas, single_labels))
+               "holds": _holds(len(harder), len(deltas), ties),
+               "evidence": f"DS is higher on the most connected edge for {len(harder)} of {len(deltas)} methods"
+                           f"{_equal(ties)} (mean Δ DS {_fmt(_agg(deltas.values())[0])})"
+                           + _support(len(harder), len(deltas), st.seeds_range(deltas, single_labels), ties)
                            + _seeded(st, deltas, single_labels)}
     text = ("## Connectivity: hub vs independent edge\n\nSingle-edge scenarios, least connected first "
             "(connectivity = the larger degree of the edge's two entities). Δ columns: most minus least "
@@ -310,14 +330,15 @@ def density_section(st: Study) -> Section:
                              f"{_fmt(st.mean(row, s, 'retain_rouge1'), 2)} / "
                              f"{_fmt(st.mean(row, s, 'neighbour_retain_rouge1'), 2)})" for s, _, _, _ in cells]
                     + [_fmt(d_ds), _fmt(d_n, 3)])
-    harder = sorted(r for r, d in deltas.items() if d > 0)
+    harder = sorted(r for r, d in deltas.items() if d > TIE)
+    ties = _ties(deltas.values())
     compared = [c[0] for c in lo + hi]  # the sparsest and densest components' scenarios
     finding = {"name": "PISTOL: unlearning is harder in a denser graph",
-               "holds": len(harder) > len(deltas) / 2 if deltas else None,
+               "holds": _holds(len(harder), len(deltas), ties),
                "evidence": f"DS is higher in the densest component (density {densities[-1]:.2f}) than in the "
-                           f"sparsest ({densities[0]:.2f}) for {len(harder)} of {len(deltas)} methods "
+                           f"sparsest ({densities[0]:.2f}) for {len(harder)} of {len(deltas)} methods{_equal(ties)} "
                            f"(mean Δ DS {_fmt(_agg(deltas.values())[0])})"
-                           + _support(len(harder), len(deltas), st.seeds_range(deltas, compared))
+                           + _support(len(harder), len(deltas), st.seeds_range(deltas, compared), ties)
                            + _seeded(st, deltas, compared)}
     text = ("## Density: chain vs semi-dense cluster vs complete graph\n\nScenarios whose forgotten contracts lie "
             "in one connected component, components of the same size only (entities), sparsest first (edge density "
@@ -345,7 +366,7 @@ def domain_section(st: Study) -> Section:
     if len(types) < 2 or not singles or "none" not in st.references:
         return Section("## Domain\n\nNeeds single-edge scenarios, two contract types and the `none` row; not measurable.")
     header = ["method"] + [f"{s} ({st.ds.edge_types[e]}): drop same / other" for s, e, _ in singles]
-    rows, wins, total = [], 0, 0
+    rows, wins, total, ties = [], 0, 0, 0
     for row in st.methods:
         cells = []
         for s, e, _ in singles:
@@ -361,13 +382,15 @@ def domain_section(st: Study) -> Section:
                 drops.append(before - after)
             if not any(math.isnan(x) for x in drops):
                 total += 1
-                wins += drops[0] > drops[1]
+                wins += drops[0] - drops[1] > TIE
+                ties += abs(drops[0] - drops[1]) < TIE
             cells.append(f"{_fmt(drops[0], 3)} / {_fmt(drops[1], 3)}")
         rows.append([row] + cells)
     finding = {"name": "PISTOL: forgetting harms the same domain more",
-               "holds": wins > total / 2 if total else None,
+               "holds": _holds(wins, total, ties),
                "evidence": f"the retain drop is larger on same-type contracts in {wins} of {total} (method, scenario) "
-                           "pairs" + _support(wins, total, st.seeds_range(st.methods, [s for s, _, _ in singles]))}
+                           f"pairs{_equal(ties)}"
+                           + _support(wins, total, st.seeds_range(st.methods, [s for s, _, _ in singles]), ties)}
     text = ("## Domain: same vs other contract type\n\nDrop in retain ROUGE-1 (direct questions) against the "
             "implanted model, on the retained contracts of the forgotten edge's type (*same*) and of the other "
             "type (*other*); mean over seeds.\n\n" + _table(header, rows)
