@@ -14,48 +14,27 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
-import torch
-from common import implanted, machine, write
+from common import edge_request, machine, measured_apply, write
 from report import machine_line
 
 from methods import get_method
-from pistol_data import scenarios
-from pistol_data.scenarios import ScenarioSpec
-from unlearnbench.runner import PeakMemory, heap_in_use, release_memory
-from unlearnbench.tasks import build_request
 
 
 def run(method: str, model, tok, request, low_memory: bool) -> tuple[dict, dict]:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     cls = get_method(method)
-    params = cls.Params(low_memory=low_memory)
-    rss0 = release_memory()
-    heap0 = heap_in_use()
-    with PeakMemory(interval=0.01) as mem:
-        t = time.perf_counter()
-        res = cls().apply(model, tok, request, params)
-        secs = time.perf_counter() - t
+    res, fig = measured_apply(cls, model, tok, request, cls.Params(low_memory=low_memory))
     info = getattr(res, "info", None) or {}
     after = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(state)
     model.requires_grad_(False)
-    return {"seconds": secs, "heap_mib": (mem.peak_heap - heap0) / 2**20 if heap0 is not None else None,
-            "rss_mib": (mem.peak_rss - rss0) / 2**20, "last_loss": info.get("last_loss"),
-            "steps": info.get("steps")}, after
+    return {**fig, "last_loss": info.get("last_loss"), "steps": info.get("steps")}, after
 
 
 def main():
     names = sys.argv[1:] or ["blur-npo", "blur-ga"]
-    torch.manual_seed(0)
-    lm, ds = implanted()
-    model, tok = lm.model, lm.tokenizer
-    split = scenarios.resolve(ds, ScenarioSpec(type="edge", edge="A_B"))[-1]
-    request = build_request(ds, split, 0, "cpu", reference=lambda: model, progress=False)
-    with torch.no_grad():  # the weights' pages in, as in a grid
-        for p in model.parameters():
-            p.sum()
+    model, tok, request = edge_request("A_B")
     data, rows = {}, []
     for name in names:
         runs, weights = {"both": [], "low_memory": []}, {}

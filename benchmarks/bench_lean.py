@@ -17,19 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import time
 
-import torch
-from common import RESULTS, implanted, machine, write
+from common import RESULTS, edge_request, machine, measured_apply, write
 from report import machine_line
 
 import methods.training as training
 import unlearnbench.core.lm as lm_mod
 from methods import get_method
-from pistol_data import scenarios
-from pistol_data.scenarios import ScenarioSpec
-from unlearnbench.runner import PeakMemory, heap_in_use, release_memory
-from unlearnbench.tasks import build_request
 
 
 @contextlib.contextmanager
@@ -49,30 +43,17 @@ def stock():
 def run(method: str, model, tok, request, variant: str) -> dict:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     cls = get_method(method)
-    params = cls.Params()
-    rss0 = release_memory()
-    heap0 = heap_in_use()
-    with (stock() if variant == "stock" else contextlib.nullcontext()), PeakMemory(interval=0.01) as mem:
-        t = time.perf_counter()
-        res = cls().apply(model, tok, request, params)
-        secs = time.perf_counter() - t
+    with stock() if variant == "stock" else contextlib.nullcontext():
+        res, fig = measured_apply(cls, model, tok, request, cls.Params())
     info = getattr(res, "info", None) or {}
     model.load_state_dict(state)
     model.requires_grad_(False)
-    return {"seconds": secs, "heap_mib": (mem.peak_heap - heap0) / 2**20 if heap0 is not None else None,
-            "rss_mib": (mem.peak_rss - rss0) / 2**20, "last_loss": info.get("last_loss")}
+    return {**fig, "last_loss": info.get("last_loss")}
 
 
 def main():
     names = sys.argv[1:] or ["gd", "npo", "blur-npo"]
-    torch.manual_seed(0)
-    lm, ds = implanted()
-    model, tok = lm.model, lm.tokenizer
-    split = scenarios.resolve(ds, ScenarioSpec(type="edge", edge="A_B"))[-1]
-    request = build_request(ds, split, 0, "cpu", reference=lambda: model, progress=False)
-    with torch.no_grad():  # the weights' pages in, as in a grid
-        for p in model.parameters():
-            p.sum()
+    model, tok, request = edge_request("A_B")
     m = machine()
     store = RESULTS / "lean_training.json"
     old = json.loads(store.read_text()) if store.exists() else {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -69,3 +70,36 @@ def write(name: str, markdown: str, data: dict) -> Path:
     p.write_text(markdown.rstrip() + "\n")
     print(markdown)
     return p
+
+
+def edge_request(edge: str = "A_B"):
+    """The quickstart's implanted model, its tokenizer and the unlearning request for one edge
+    (the reference is the model itself), with the weights' pages in, as in a grid."""
+    from pistol_data import scenarios
+    from pistol_data.scenarios import ScenarioSpec
+    from unlearnbench.tasks import build_request
+
+    torch.manual_seed(0)
+    lm, ds = implanted()
+    model = lm.model
+    split = scenarios.resolve(ds, ScenarioSpec(type="edge", edge=edge))[-1]
+    request = build_request(ds, split, 0, "cpu", reference=lambda: model, progress=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sum()
+    return model, lm.tokenizer, request
+
+
+def measured_apply(cls, model, tok, request, params) -> tuple[object, dict]:
+    """One method's apply, timed, with its peak C heap in use and peak RSS above the levels before
+    it (MiB; heap None where glibc's mallinfo2 is missing); returns (its result, the figures)."""
+    from unlearnbench.runner import PeakMemory, heap_in_use, release_memory
+
+    rss0 = release_memory()
+    heap0 = heap_in_use()
+    with PeakMemory(interval=0.01) as mem:
+        t = time.perf_counter()
+        res = cls().apply(model, tok, request, params)
+        secs = time.perf_counter() - t
+    return res, {"seconds": secs, "heap_mib": (mem.peak_heap - heap0) / 2**20 if heap0 is not None else None,
+                 "rss_mib": (mem.peak_rss - rss0) / 2**20}

@@ -18,16 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
-import torch
-from common import implanted
+from common import edge_request, measured_apply
 
 from methods import get_method
-from pistol_data import scenarios
-from pistol_data.scenarios import ScenarioSpec
-from unlearnbench.runner import PeakMemory, heap_in_use, release_memory
-from unlearnbench.tasks import build_request
 
 
 def main():
@@ -37,28 +31,16 @@ def main():
     ap.add_argument("--edge", default="A_B")
     a = ap.parse_args()
     setting = f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'glibc default')}"
-    torch.manual_seed(0)
-    lm, ds = implanted()
-    model, tok = lm.model, lm.tokenizer
-    split = scenarios.resolve(ds, ScenarioSpec(type="edge", edge=a.edge))[-1]
-    request = build_request(ds, split, 0, "cpu", reference=lambda: model, progress=False)
     cls = get_method(a.method)
     params = cls.Params.model_validate(json.loads(a.params))
-    with torch.no_grad():  # the weights' file pages in, as in a grid (evaluated before its cells)
-        for p in model.parameters():
-            p.sum()
-    rss0 = release_memory()
-    heap0 = heap_in_use()
-    with PeakMemory(interval=0.01) as mem:
-        t = time.perf_counter()
-        res = cls().apply(model, tok, request, params)
-        secs = time.perf_counter() - t
+    model, tok, request = edge_request(a.edge)
+    res, fig = measured_apply(cls, model, tok, request, params)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info = getattr(res, "info", None) or {}
     print(json.dumps({"method": a.method, "params": json.loads(a.params),
                       "malloc": setting,
-                      "apply_s": round(secs, 2), "cell_peak_mib": round((mem.peak_rss - rss0) / 2**20),
-                      "cell_heap_mib": round((mem.peak_heap - heap0) / 2**20) if heap0 is not None else None,
+                      "apply_s": round(fig["seconds"], 2), "cell_peak_mib": round(fig["rss_mib"]),
+                      "cell_heap_mib": round(fig["heap_mib"]) if fig["heap_mib"] is not None else None,
                       "requires_grad_after": trained, "last_loss": info.get("last_loss")}))
 
 
