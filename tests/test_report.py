@@ -291,6 +291,12 @@ def test_lunar_efficiency_follows_the_apply_times(tmp_path, mini):
     assert "| lunar-fixed | fixed [2] | 5.00× |" in sec and "| lunar | search over [1, 2] | 2.00× |" in sec
     assert "cheaper to apply than the gradient baselines (its layer fixed, as in the paper)** — holds: faster " \
            "than the baseline in 1 of 1 baseline comparisons, 5.00–5.00×" in md
+    # the DS ratio for every LUNAR row: the search (40 / 10) and the fixed layer (40 / 12) in one table
+    ds = md.split("## LUNAR vs the gradient baselines")[1].split("### Efficiency")[0]
+    assert "| scenario | best baseline DS | lunar DS | best / lunar | range over baselines | lunar-fixed DS |" in ds
+    assert "| hub | 40.0 | 10.0 | 4.00× | 4.00–4.00× | 12.0 | 3.33× | 3.33–3.33× |" in ds
+    assert "lunar's DS is below every baseline's in 2 of 2 scenarios; ratio baseline/LUNAR 4.00–4.00×; " \
+           "lunar-fixed's DS is below every baseline's in 2 of 2 scenarios; ratio baseline/LUNAR 3.33–3.33×" in ds
 
 
 def test_finding_support_names_the_seeds_behind_each_cell():
