@@ -219,6 +219,12 @@ def _write_eval(path: Path, ev: ModelEval, info: dict | None = None) -> None:
                         "implant": implant})
 
 
+def _scored_as(ctx: Context) -> dict:
+    """The device and evaluation precision a reference model is scored with (part of its kept
+    evaluation's key)."""
+    return {"device": ctx.device, "precision": ctx.precisions["evaluation"] if ctx.precisions else None}
+
+
 class Runner:
     def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
                  retry_failed: bool = False, executor: str = "serial", address: str | None = None,
@@ -266,16 +272,16 @@ class Runner:
             scored = dict(device=device, precision=precisions["evaluation"])
             if evaluate_base and cfg.mode == "unlearn" and graph_labels and not self._all_done("base", graph_labels):
                 heldout = self._heldout(ds)
-                base_eval = self._reference_eval(
+                base_eval, _ = self._reference_eval(
                     self._reference_eval_path("base", f"base {cfg.model}", ds, heldout, **scored),
-                    lambda: evaluator.run(base.model, base.tokenizer, desc="evaluate base model",
-                                          heldout_edges=heldout), "base model")
+                    lambda: (evaluator.run(base.model, base.tokenizer, desc="evaluate base model",
+                                           heldout_edges=heldout), None), "base model")
             if evaluate_base and facts_specs and not self._all_done("base", [s.label() for s in facts_specs]):
                 heldout = self._heldout(facts_ds, facts=True)
-                facts_base_eval = self._reference_eval(
+                facts_base_eval, _ = self._reference_eval(
                     self._reference_eval_path("base", f"base {cfg.model}", facts_ds, heldout, **scored),
-                    lambda: facts_evaluator.run(base.model, base.tokenizer, desc="evaluate base model (facts)",
-                                                heldout_edges=heldout), "base model (facts)")
+                    lambda: (facts_evaluator.run(base.model, base.tokenizer, desc="evaluate base model (facts)",
+                                                 heldout_edges=heldout), None), "base model (facts)")
             del base
         else:
             model.model.to(wdtype)
@@ -392,19 +398,19 @@ class Runner:
                 continue
             without = ctx.ds.without_edges(edges)
             oracle_key = cache_key(self.cfg.model, without, params, ctx.device)
-            ev_path = self._reference_eval_path(oracle_key, oracle_key, ctx.ds, group[0].grid_heldout,
-                                                ctx.device, ctx.precisions["evaluation"] if ctx.precisions else None)
-            found = _read_eval(ev_path)
-            if found is not None:  # a part run before scored this oracle on this evaluation: the same numbers
-                ev, info = found
-                log.info("oracle without %s: evaluation loaded from %s", sorted(edges), ev_path)
-            else:
+
+            def retrain(edges=edges, without=without, task=group[0]):
+                nonlocal base
                 base = base or load(self.cfg.model, device=ctx.device)
                 oracle, info = finetune(base, without, params, progress=self.progress)
                 oracle.model.to(ctx.device, next(ctx.model.model.parameters()).dtype)  # scored as the cells are
-                ev = group[0].evaluate(ctx, oracle.model, f"evaluate oracle without {sorted(edges)}", reference=True)
-                del oracle
-                _write_eval(ev_path, ev, info)
+                return task.evaluate(ctx, oracle.model, f"evaluate oracle without {sorted(edges)}",
+                                     reference=True), info
+
+            # a part run before scored this oracle on this evaluation: the same numbers, no implant run
+            ev, info = self._reference_eval(self._reference_eval_path(oracle_key, oracle_key, ctx.ds,
+                                                                      group[0].grid_heldout, **_scored_as(ctx)),
+                                            retrain, f"oracle without {sorted(edges)}")
             log.info("oracle without %s: implant %s (%.0fs%s)", sorted(edges), info["key"], info.get("seconds") or 0,
                      ", cached" if info.get("cached") else "")
             for t in group:
@@ -425,15 +431,17 @@ class Runner:
         return cache_dir("reference_evals") / f"{name}-{stable_hash(what)}.json"
 
     @staticmethod
-    def _reference_eval(path: Path, compute, what: str) -> ModelEval:
-        """The evaluation kept at ``path`` if an earlier part wrote it, else ``compute()``, kept."""
+    def _reference_eval(path: Path, compute, what: str) -> tuple[ModelEval, dict]:
+        """The evaluation kept at ``path`` if an earlier part wrote it, else ``compute()`` — the
+        evaluation and the model's implant record (None: not implanted here) — kept; with the record
+        (``{}`` when none)."""
         found = _read_eval(path)
         if found is not None:
             log.info("%s: evaluation loaded from %s", what, path)
-            return found[0]
-        ev = compute()
-        _write_eval(path, ev)
-        return ev
+            return found
+        ev, info = compute()
+        _write_eval(path, ev, info)
+        return ev, info or {}
 
     def _reference_rows(self, ctx: Context, tasks: list) -> None:
         """Score the implanted model (``none``), the base model (``base``) and the retrained oracle
@@ -462,8 +470,8 @@ class Runner:
                         if task.mode == "unlearn":  # kept between the parts of a grid, like the oracle's
                             model_key = ctx.finetune_info.get("key") or f"base {self.cfg.model}"
                             evals[key] = self._reference_eval(self._reference_eval_path(
-                                "implanted", model_key, task.ds if task.ds is not None else ctx.ds, task.grid_heldout, ctx.device,
-                                ctx.precisions["evaluation"] if ctx.precisions else None), run, "implanted model")
+                                "implanted", model_key, task.ds if task.ds is not None else ctx.ds, task.grid_heldout,
+                                **_scored_as(ctx)), lambda: (run(), None), "implanted model")[0]
                         else:
                             evals[key] = run()
                         log.info("implanted model evaluated in %.1fs", time.perf_counter() - t0)
