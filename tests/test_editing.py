@@ -333,23 +333,51 @@ def test_ridge_in_place_equals_the_sum_with_an_identity():
 
 def test_value_geometry_is_what_the_value_optimisation_runs(setup, monkeypatch):
     """plan's count of the value optimisation's tokens and answer positions (``value_geometry``,
-    from the questions alone) equals what ``compute_values`` runs, one fact and every fact."""
+    from the questions alone) equals what ``compute_values`` holds at once — one fact, every fact in
+    one batch, and every fact in groups (its largest group)."""
     from methods.editing import update
 
     lm, req, _ = setup
     facts = editing.request_facts(req, editing.FactParams())
-    seen = []
-    real = update._value_rows
+    seen, sizes = [], []
+    real = update._ValueGroup
 
     def record(*a, **k):
-        rows = real(*a, **k)
-        seen.append((rows.ids.shape[0] * (rows.ids.shape[1] - rows.s0), len(rows.lab_r)))
-        return rows
+        g = real(*a, **k)
+        seen.append((g.rows.ids.shape[0] * (g.rows.ids.shape[1] - g.rows.s0), len(g.rows.lab_r)))
+        sizes.append(g.n)
+        return g
 
-    monkeypatch.setattr(update, "_value_rows", record)
-    p = editing.EditParams(v_steps=1, n_prefixes=0)
-    for batch in (facts[:1], facts):
-        expected = update.value_geometry(lm.tokenizer, batch, 0)
-        seen.clear()
+    monkeypatch.setattr(update, "_ValueGroup", record)
+    one = update.value_geometry(lm.tokenizer, facts[:2], 0)[0]
+    for batch, chunk in ((facts[:1], None), (facts, None), (facts, one)):
+        p = editing.EditParams(v_steps=1, n_prefixes=0, v_chunk_tokens=chunk)
+        expected = update.value_geometry(lm.tokenizer, batch, 0, chunk_tokens=chunk)
+        seen.clear(), sizes.clear()
         update.compute_values(lm.model, lm.tokenizer, batch, 1, "mlp", [""], p)
-        assert seen == [expected] and expected[0] > 0 and expected[1] >= len(batch)
+        assert max(seen) == expected and expected[0] > 0 and expected[1] >= 1 and sum(sizes) == len(batch)
+    # in groups: several, each within the budget unless a fact alone exceeds it
+    assert len(seen) > 1 and all(x[0] <= one or n == 1 for x, n in zip(seen, sizes))
+
+
+@pytest.mark.parametrize("layer,where", [(1, "mlp"), (2, "block")])
+def test_value_optimisation_in_groups_equals_one_batch(setup, layer, where):
+    """Each fact's loss depends on its own δ only: the facts run in groups (one group's activations
+    alive, gradients summed per step) give the δ of one batch, step for step (float64)."""
+    from methods.editing import update
+
+    lm, req, _ = setup
+    model = copy.deepcopy(lm.model).double()
+    facts = editing.request_facts(req, editing.FactParams())[:4]
+    prefixes = editing.context_prefixes(model, lm.tokenizer, 2, 0)
+    one = update.value_geometry(lm.tokenizer, facts[:1], 2)[0]
+    groups = update.value_chunks(lm.tokenizer, facts, prefixes, "subject_last", one)
+    assert len(groups) > 1 and sorted(i for g in groups for i in g) == list(range(len(facts)))
+    p = dict(FAST, v_steps=4)
+    v0, v = editing.compute_values(model, lm.tokenizer, facts, layer, where, prefixes,
+                                   Rome.Params(**p, v_chunk_tokens=None))
+    w0, w = editing.compute_values(model, lm.tokenizer, facts, layer, where, prefixes,
+                                   Rome.Params(**p, v_chunk_tokens=one))
+    torch.testing.assert_close(w0, v0, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(w, v, rtol=1e-5, atol=1e-6)
+    assert (v - v0).norm() > 0  # the optimisation moved

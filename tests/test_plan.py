@@ -122,3 +122,21 @@ def test_cli_plan_json(tmp_path):
     out = json.loads(r.stdout)
     assert {c["method"] for c in out["cells"]} == set(methods.REGISTRY)  # every registered method has a plan
     assert all(c["fits"] and c["peak_bytes"] > 0 and c["flops"] > 0 for c in out["cells"])
+
+
+def test_editors_value_groups_bound_the_activations_not_the_flops():
+    """MEMIT/AlphaEdit run their facts' value optimisation in groups of at most v_chunk_tokens
+    positions: the activations are the largest group's, the FLOPs every fact's."""
+    import dataclasses
+
+    def geometry(n_prefixes, batched, query_merge=1, chunk_tokens=None):
+        every = (4000, 400) if batched else (500, 50)
+        return every if chunk_tokens is None or not batched else (min(chunk_tokens, every[0]), 100)
+
+    t = dataclasses.replace(TOKENS, edit_geometry=geometry)
+    shape = shape_of("llama-3-8b")
+    for name in ("memit", "alphaedit"):
+        cls = methods.get_method(name)
+        whole, grouped = (plan_cell(name, cls.Params(v_chunk_tokens=c), shape, t, EVAL) for c in (None, 1000))
+        assert grouped.parts["activations"] < whole.parts["activations"] / 3
+        assert grouped.flops == whole.flops

@@ -121,13 +121,14 @@ def _edit_geometry(ds, forget, tokenizer):
                              entities=sorted(ds.entity_names()))
 
     @lru_cache(maxsize=None)
-    def geometry(n_prefixes: int, batched: bool, query_merge: int = 1) -> tuple[int, int] | None:
+    def geometry(n_prefixes: int, batched: bool, query_merge: int = 1,
+                 chunk_tokens: int | None = None) -> tuple[int, int] | None:
         try:
             facts = request_facts(request, FactParams(query_merge=query_merge))
         except SubjectError:
             return None
         if batched:
-            return value_geometry(tokenizer, facts, n_prefixes)
+            return value_geometry(tokenizer, facts, n_prefixes, chunk_tokens=chunk_tokens)  # its largest group
         return max((value_geometry(tokenizer, [f], n_prefixes) for f in facts), default=(0, 0))
 
     return geometry
@@ -329,20 +330,25 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
         # the value optimisation: δ's gradient flows through every layer after the edited one, for
         # each context prefix and the bare question, over the columns after the cached prefix
         # (from the subject on), and the LM head at the target's positions; ROME edits one fact at
-        # a time, MEMIT/AlphaEdit batch every fact (the KL rows are short and few: not counted)
+        # a time, MEMIT/AlphaEdit batch their facts in groups of at most v_chunk_tokens positions, one
+        # group's activations alive (the KL rows are short and few: not counted)
         ctx_rows = (getattr(params, "n_prefixes", 5) + 1) * (1 if name == "rome" else t.forget_rows)
         edited = round(EDITOR_DEPTH[name] * shape.layers)
         geometry = t.edit_geometry and t.edit_geometry(getattr(params, "n_prefixes", 5), name != "rome",
-                                                       getattr(params, "query_merge", 1))
+                                                       getattr(params, "query_merge", 1),
+                                                       getattr(params, "v_chunk_tokens", None))
         tokens, answers = geometry or (ctx_rows * (t.longest + 10), ctx_rows * 12)  # no subjects: whole rows
+        # every group runs each step: the FLOPs count every fact's positions
+        every = (t.edit_geometry and t.edit_geometry(getattr(params, "n_prefixes", 5), name != "rome",
+                                                     getattr(params, "query_merge", 1))) or (tokens, answers)
         parts["activations"] = _activations(shape, 1, tokens, 0, False, act_bytes=ab, upto_layer=shape.layers - 1,
                                             from_layer=edited, frozen=True) + answers * shape.vocab * FP32 * 3
         phases["edit"] = sum(parts.values())
         # per δ step: forward and the input-gradient backward (no weight gradients) through the blocks
         # from the edited layer on, over the step's tokens, and the LM head at the answer positions;
-        # ROME one fact at a time, MEMIT/AlphaEdit every fact in one batch (at most v_steps: it stops early)
+        # ROME one fact at a time, MEMIT/AlphaEdit every fact each step (at most v_steps: it stops early)
         after = (shape.n_params - shape.embedding) * (shape.layers - edited) / shape.layers
-        step = 4 * after * tokens + 4 * shape.hidden * shape.vocab * answers
+        step = 4 * after * every[0] + 4 * shape.hidden * shape.vocab * every[1]
         flops = step * params.v_steps * (t.forget_rows if name == "rome" else 1)
     elif name in ("grace", "wise"):
         parts["copy"] = model_copy  # the structure changes: the cell edits a copy

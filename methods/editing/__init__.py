@@ -39,7 +39,8 @@ token instead of the subject's.
 Deviations shared by the family: prompts are the chat-template rendering of the question
 (context prefixes go inside the user turn); the target ends with EOS so generation stops after
 it; the corpus is the project's own local text instead of Wikipedia; the batched δ optimisation
-stops when every fact's NLL is below 0.05 (ROME stops per fact).
+stops when every fact's NLL is below 0.05 (ROME stops per fact); it runs the facts in groups of
+at most ``v_chunk_tokens`` positions, gradients summed per step (the same δ, one group's activations).
 """
 
 from __future__ import annotations
