@@ -143,13 +143,14 @@ def value_chunks(tokenizer, facts: list[Fact], prefixes: list[str], fact_token: 
         r = _value_rows(tokenizer, [f], prefixes, fact_token, "cpu")
         shapes.append((r.ids.shape[0], r.ids.shape[1], r.s0))
     groups, cur = [], []
-    for i in range(len(facts)):
-        cand = cur + [i]
-        size = sum(shapes[j][0] for j in cand) * (max(shapes[j][1] for j in cand) - min(shapes[j][2] for j in cand))
-        if cur and size > chunk_tokens:
+    n_rows = width = 0
+    start = float("inf")  # the group's running totals: rows, longest row, earliest recomputed column
+    for i, (r, w, s) in enumerate(shapes):
+        if cur and (n_rows + r) * (max(width, w) - min(start, s)) > chunk_tokens:
             groups.append(cur)
-            cand = [i]
-        cur = cand
+            cur, n_rows, width, start = [], 0, 0, float("inf")
+        cur.append(i)
+        n_rows, width, start = n_rows + r, max(width, w), min(start, s)
     return groups + [cur]
 
 
