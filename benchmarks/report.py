@@ -10,9 +10,9 @@ import re
 
 from common import HERE, RESULTS
 
-ORDER = ["eval_throughput", "finetune_throughput", "implant_recipes", "method_cost", "end_to_end", "phases", "editing_stats",
-         "leaderboard_cost", "lean_training", "blur_memory", "rome_vs_easyedit", "plan_validation",
-         "plan_validation_cuda", "plan_paper_scale"]
+ORDER = ["eval_throughput", "finetune_throughput", "implant_recipes", "method_cost", "end_to_end", "phases",
+         "step_profile", "editing_stats", "leaderboard_cost", "lean_training", "full_batch", "blur_memory", "rome_vs_easyedit",
+         "plan_validation", "plan_validation_cuda", "plan_paper_scale"]
 
 
 def machine_line(m: dict) -> str:

@@ -3,6 +3,8 @@ losses and gradients, the LM head's gold log-probabilities without vocabulary-si
 equal the log-softmax's, and the shared prefix's backward, cut off and run after the rows', adds
 the same gradient."""
 
+import gc
+
 import pytest
 import torch
 
@@ -79,6 +81,52 @@ def test_lean_mlp_keeps_fewer_activations_and_leaves_what_it_cannot_replace():
         h.remove()
     with torch.no_grad(), lean_mlp(model):  # no graph: the stock path
         model(input_ids=ids)
+
+
+def test_norm_outputs_are_recomputed_for_the_backward_not_kept(monkeypatch):
+    """The layers reading a norm's output keep a recipe, not a copy: the graph holds one hidden-width
+    tensor per token and norm less (glibc's count of live bytes), for the same bits."""
+    from unlearnbench.core import lean
+    from unlearnbench.runner import heap_in_use
+
+    if heap_in_use() is None:
+        pytest.skip("needs glibc's mallinfo2")
+    layers, hidden, shape = 2, 256, (8, 96)
+    model, _ = tiny_random_llama(seed=3, layers=layers, hidden=hidden)
+    model.train()
+    ids = torch.randint(0, 500, shape, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        with lean_mlp(model):
+            gc.collect()
+            h0 = heap_in_use()
+            loss = model(input_ids=ids, labels=ids).loss
+            held = heap_in_use() - h0
+        loss.backward()
+        return held, loss.detach(), _grads(model)
+
+    held, loss, grads = run()
+    with monkeypatch.context() as mp:
+        mp.setattr(lean._NormOutputs, "pack", lambda self, t: t)  # every norm output kept as a copy
+        held_kept, loss_kept, grads_kept = run()
+    norm_outputs = 2 * layers * shape[0] * shape[1] * hidden * 4  # bytes: two norms per block
+    assert held_kept - held >= 0.95 * norm_outputs
+    assert torch.equal(loss, loss_kept) and grads.keys() == grads_kept.keys()
+    assert all(torch.equal(grads[k], grads_kept[k]) for k in grads)
+
+
+def test_a_norm_input_changed_in_place_is_refused():
+    model, _ = tiny_random_llama(seed=3, layers=1, hidden=64)
+    model.train()
+    norm = model.model.layers[0].post_attention_layernorm
+    x = torch.randn(2, 5, 64, requires_grad=True).clone()
+    with lean_mlp(model):
+        y = model.model.layers[0].mlp.up_proj(norm(x))  # a reader of the norm's output: it keeps a recipe
+    with torch.no_grad():
+        x.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        y.sum().backward()
 
 
 def test_gold_logprobs_without_the_logits_equal_the_log_softmax():

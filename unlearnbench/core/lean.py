@@ -12,6 +12,13 @@ gradients are bit-identical (``tests/test_lean.py``). Each RMSNorm runs under a 
 checkpoint of itself alone: its normalised copy is recomputed from the kept input, the same ops.
 An 8-row SmolLM2 sub-batch's forward activations: 414 → 329 MiB.
 
+A norm's output is also kept by the layers that read it — the attention's q/k/v projections and
+the MLP's gate/up projections keep their input for their weight gradients — one hidden-width copy
+per token per norm, while the norm's input is kept anyway. Within :func:`lean_mlp`,
+saved-tensor hooks (:class:`_NormOutputs`) keep a recipe instead of such a copy (the norm and its
+input) and recompute the output when the backward pass reads it: the same op on the same input, so
+the same bits, for one elementwise pass per reading layer.
+
 :func:`lean_mlp` swaps it in for a block of code. It leaves alone every MLP it cannot replace
 exactly: another activation, a ``down`` that is not a plain ``nn.Linear`` (LoRA, GRACE, WISE) or
 has hooks, and every MLP while autocast is on (the recomputation would not see the forward's
@@ -20,7 +27,8 @@ casts): those run as before.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import weakref
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -84,23 +92,73 @@ def _is_rms_norm(m: torch.nn.Module) -> bool:
         and not (m._forward_hooks or m._forward_pre_hooks)
 
 
-def _lean_norm_forward(norm):
+class _Recipe:
+    """What a saved norm output is rebuilt from: the norm's stock forward, its input, and the
+    saved tensor's view of the output (size, stride, offset)."""
+
+    __slots__ = ("stock", "x", "version", "view")
+
+    def __init__(self, stock, x, view):
+        self.stock, self.x, self.version, self.view = stock, x.detach(), x._version, view
+
+
+class _NormOutputs:
+    """Saved-tensor hooks: a saved tensor that views a live norm output (the lean norms register
+    theirs, by storage) is kept as a :class:`_Recipe` and recomputed when read; every other
+    tensor is kept as is."""
+
+    def __init__(self):
+        # storage address -> (weak refs to the output and the input, stock forward): weak, so that the
+        # registry keeps nothing alive; a recipe (made while both live) keeps the input
+        self.live: dict[int, tuple] = {}
+        self.recomputed = 0  # saved copies replaced by a recipe
+
+    def add(self, y: torch.Tensor, stock, x: torch.Tensor) -> None:
+        if len(self.live) > 4096:  # forget the outputs of finished forwards
+            self.live = {k: e for k, e in self.live.items() if e[0]() is not None}
+        self.live[y.untyped_storage().data_ptr()] = (weakref.ref(y), weakref.ref(x), stock)
+
+    def pack(self, t: torch.Tensor):
+        entry = self.live.get(t.untyped_storage().data_ptr())
+        if entry is not None:
+            y, x = entry[0](), entry[1]()  # y alive: the address is still its storage's
+            if y is not None and x is not None and y.dtype == t.dtype and y.device == t.device:
+                self.recomputed += 1
+                return _Recipe(entry[2], x, (t.size(), t.stride(), t.storage_offset()))
+        return t
+
+    @staticmethod
+    def unpack(p):
+        if isinstance(p, _Recipe):
+            if p.x._version != p.version:
+                raise RuntimeError("lean_mlp: a norm's input was modified in place after its forward; "
+                                   "its output cannot be recomputed for the backward pass")
+            with torch.no_grad():
+                return p.stock(p.x).as_strided(*p.view)
+        return p
+
+
+def _lean_norm_forward(norm, outputs: _NormOutputs):
     stock = norm.forward
 
     def forward(x):
         if not torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
             return stock(x)
         # its input kept, the normalised copy and 1/rms recomputed in the backward pass (the same ops)
-        return checkpoint(stock, x, use_reentrant=False, preserve_rng_state=False)
+        y = checkpoint(stock, x, use_reentrant=False, preserve_rng_state=False)
+        outputs.add(y, stock, x)
+        return y
     return forward
 
 
 @contextmanager
 def lean_mlp(model: torch.nn.Module):
     """Within the block, every gated-SiLU MLP of ``model`` that :func:`_replaceable` accepts saves
-    ``g`` and ``u`` only, and every RMSNorm only its input (see the module doc); the stock forwards
-    are back afterwards."""
+    ``g`` and ``u`` only, every RMSNorm only its input, and the layers reading a norm's output a
+    recipe for it (see the module doc); the stock forwards are back afterwards. Saved-tensor hooks
+    entered inside the block take the place of its own (as ``torch.autograd.graph`` nests them)."""
     swapped = []
+    outputs = _NormOutputs()
     for m in model.modules():
         if "forward" in m.__dict__:
             continue
@@ -108,10 +166,14 @@ def lean_mlp(model: torch.nn.Module):
             m.forward = _lean_forward(m)
             swapped.append(m)
         elif _is_rms_norm(m):
-            m.forward = _lean_norm_forward(m)
+            m.forward = _lean_norm_forward(m, outputs)
             swapped.append(m)
     try:
-        yield len(swapped)
+        with ExitStack() as stack:
+            if any(_is_rms_norm(m) for m in swapped):
+                stack.enter_context(torch.autograd.graph.saved_tensors_hooks(outputs.pack, outputs.unpack))
+            yield len(swapped)
     finally:
+        outputs.live.clear()
         for m in swapped:
             m.__dict__.pop("forward", None)
