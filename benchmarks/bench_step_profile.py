@@ -137,7 +137,7 @@ def main():
            "slowest_shapes": [{"gflops": g, "op": n, "shapes": [s for s, _ in sh], "count": c} for g, n, sh, c in worst]}
     print(res, flush=True)
     share = res["profile_share"]
-    lines = ["## 5b. The gradient loop's step against its own shapes", "",
+    lines = ["## The gradient loop's step against its own shapes", "",
              f"gd's step on the hub edge's first batch ({batch_rows(batch)} rows; each term's forward and "
              "backward, clipping and AdamW), SmolLM2 implanted, fp32; "
              f"fp32 matmul peak (2048³) **{peak:.0f} GFLOP/s**.", "",
