@@ -111,7 +111,6 @@ class _NormOutputs:
         # storage address -> (weak refs to the output and the input, stock forward): weak, so that the
         # registry keeps nothing alive; a recipe (made while both live) keeps the input
         self.live: dict[int, tuple] = {}
-        self.recomputed = 0  # saved copies replaced by a recipe
 
     def add(self, y: torch.Tensor, stock, x: torch.Tensor) -> None:
         if len(self.live) > 4096:  # forget the outputs of finished forwards
@@ -123,7 +122,6 @@ class _NormOutputs:
         if entry is not None:
             y, x = entry[0](), entry[1]()  # y alive: the address is still its storage's
             if y is not None and x is not None and y.dtype == t.dtype and y.device == t.device:
-                self.recomputed += 1
                 return _Recipe(entry[2], x, (t.size(), t.stride(), t.storage_offset()))
         return t
 
