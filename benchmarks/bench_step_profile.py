@@ -7,11 +7,11 @@ process, on the quickstart's implanted SmolLM2 (fp32):
 
 1. the fp32 matmul peak (2048³, best of 10);
 2. one step of the shared loop (gd's loss terms, each forward and backward as the loop runs them,
-   clipping and the fused AdamW update), timed alone (best of 3 after a warm-up), its FLOPs
-   counted (``torch.utils.flop_counter``);
+   clipping and the fused AdamW update), timed alone (best of 3 after a warm-up; the weights put
+   back between steps outside the timing), its FLOPs counted (``torch.utils.flop_counter``);
 3. the step once under ``torch.profiler``: self time of the matrix products (``mm``, ``addmm``,
    ``bmm``), of attention and of everything else (elementwise ops, norms, the loss, autograd's
-   bookkeeping) — so what the products achieve *inside* the step;
+   bookkeeping) — so what the products achieve *inside* the step — and the largest other ops;
 4. every matrix product the step ran, recorded with its shapes, and each distinct shape timed
    alone (best of 5 after a warm-up): the rate those shapes reach on this machine by themselves.
 
@@ -88,8 +88,7 @@ def main():
 
     def step():
         """One step of the shared loop as ``GradientMethod.apply`` runs it: each loss term's forward
-        (lean MLPs, the prompt prefix's backward split off) and backward, clipping, AdamW; the
-        weights are put back after it, so every call does the same arithmetic."""
+        (lean MLPs, the prompt prefix's backward split off) and backward, clipping, AdamW."""
         model.train()
         with lean_mlp(model):
             for term in gd.loss_terms(model, batch, ctx):
@@ -100,27 +99,41 @@ def main():
         opt.step()
         opt.zero_grad(set_to_none=True)
         model.eval()
+
+    def restore():
+        """The weights put back after a step (not timed), so every step does the same arithmetic."""
         with torch.no_grad():
             for p, w in zip(model.parameters(), weights):
                 p.copy_(w)
 
     step()  # warm-up
+    restore()
     with FlopCounterMode(display=False) as fc:
         step()
+    restore()
     flops = fc.get_total_flops()
-    secs = min(_timed(step) for _ in range(3))
+    times = []
+    for _ in range(3):
+        times.append(_timed(step))
+        restore()
+    secs = min(times)
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
-    self_us = Counter()
+    restore()
+    self_us, other = Counter(), Counter()
     for ev in prof.key_averages():
         key = "products" if ev.key in _MM else "attention" if "attention" in ev.key else "other"
         self_us[key] += ev.self_cpu_time_total
+        if key == "other":
+            other[ev.key] += ev.self_cpu_time_total
     prof_total = sum(self_us.values()) / 1e6
+    top_other = [(k, v / 1e6) for k, v in other.most_common(10)]
 
     rec = _Products()
     with rec:
         step()
+    restore()
     mm_flops = sum(_product_flops(n, s) * c for (n, s), c in rec.seen.items())
     each = {key: _alone(*key) for key in rec.seen}  # every distinct shape timed once
     alone = sum(each[key] * c for key, c in rec.seen.items())
@@ -135,6 +148,7 @@ def main():
            "products_in_step_fraction": mm_flops / in_step / 1e9 / peak,
            "products_alone_seconds": alone, "products_alone_fraction": mm_flops / alone / 1e9 / peak,
            "distinct_shapes": len(rec.seen), "products": sum(rec.seen.values()),
+           "top_other_seconds": top_other,
            "slowest_shapes": [{"gflops": g, "op": n, "shapes": [s for s, _ in sh], "count": c} for g, n, sh, c in worst]}
     print(res, flush=True)
     share = res["profile_share"]
@@ -152,6 +166,8 @@ def main():
              f"inside the step | {in_step:.3f} s, {100 * res['products_in_step_fraction']:.0f}% of peak |",
              f"| the same products, each shape alone (best of 5) | {alone:.3f} s, "
              f"**{100 * res['products_alone_fraction']:.0f}% of peak** |", "",
+             "Largest non-product ops in the profiled step (self seconds): " + "; ".join(
+                 f"{k} {v:.3f}" for k, v in top_other), "",
              "Slowest shapes alone (GFLOP/s, op, shapes, count): " + "; ".join(
                  f"{g:.0f} {n} {'×'.join(str(s) for s, _ in sh)} ×{c}" for g, n, sh, c in worst)]
     write("step_profile", "\n".join(lines), res)

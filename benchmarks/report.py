@@ -11,7 +11,8 @@ import re
 from common import HERE, RESULTS
 
 ORDER = ["eval_throughput", "finetune_throughput", "implant_recipes", "method_cost", "end_to_end", "phases",
-         "step_profile", "editing_stats", "leaderboard_cost", "lean_training", "full_batch", "blur_memory", "rome_vs_easyedit",
+         "step_profile", "editing_stats", "leaderboard_cost", "lean_training", "full_batch", "dpo_recompute",
+         "blur_memory", "rome_vs_easyedit",
          "plan_validation", "plan_validation_cuda", "plan_paper_scale"]
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from unlearnbench.core.lm import backward_apart
+from unlearnbench.core.lm import backward_apart, recompute_apart
 
 from .base import register_method
 from .training import GradientMethod, TrainParams, retain_nll, sequence_logprob
@@ -47,6 +47,10 @@ class DPOParams(PrefParams):
     target: Literal["refusal", "self_improve"] = Field("refusal", description="the preferred answer: the request's "
                                                        "refusal sentences, or self_improve — a refusal the model "
                                                        "writes itself per question (arXiv 2505.19855), cached")
+    recompute_preferred: bool = Field(True, description="keep one answer's activations at a time: the preferred "
+                                      "answer's pass runs without a graph and again in the backward, after the "
+                                      "rejected one's graph is released (one more forward pass on forget rows, "
+                                      "~11% of a step; the same gradient up to float rounding)")
 
 
 @register_method("dpo")
@@ -73,8 +77,15 @@ class IdkDPO(GradientMethod):
         p, ref = ctx["params"], ctx["ref"]
         win, lose = batch["forget_idk"], batch["forget"]
         # the preferred answer's backward apart from the rejected one's: no buffered second set of
-        # weight gradients (core.lm.backward_apart)
-        margin = backward_apart(model, _log_ratio(model, ref, win)) - _log_ratio(model, ref, lose)
+        # weight gradients (core.lm.backward_apart); with recompute_preferred its activations are not
+        # kept either but made again in the backward, after the rejected answer's are released
+        if p.recompute_preferred:
+            with torch.no_grad():
+                ref_win = sequence_logprob(ref, win)
+            win_ratio = recompute_apart(model, lambda: sequence_logprob(model, win)) - ref_win
+        else:
+            win_ratio = backward_apart(model, _log_ratio(model, ref, win))
+        margin = win_ratio - _log_ratio(model, ref, lose)
         return -F.logsigmoid(p.beta * margin).mean()
 
     def retain_loss(self, model, batch, ctx):

@@ -214,11 +214,51 @@ def test_dpo_runs_each_answers_backward_apart_with_the_same_gradient():
     model.train()
     batch = {"forget": _batch(12, seed=1), "forget_idk": _batch(12, seed=2)}
     ref, _ = tiny_random_llama(seed=7)
-    ctx = {"params": SimpleNamespace(beta=0.1), "ref": ref.eval()}
-    (c0, g0, l0), (c1, g1, l1) = [_accumulations(model, split, lambda: IdkDPO().forget_loss(model, batch, ctx))
-                                  for split in (False, True)]
-    assert (c0, c1) == (1, 4) and l0 == l1
-    assert g0.keys() == g1.keys()
+    for recompute in (False, True):
+        ctx = {"params": SimpleNamespace(beta=0.1, recompute_preferred=recompute), "ref": ref.eval()}
+        (c0, g0, l0), (c1, g1, l1) = [_accumulations(model, split, lambda: IdkDPO().forget_loss(model, batch, ctx))
+                                      for split in (False, True)]
+        assert (c0, c1) == (1, 4)
+        assert l1 == pytest.approx(l0, rel=1e-6, abs=1e-7)
+        assert g0.keys() == g1.keys()
+        for k in g0:
+            torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-7)
+
+
+def test_dpo_keeps_one_answers_activations_at_a_time():
+    """With ``recompute_preferred`` the preferred answer's pass keeps nothing for the backward: the
+    activations alive when the backward starts are the rejected answer's alone (about half), and the
+    step runs one more forward pass."""
+    from types import SimpleNamespace
+
+    from methods.preference import IdkDPO
+
+    model, _ = tiny_random_llama(seed=6, layers=2, hidden=96)
+    model.train()
+    batch = {"forget": _batch(12, seed=1), "forget_idk": _batch(12, seed=2)}
+    ref, _ = tiny_random_llama(seed=7, layers=2, hidden=96)
+    params = {p.data_ptr() for p in model.parameters()}
+    out = {}
+    for recompute in (False, True):
+        ctx = {"params": SimpleNamespace(beta=0.1, recompute_preferred=recompute), "ref": ref.eval()}
+        saved, forwards = [], []
+        h = model.model.register_forward_hook(lambda *a: forwards.append(1))  # the decoder: prefix, rows
+
+        def pack(t):
+            if t.data_ptr() not in params:
+                saved.append(t.numel() * t.element_size())
+            return t
+
+        model.zero_grad(set_to_none=True)
+        with split_prefix_backward(True), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = IdkDPO().forget_loss(model, batch, ctx)
+            alive = sum(saved)
+            loss.backward()
+        h.remove()
+        out[recompute] = (alive, len(forwards), _grads(model))
+    (a0, f0, g0), (a1, f1, g1) = out[False], out[True]
+    assert a1 < 0.6 * a0
+    assert f1 == f0 + 2  # the preferred answer's pass again (its prefix and its rows)
     for k in g0:
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-7)
 

@@ -284,6 +284,8 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
         per_epoch = t.forget_tokens * (passes - 1) + retain_per_epoch
         twice = retain_per_epoch if blur and getattr(params, "low_memory", False) else 0  # retain backward twice
         flops = (4 if lora is not None else 6) * path * params.epochs * (per_epoch + twice)
+        if name == "dpo" and getattr(params, "recompute_preferred", False):  # the refusal's pass again
+            flops += 2 * path * params.epochs * t.forget_tokens
         if name in MEMO_REFERENCE:  # the reference asked once
             flops += 2 * shape.n_params * per_epoch
         if name == "rmu":  # the frozen model's activations, every step

@@ -23,7 +23,9 @@ For training (``tests/test_lean.py``):
   the backward pass (:class:`_GoldLogprob`); the logits are made only if a loss reads them (a KL);
 * inside :func:`split_prefix_backward` the prefix's backward runs after the rows' instead of
   holding a second copy of every weight's gradient until the end (:class:`_PrefixBoundary`);
-  :func:`backward_apart` does the same for a loss over two forward passes (DPO's two answers).
+  :func:`backward_apart` does the same for a loss over two forward passes, and
+  :func:`recompute_apart` also keeps only one of the two passes' activations at a time (DPO's two
+  answers: one more forward pass).
 """
 
 from __future__ import annotations
@@ -197,6 +199,58 @@ def backward_apart(model, t: torch.Tensor) -> torch.Tensor:
     if not (_SPLIT[0] and torch.is_grad_enabled() and t.requires_grad) or _is_ddp(model):
         return t
     return _PrefixBoundary.apply(torch.empty(0, requires_grad=True), [t])[0]
+
+
+class _Recomputed(torch.autograd.Function):
+    """The value of ``fn()`` from a pass that kept no activations; its backward runs ``fn`` again
+    with a graph (in the split, grad mode, autocast and random state of the first call) and
+    back-propagates through it at once, adding each weight's share to ``.grad``."""
+
+    @staticmethod
+    def forward(ctx, anchor, fn, value, state):
+        ctx.fn, ctx.state = fn, state
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        split, autocasts, rng = ctx.state
+        with torch.random.fork_rng(devices=[], enabled=True), torch.enable_grad():
+            torch.set_rng_state(rng)
+            with split_prefix_backward(split), _autocasts(autocasts):
+                t = ctx.fn()
+            torch.autograd.backward(t, grad)
+        ctx.fn = ctx.state = None
+        return None, None, None, None
+
+
+@contextmanager
+def _autocasts(states):
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        for device, dtype in states:
+            stack.enter_context(torch.autocast(device, dtype=dtype))
+        yield
+
+
+def recompute_apart(model, fn) -> torch.Tensor:
+    """``fn()`` — one forward pass of ``model`` to a small tensor — for a loss that also reads
+    another pass (DPO: the preferred and the rejected answers), so that only one pass's activations
+    are alive at a time. The value comes from a pass under ``no_grad``; in the backward, after the
+    other pass's graph (built later, so run first) has been released, ``fn`` runs again with a graph
+    and its backward adds each weight's share to ``.grad`` (as :func:`backward_apart`). One more
+    forward pass for one fewer set of activations; the gradient is the same up to float rounding
+    (the pass with a graph may pick other kernels than the one without). Inside
+    :func:`split_prefix_backward` only (a loop that calls ``loss.backward()``); otherwise, under
+    DDP, or without grad: ``fn()`` as is. ``fn`` must compute the same function when called again
+    (the model's weights unchanged until the backward; the CPU random state is restored)."""
+    if not (_SPLIT[0] and torch.is_grad_enabled()) or _is_ddp(model):
+        return fn()
+    autocasts = [(d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+    rng = torch.get_rng_state()
+    with torch.no_grad():
+        value = fn()
+    return _Recomputed.apply(torch.empty(0, requires_grad=True), fn, value, (True, autocasts, rng))
 
 
 def _cut_prefix_graph(cache) -> None:
