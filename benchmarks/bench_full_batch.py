@@ -9,7 +9,7 @@ heap in use above the level before it (glibc mallinfo2) against 3 × the fp32 we
 Writes ``results/full_batch.md``.
 
     python benchmarks/bench_full_batch.py [gd dpo ...]
-    python benchmarks/bench_full_batch.py dpo-recompute   # dpo's two answers' activations: both vs one
+    python benchmarks/bench_full_batch.py dpo-recompute | gqa [METHOD] | kl   # one change, before vs after
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import sys
 
+import torch
 from common import edge_request, measured_apply, write
 
 from methods import get_method
@@ -34,41 +35,91 @@ def copies():
         lean._NormOutputs.pack = pack
 
 
-def dpo_recompute(rounds: int = 2):
-    """IdK-DPO with both answers' activations alive at the start of the backward (as before) vs the
-    preferred answer's pass recomputed in the backward (``recompute_preferred``, the default now),
-    norm recipe on, alternating, ``rounds`` times each: heap, apply time, the final loss."""
+@contextlib.contextmanager
+def gqa(on: bool):
+    """transformers' SDPA attention given the key/value heads as they are (``enable_gqa``) instead of
+    copies repeated to every query head (SmolLM2: 3 key/value heads for 9 query heads)."""
+    import os
+
+    before = os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")
+    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA")
+        else:
+            os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = before
+
+
+@contextlib.contextmanager
+def plain_kl():
+    """The KL to the reference as ``F.kl_div`` over the logits' log-softmax (before ``_KLFromRef``)."""
+    import torch.nn.functional as F
+
+    from unlearnbench.core.lm import AnswerLogits, upcast
+
+    kept = AnswerLogits.kl_from
+    AnswerLogits.kl_from = lambda self, ref: F.kl_div(torch.log_softmax(upcast(self.logits), -1), ref,
+                                                      log_target=True, reduction="none").sum(-1)
+    try:
+        yield
+    finally:
+        AnswerLogits.kl_from = kept
+
+
+# name: (title, what changes, the method, (before: context, params), (after: context, params))
+CHANGES = {
+    "dpo-recompute": ("IdK-DPO keeps one answer's activations at a time",
+                      "both answers' activations alive at the start of the backward → the preferred answer's pass "
+                      "run again in the backward (`recompute_preferred`, the default)", "dpo",
+                      (contextlib.nullcontext, {"recompute_preferred": False}), (contextlib.nullcontext, {})),
+    "gqa": ("Attention on the key/value heads as they are",
+            "SDPA given key/value heads repeated to every query head (transformers' default under a padding "
+            "mask) → as they are (`enable_gqa`)", "gd", (lambda: gqa(False), {}), (lambda: gqa(True), {})),
+    "kl": ("ukl's KL without vocabulary-sized activations",
+           "`F.kl_div` over the logits' log-softmax → chunked, logits made again in the backward (`_KLFromRef`)",
+           "ukl", (plain_kl, {}), (contextlib.nullcontext, {})),
+}
+
+
+def side_by_side(change: str, method: str | None = None, rounds: int = 2):
+    """One change's before and after on one method, alternating, ``rounds`` times each, norm recipe
+    on: heap, apply time, the final loss (best heap and time of the rounds)."""
+    title, what, default, before, after = CHANGES[change]
+    name = method or default
     model, tok, request = edge_request(["E1_F1", "E2_q2"])
     bound = 3 * sum(p.numel() for p in model.parameters()) * 4 / 2**20
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    cls = get_method("dpo")
-    res = {False: [], True: []}
+    cls = get_method(name)
+    runs = {"before": [], "after": []}
     for _ in range(rounds):
-        for flag in (False, True):
-            out, fig = measured_apply(cls, model, tok, request, cls.Params(recompute_preferred=flag))
+        for label, (ctx, kw) in (("before", before), ("after", after)):
+            with ctx():
+                out, fig = measured_apply(cls, model, tok, request, cls.Params(**kw))
             fig["last_loss"] = (getattr(out, "info", None) or {}).get("last_loss")
-            res[flag].append(fig)
+            runs[label].append(fig)
             model.load_state_dict(state)
             model.requires_grad_(False)
-            print("dpo recompute_preferred", flag, fig, flush=True)
-    best = {f: {"heap_mib": min(r["heap_mib"] for r in res[f]), "seconds": min(r["seconds"] for r in res[f]),
-                "last_loss": res[f][-1]["last_loss"]} for f in res}
-    a, b = best[False], best[True]
+            print(change, name, label, fig, flush=True)
+    best = {k: {"heap_mib": min(f["heap_mib"] for f in v), "seconds": min(f["seconds"] for f in v),
+                "last_loss": v[-1]["last_loss"]} for k, v in runs.items()}
+    a, b = best["before"], best["after"]
     md = "\n".join([
-        "## IdK-DPO keeps one answer's activations at a time (issue 18)", "",
-        f"`batch_of_two` request as above (batches of 8 forget rows), norm recipe on, dpo's defaults but "
-        f"`recompute_preferred`; one process, alternating, best of {rounds}. Bound **{bound:.0f} MiB**.", "",
-        "| both answers' activations kept → the preferred answer's pass recomputed | value |", "|---|---|",
-        f"| heap MiB | {a['heap_mib']:.0f} → {b['heap_mib']:.0f} ({100 * b['heap_mib'] / bound:.0f}% of the bound) |",
+        f"## {title} (issue 18)", "",
+        f"`{name}` with its defaults on the `batch_of_two` request (batches of 8 forget rows), SmolLM2 implant, fp32, "
+        f"norm recipe on; {what}; one process, alternating, best of {rounds}. Bound: 3 × fp32 weights = "
+        f"**{bound:.0f} MiB**.", "",
+        "| before → after | value |", "|---|---|",
+        f"| heap MiB | {a['heap_mib']:.0f} → {b['heap_mib']:.0f} ({100 * b['heap_mib'] / bound:.1f}% of the bound) |",
         f"| apply s | {a['seconds']:.1f} → {b['seconds']:.1f} ({b['seconds'] / a['seconds']:.2f}×) |",
         f"| last loss | {a['last_loss']:.6f} → {b['last_loss']:.6f} |"])
-    write("dpo_recompute", md, {"bound_mib": bound, "runs": {str(k): v for k, v in res.items()}, "best":
-                                {str(k): v for k, v in best.items()}})
+    write(change.replace("-", "_"), md, {"method": name, "bound_mib": bound, "runs": runs, "best": best})
 
 
 def main():
-    if sys.argv[1:] == ["dpo-recompute"]:
-        return dpo_recompute()
+    if sys.argv[1:2] and sys.argv[1] in CHANGES:
+        return side_by_side(sys.argv[1], *sys.argv[2:3])
     names = sys.argv[1:] or ["gd", "ukl", "dpo"]
     model, tok, request = edge_request(["E1_F1", "E2_q2"])
     bound = 3 * sum(p.numel() for p in model.parameters()) * 4 / 2**20

@@ -19,7 +19,6 @@ from types import MappingProxyType
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnbench.core.arch import embedding_weights
@@ -152,7 +151,7 @@ def kl_to_reference(model, ref, b: dict) -> torch.Tensor:
     else:
         with torch.no_grad():
             ref_logp = torch.log_softmax(upcast(answer_logits(ref, b).logits), -1)
-    kl = F.kl_div(torch.log_softmax(upcast(a.logits), -1), ref_logp, log_target=True, reduction="none").sum(-1)
+    kl = a.kl_from(ref_logp)
     return kl.mean() if kl.numel() else kl.sum()
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unlearnbench.core.lean import lean_mlp
-from unlearnbench.core.lm import _GoldLogprob, answer_logits, split_prefix_backward
+from unlearnbench.core.lm import _GoldLogprob, _KLFromRef, answer_logits, split_prefix_backward
 from unlearnbench.core.prompts import IGNORE, collate
 from unlearnbench.models import tiny_random_llama
 
@@ -142,6 +142,29 @@ def test_gold_logprobs_without_the_logits_equal_the_log_softmax():
     want = torch.log_softmax(torch.nn.functional.linear(h, w, b), -1).gather(-1, gold[:, None]).squeeze(-1)
     want_grads = torch.autograd.grad((want * coef).sum(), (h, w, b))
     got = _GoldLogprob.apply(h, w, b, gold)
+    got_grads = torch.autograd.grad((got * coef).sum(), (h, w, b))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for x, y in zip(got_grads, want_grads):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_kl_to_a_reference_without_the_logits_equals_kl_div():
+    """The chunked KL(p_ref ‖ softmax(h Wᵀ + b)) and its gradients equal ``F.kl_div`` over the
+    log-softmax (what ukl's retain term computed), and it keeps only h for the backward."""
+    g = torch.Generator().manual_seed(1)
+    vocab, d, n = 300_000, 8, 20  # the rows span four chunks
+    h = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (0.3 * torch.randn(vocab, d, generator=g, dtype=torch.float64)).requires_grad_()
+    b = (0.1 * torch.randn(vocab, generator=g, dtype=torch.float64)).requires_grad_()
+    ref = torch.log_softmax(torch.randn(n, vocab, generator=g, dtype=torch.float64), -1)
+    coef = torch.randn(n, generator=g, dtype=torch.float64)
+    logq = torch.log_softmax(torch.nn.functional.linear(h, w, b), -1)
+    want = torch.nn.functional.kl_div(logq, ref, log_target=True, reduction="none").sum(-1)
+    want_grads = torch.autograd.grad((want * coef).sum(), (h, w, b))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        got = _KLFromRef.apply(h, w, b, ref)
+    assert sum(saved) == h.numel() + w.numel() + b.numel() + ref.numel()  # inputs only: no N × V activation
     got_grads = torch.autograd.grad((got * coef).sum(), (h, w, b))
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     for x, y in zip(got_grads, want_grads):

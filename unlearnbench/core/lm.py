@@ -20,7 +20,8 @@ For training (``tests/test_lean.py``):
 
 * ``lean_head=True`` runs the LM head on the answer positions' final hidden states only (not on
   every kept column of every row) and computes log p(gold) without keeping the N × V logits for
-  the backward pass (:class:`_GoldLogprob`); the logits are made only if a loss reads them (a KL);
+  the backward pass (:class:`_GoldLogprob`), and a KL to a reference's distribution without them
+  either (:meth:`AnswerLogits.kl_from`); the logits are made only if a loss reads them;
 * inside :func:`split_prefix_backward` the prefix's backward runs after the rows' instead of
   holding a second copy of every weight's gradient until the end (:class:`_PrefixBoundary`);
   :func:`backward_apart` does the same for a loss over two forward passes, and
@@ -74,6 +75,15 @@ class AnswerLogits:
             return -self.logprobs().mean()
         return torch.nn.functional.cross_entropy(upcast(self.logits), self.gold)
 
+    def kl_from(self, ref_logp: torch.Tensor) -> torch.Tensor:
+        """KL(p_ref ‖ p) per answer position, [N] (at least float32), from the reference's
+        log-softmax [N, V]; built from hidden states, without keeping the N × V logits, their
+        log-softmax or the KL's terms for the backward pass (:class:`_KLFromRef`)."""
+        if self._logits is None and self.hidden is not None and not torch.is_autocast_enabled(self.hidden.device.type):
+            return _KLFromRef.apply(self.hidden, self.head.weight, self.head.bias, ref_logp)
+        return F.kl_div(torch.log_softmax(upcast(self.logits), -1), ref_logp, log_target=True,
+                        reduction="none").sum(-1)
+
     def per_row_sum(self, values: torch.Tensor) -> torch.Tensor:
         return torch.zeros(self.n_rows, dtype=values.dtype, device=values.device).index_add(0, self.row, values)
 
@@ -114,6 +124,46 @@ class _GoldLogprob(torch.autograd.Function):
             gc = grad[a:b].to(g.dtype)
             g.mul_(-gc[:, None])
             g[torch.arange(b - a, device=g.device), gold[a:b]] += gc
+            g = g.to(hidden.dtype)
+            if need_h:
+                gh[a:b] = g.mm(weight)
+            if need_w:
+                gw.add_(g.t().mm(hidden[a:b]))
+            if gb is not None:
+                gb.add_(g.sum(0))
+        return gh, gw, gb, None
+
+
+class _KLFromRef(torch.autograd.Function):
+    """Σ_v p_ref · (log p_ref − log_softmax(h Wᵀ + b)) per row, in chunks of rows, the chunk's logits
+    made again in the backward pass: only ``h`` (N × d) is kept besides the reference's log-softmax
+    the caller holds anyway — not the logits, their log-softmax and the KL's elementwise terms
+    (four N × V tensors for ``F.kl_div`` over a log-softmax). The gradient is log-softmax's and
+    kl_div's own: g_logq = −p_ref · g, g_z = g_logq − softmax(z) · Σ_v g_logq."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, ref_logp):
+        out = hidden.new_empty(hidden.shape[0], dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+        for a, b in _GoldLogprob._chunks(hidden.shape[0], weight.shape[0]):
+            logq = torch.log_softmax(upcast(F.linear(hidden[a:b], weight, bias)), -1)
+            out[a:b] = F.kl_div(logq, ref_logp[a:b].to(logq.dtype), log_target=True, reduction="none").sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, ref_logp)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, bias, ref_logp = ctx.saved_tensors
+        need_h, need_w, need_b, need_r = ctx.needs_input_grad
+        if need_r:
+            raise RuntimeError("the KL's gradient to the reference's log-softmax is not computed (a frozen reference)")
+        gh = torch.empty_like(hidden) if need_h else None
+        gw = torch.zeros_like(weight) if need_w else None
+        gb = torch.zeros_like(bias) if need_b and bias is not None else None
+        for a, b in _GoldLogprob._chunks(hidden.shape[0], weight.shape[0]):
+            q = torch.log_softmax(upcast(F.linear(hidden[a:b], weight, bias)), -1).exp_()
+            g_logq = ref_logp[a:b].to(q.dtype).exp().mul_(-grad[a:b].to(q.dtype)[:, None])
+            g = g_logq.sub_(q.mul_(g_logq.sum(-1, keepdim=True)))
+            del q
             g = g.to(hidden.dtype)
             if need_h:
                 gh[a:b] = g.mm(weight)
