@@ -113,25 +113,34 @@ class _GoldLogprob(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         hidden, weight, bias, gold = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        gh = torch.empty_like(hidden) if need_h else None
-        gw = torch.zeros_like(weight) if need_w else None
-        gb = torch.zeros_like(bias) if need_b and bias is not None else None
-        for a, b in _GoldLogprob._chunks(hidden.shape[0], weight.shape[0]):
-            logits = F.linear(hidden[a:b], weight, bias)
+
+        def chunk_grad(a, b, logits):
             g = torch.log_softmax(upcast(logits), -1).exp_()      # d log p(gold) / d logits = onehot - softmax
-            del logits
             gc = grad[a:b].to(g.dtype)
             g.mul_(-gc[:, None])
             g[torch.arange(b - a, device=g.device), gold[a:b]] += gc
-            g = g.to(hidden.dtype)
-            if need_h:
-                gh[a:b] = g.mm(weight)
-            if need_w:
-                gw.add_(g.t().mm(hidden[a:b]))
-            if gb is not None:
-                gb.add_(g.sum(0))
-        return gh, gw, gb, None
+            return g
+
+        return (*_head_backward(ctx.needs_input_grad[:3], hidden, weight, bias, chunk_grad), None)
+
+
+def _head_backward(needs, hidden, weight, bias, chunk_grad):
+    """The backward pass of a loss on the logits h Wᵀ + b, made again chunk by chunk of rows:
+    ``chunk_grad(a, b, logits)`` gives d loss / d logits for rows a:b; returns the gradients to h, W
+    and b (None where ``needs`` says so)."""
+    need_h, need_w, need_b = needs
+    gh = torch.empty_like(hidden) if need_h else None
+    gw = torch.zeros_like(weight) if need_w else None
+    gb = torch.zeros_like(bias) if need_b and bias is not None else None
+    for a, b in _GoldLogprob._chunks(hidden.shape[0], weight.shape[0]):
+        g = chunk_grad(a, b, F.linear(hidden[a:b], weight, bias)).to(hidden.dtype)
+        if need_h:
+            gh[a:b] = g.mm(weight)
+        if need_w:
+            gw.add_(g.t().mm(hidden[a:b]))
+        if gb is not None:
+            gb.add_(g.sum(0))
+    return gh, gw, gb
 
 
 class _KLFromRef(torch.autograd.Function):
@@ -153,25 +162,15 @@ class _KLFromRef(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         hidden, weight, bias, ref_logp = ctx.saved_tensors
-        need_h, need_w, need_b, need_r = ctx.needs_input_grad
-        if need_r:
+        if ctx.needs_input_grad[3]:
             raise RuntimeError("the KL's gradient to the reference's log-softmax is not computed (a frozen reference)")
-        gh = torch.empty_like(hidden) if need_h else None
-        gw = torch.zeros_like(weight) if need_w else None
-        gb = torch.zeros_like(bias) if need_b and bias is not None else None
-        for a, b in _GoldLogprob._chunks(hidden.shape[0], weight.shape[0]):
-            q = torch.log_softmax(upcast(F.linear(hidden[a:b], weight, bias)), -1).exp_()
+
+        def chunk_grad(a, b, logits):
+            q = torch.log_softmax(upcast(logits), -1).exp_()
             g_logq = ref_logp[a:b].to(q.dtype).exp().mul_(-grad[a:b].to(q.dtype)[:, None])
-            g = g_logq.sub_(q.mul_(g_logq.sum(-1, keepdim=True)))
-            del q
-            g = g.to(hidden.dtype)
-            if need_h:
-                gh[a:b] = g.mm(weight)
-            if need_w:
-                gw.add_(g.t().mm(hidden[a:b]))
-            if gb is not None:
-                gb.add_(g.sum(0))
-        return gh, gw, gb, None
+            return g_logq.sub_(q.mul_(g_logq.sum(-1, keepdim=True)))
+
+        return (*_head_backward(ctx.needs_input_grad[:3], hidden, weight, bias, chunk_grad), None)
 
 
 def _shared_prefix(ids: torch.Tensor, mask: torch.Tensor, limit: int) -> int:
