@@ -36,20 +36,17 @@ def copies():
 
 
 @contextlib.contextmanager
-def gqa(on: bool):
-    """transformers' SDPA attention given the key/value heads as they are (``enable_gqa``) instead of
-    copies repeated to every query head (SmolLM2: 3 key/value heads for 9 query heads)."""
-    import os
+def repeated_kv():
+    """The loop without ``core.lean.grouped_kv_attention``: SDPA given key/value heads repeated to
+    every query head, as transformers does under a padding mask."""
+    import methods.training as training
 
-    before = os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")
-    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1" if on else "0"
+    kept = training.grouped_kv_attention
+    training.grouped_kv_attention = contextlib.nullcontext
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA")
-        else:
-            os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = before
+        training.grouped_kv_attention = kept
 
 
 @contextlib.contextmanager
@@ -72,11 +69,13 @@ def plain_kl():
 CHANGES = {
     "dpo-recompute": ("IdK-DPO keeps one answer's activations at a time",
                       "both answers' activations alive at the start of the backward → the preferred answer's pass "
-                      "run again in the backward (`recompute_preferred`, the default)", "dpo",
-                      (contextlib.nullcontext, {"recompute_preferred": False}), (contextlib.nullcontext, {})),
+                      "run again in the backward (`recompute_preferred`)", "dpo",
+                      (contextlib.nullcontext, {"recompute_preferred": False}),
+                      (contextlib.nullcontext, {"recompute_preferred": True})),
     "gqa": ("Attention on the key/value heads as they are",
             "SDPA given key/value heads repeated to every query head (transformers' default under a padding "
-            "mask) → as they are (`enable_gqa`)", "gd", (lambda: gqa(False), {}), (lambda: gqa(True), {})),
+            "mask) → as they are (`enable_gqa`, `core.lean.grouped_kv_attention`)", "gd",
+            (repeated_kv, {}), (contextlib.nullcontext, {})),
     "kl": ("ukl's KL without vocabulary-sized activations",
            "`F.kl_div` over the logits' log-softmax → chunked, logits made again in the backward (`_KLFromRef`)",
            "ukl", (plain_kl, {}), (contextlib.nullcontext, {})),

@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnbench.core.arch import embedding_weights
-from unlearnbench.core.lean import lean_mlp
+from unlearnbench.core.lean import grouped_kv_attention, lean_mlp
 from unlearnbench.core.lm import answer_logits, answer_nll, split_prefix_backward, upcast
 from unlearnbench.core.optim import adamw
 from unlearnbench.core.prompts import DEFAULT_REFUSAL, IGNORE, collate, encode_qa
@@ -408,6 +408,7 @@ class GradientMethod(Method):
                        leave=False)
             history = []
             lean.enter_context(lean_mlp(model))  # the MLPs keep 2 of their 4 wide activations: same gradients
+            lean.enter_context(grouped_kv_attention())  # no repeated key/value heads kept for the backward
             for epoch in range(params.epochs):
                 for batch in loader:
                     with accelerator.accumulate(model):

@@ -3,12 +3,13 @@ losses and gradients, the LM head's gold log-probabilities without vocabulary-si
 equal the log-softmax's, and the shared prefix's backward, cut off and run after the rows', adds
 the same gradient."""
 
+import contextlib
 import gc
 
 import pytest
 import torch
 
-from unlearnbench.core.lean import lean_mlp
+from unlearnbench.core.lean import grouped_kv_attention, lean_mlp
 from unlearnbench.core.lm import _GoldLogprob, _KLFromRef, answer_logits, split_prefix_backward
 from unlearnbench.core.prompts import IGNORE, collate
 from unlearnbench.models import tiny_random_llama
@@ -317,3 +318,38 @@ def test_autograd_grad_through_the_lean_mlp_gives_gradients_laid_out_as_the_weig
         lean = torch.autograd.grad(model(input_ids=ids, labels=ids).loss, params)
     for p, a, b in zip(params, stock, lean):
         assert b.stride() == p.stride() and torch.equal(a, b)
+
+
+def test_grouped_kv_attention_keeps_the_key_value_heads_once(monkeypatch):
+    """Under a padding mask transformers repeats each key/value head to its query heads and the
+    backward keeps the copies; inside the block the attention reads them as they are: fewer saved
+    bytes, the same loss and gradients up to rounding, and the environment put back."""
+    import os
+
+    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+    model, _ = tiny_random_llama(seed=3, layers=2, hidden=96)  # 4 query heads, 2 key/value heads
+    model.train()
+    b = _batch(12)
+    params = {p.data_ptr() for p in model.parameters()}
+    out = []
+    for grouped in (False, True):
+        saved = []
+
+        def pack(t):
+            if t.data_ptr() not in params:
+                saved.append(t.numel())
+            return t
+
+        model.zero_grad(set_to_none=True)
+        with grouped_kv_attention() if grouped else contextlib.nullcontext():
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = answer_logits(model, b).nll()
+        assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ
+        loss.backward()
+        out.append((loss.item(), sum(saved), _grads(model)))
+    (l0, s0, g0), (l1, s1, g1) = out
+    assert l1 == pytest.approx(l0, rel=1e-6)
+    q_kv = b["input_ids"].shape[1] * b["input_ids"].shape[0] * 2 * 2 * 96 // 4  # k and v: 2 of 4 heads per layer
+    assert s0 - s1 >= q_kv
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-7)

@@ -27,6 +27,7 @@ casts): those run as before.
 
 from __future__ import annotations
 
+import os
 import weakref
 from contextlib import ExitStack, contextmanager
 
@@ -175,3 +176,25 @@ def lean_mlp(model: torch.nn.Module):
         outputs.live.clear()
         for m in swapped:
             m.__dict__.pop("forward", None)
+
+
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+@contextmanager
+def grouped_kv_attention():
+    """Within the block, transformers' SDPA attention reads a grouped-query model's key/value heads
+    as they are (``enable_gqa``), under a padding mask too, instead of copies repeated to every query
+    head — copies the backward pass keeps (SmolLM2: 3 key/value heads for 9 query heads, so two
+    576-wide tensors per token and layer instead of two 192-wide). The same attention, up to float
+    rounding (the kernel reads each key/value head for its group of query heads). transformers reads
+    ``TRANSFORMERS_SDPA_FORCE_GQA`` at each call; the block sets it and puts it back afterwards."""
+    before = os.environ.get(_FORCE_GQA)
+    os.environ[_FORCE_GQA] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_FORCE_GQA, None)
+        else:
+            os.environ[_FORCE_GQA] = before
