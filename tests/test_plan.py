@@ -57,8 +57,10 @@ def test_options_move_the_prediction_the_right_way():
     assert _cell("gd", freeze_embeddings=False).parts["optimizer"] == 2 * w
     # the lean MLP (2 of 4 wide activations) and head apply in fp32, not under bf16 autocast
     assert _cell("gd", precision="bf16").parts["activations"] > act
-    # a KL retain term reads every logit at the answer positions: ukl keeps the full head
-    assert _cell("ukl").parts["activations"] > act
+    # a KL retain term reads every logit at the answer positions: chunk by chunk in fp32 (core.lm's
+    # _KLFromRef, as gd's log p(gold)), every logit kept under bf16 autocast
+    assert _cell("ukl").parts["activations"] == act
+    assert _cell("ukl", precision="bf16").parts["activations"] > _cell("gd", precision="bf16").parts["activations"]
     assert lora.peak_bytes < 0.1 * full.peak_bytes and lora.flops < full.flops
     ckpt = _cell("gd", lora={"r": 16}, gradient_checkpointing=True)
     assert ckpt.parts["activations"] < 0.2 * lora.parts["activations"]

@@ -196,7 +196,7 @@ def _activations(shape: Shape, rows: int, tokens: int, answer_tokens: int, check
     answer positions. With ``frozen`` weights (a gradient for an activation only: the editors' δ)
     no linear layer's input is kept: 2h + 2kv + 3i. ``lean``: the shared loop's MLP (core.lean)
     keeps gate and up only (2i). Without ``full_logits`` the head is core.lm's lean head: the answer
-    positions' hidden states and one chunk of logits (log p(gold) only; a KL term reads every logit)."""
+    positions' hidden states and one chunk of logits (log p(gold), or a KL chunk by chunk)."""
     core = (2 * shape.hidden + 2 * shape.kv + 3 * shape.intermediate) if frozen else \
         (4 * shape.hidden + 2 * shape.kv + (2 if lean else 4) * shape.intermediate)
     per_layer_token = core * act_bytes + 2 * shape.hidden * FP32
@@ -257,8 +257,9 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
             else:
                 trained = shape.n_params - (shape.embedding if getattr(params, "freeze_embeddings", False) else 0)
             kl = name == "ukl" or (name.startswith("blur") and getattr(params, "retain_loss", None) == "kl")
+            # a KL reads every logit: kept only under autocast (core.lm's chunked KL otherwise)
             act = _activations(shape, rows, t.longest, answer_tokens, ckpt, act_bytes=ab, lean=lean,
-                               full_logits=kl)
+                               full_logits=kl and autocast)
             path = shape.n_params
         if lora is None and wb < FP32:  # a half-precision model's trained tensors train in fp32
             parts["master"] = trained * (FP32 - wb)
