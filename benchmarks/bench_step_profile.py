@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from methods import get_method
 from methods.training import build_batches
-from unlearnbench.core.lean import lean_mlp
+from unlearnbench.core.lean import grouped_kv_attention, lean_mlp
 from unlearnbench.core.lm import split_prefix_backward
 
 _MM = {"aten::mm", "aten::addmm", "aten::bmm"}
@@ -88,9 +88,10 @@ def main():
 
     def step():
         """One step of the shared loop as ``GradientMethod.apply`` runs it: each loss term's forward
-        (lean MLPs, the prompt prefix's backward split off) and backward, clipping, AdamW."""
+        (lean MLPs and norms, key/value heads not repeated, the prompt prefix's backward split off)
+        and backward, clipping, AdamW."""
         model.train()
-        with lean_mlp(model):
+        with lean_mlp(model), grouped_kv_attention():
             for term in gd.loss_terms(model, batch, ctx):
                 with split_prefix_backward(True):
                     part = term()

@@ -353,3 +353,30 @@ def test_grouped_kv_attention_keeps_the_key_value_heads_once(monkeypatch):
     assert s0 - s1 >= q_kv
     for k in g0:
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-7)
+
+
+def test_each_norm_output_is_recomputed_once_for_all_its_readers(monkeypatch):
+    """q, k and v (and gate and up) keep the same norm output: the backward recomputes it once for
+    them all (plus the norm's own checkpoint), and the gradients stay the same bits."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    model, _ = tiny_random_llama(seed=1, layers=2, hidden=96)
+    model.train()
+    ids = torch.randint(0, 500, (3, 20), generator=torch.Generator().manual_seed(0))
+    model.zero_grad(set_to_none=True)
+    model(input_ids=ids, labels=ids).loss.backward()
+    stock = _grads(model)
+
+    calls = []
+    forward = LlamaRMSNorm.forward
+    monkeypatch.setattr(LlamaRMSNorm, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    model.zero_grad(set_to_none=True)
+    with lean_mlp(model):
+        loss = model(input_ids=ids, labels=ids).loss
+        calls.clear()
+        loss.backward()
+    layers = len(model.model.layers)
+    # per block: each norm once for its checkpoint, once for its readers; the final norm the same
+    assert len(calls) == 2 * (2 * layers + 1)
+    lean = _grads(model)
+    assert all(torch.equal(stock[k], lean[k]) for k in stock)

@@ -17,7 +17,8 @@ the MLP's gate/up projections keep their input for their weight gradients — on
 per token per norm, while the norm's input is kept anyway. Within :func:`lean_mlp`,
 saved-tensor hooks (:class:`_NormOutputs`) keep a recipe instead of such a copy (the norm and its
 input) and recompute the output when the backward pass reads it: the same op on the same input, so
-the same bits, for one elementwise pass per reading layer.
+the same bits, for one elementwise pass per norm output (its readers share the recomputed output
+until the last one has read it).
 
 :func:`lean_mlp` swaps it in for a block of code. It leaves alone every MLP it cannot replace
 exactly: another activation, a ``down`` that is not a plain ``nn.Linear`` (LoRA, GRACE, WISE) or
@@ -93,14 +94,39 @@ def _is_rms_norm(m: torch.nn.Module) -> bool:
         and not (m._forward_hooks or m._forward_pre_hooks)
 
 
+class _Output:
+    """One norm output's rebuild, shared by every saved view of it (the attention's q/k/v
+    projections save the same input norm output three times): its stock forward and input, and,
+    from the first read until every view packed so far has been read, the recomputed output — one
+    recomputation per norm output, not one per reading layer."""
+
+    __slots__ = ("stock", "x", "version", "pending", "y", "__weakref__")
+
+    def __init__(self, stock, x):
+        self.stock, self.x, self.version, self.pending, self.y = stock, x.detach(), x._version, 0, None
+
+    def read(self, view) -> torch.Tensor:
+        if self.x._version != self.version:
+            raise RuntimeError("lean_mlp: a norm's input was modified in place after its forward; "
+                               "its output cannot be recomputed for the backward pass")
+        y = self.y
+        if y is None:
+            with torch.no_grad():
+                y = self.stock(self.x)
+        self.pending -= 1
+        self.y = y if self.pending > 0 else None  # the last reader lets it go
+        return y.as_strided(*view)
+
+
 class _Recipe:
-    """What a saved norm output is rebuilt from: the norm's stock forward, its input, and the
-    saved tensor's view of the output (size, stride, offset)."""
+    """A saved view of a norm output: the shared :class:`_Output` and the view (size, stride,
+    offset)."""
 
-    __slots__ = ("stock", "x", "version", "view")
+    __slots__ = ("out", "view")
 
-    def __init__(self, stock, x, view):
-        self.stock, self.x, self.version, self.view = stock, x.detach(), x._version, view
+    def __init__(self, out: _Output, view):
+        self.out, self.view = out, view
+        out.pending += 1
 
 
 class _NormOutputs:
@@ -109,32 +135,31 @@ class _NormOutputs:
     tensor is kept as is."""
 
     def __init__(self):
-        # storage address -> (weak refs to the output and the input, stock forward): weak, so that the
-        # registry keeps nothing alive; a recipe (made while both live) keeps the input
-        self.live: dict[int, tuple] = {}
+        # storage address -> [weak refs to the output and the input, stock forward, weak ref to the
+        # shared rebuild once a view is packed]: weak, so that the registry keeps nothing alive; a
+        # recipe (made while both live) keeps the rebuild, which keeps the input
+        self.live: dict[int, list] = {}
 
     def add(self, y: torch.Tensor, stock, x: torch.Tensor) -> None:
         if len(self.live) > 4096:  # forget the outputs of finished forwards
             self.live = {k: e for k, e in self.live.items() if e[0]() is not None}
-        self.live[y.untyped_storage().data_ptr()] = (weakref.ref(y), weakref.ref(x), stock)
+        self.live[y.untyped_storage().data_ptr()] = [weakref.ref(y), weakref.ref(x), stock, None]
 
     def pack(self, t: torch.Tensor):
         entry = self.live.get(t.untyped_storage().data_ptr())
         if entry is not None:
             y, x = entry[0](), entry[1]()  # y alive: the address is still its storage's
             if y is not None and x is not None and y.dtype == t.dtype and y.device == t.device:
-                return _Recipe(entry[2], x, (t.size(), t.stride(), t.storage_offset()))
+                out = entry[3]() if entry[3] is not None else None
+                if out is None:
+                    out = _Output(entry[2], x)
+                    entry[3] = weakref.ref(out)
+                return _Recipe(out, (t.size(), t.stride(), t.storage_offset()))
         return t
 
     @staticmethod
     def unpack(p):
-        if isinstance(p, _Recipe):
-            if p.x._version != p.version:
-                raise RuntimeError("lean_mlp: a norm's input was modified in place after its forward; "
-                                   "its output cannot be recomputed for the backward pass")
-            with torch.no_grad():
-                return p.stock(p.x).as_strided(*p.view)
-        return p
+        return p.out.read(p.view) if isinstance(p, _Recipe) else p
 
 
 def _lean_norm_forward(norm, outputs: _NormOutputs):
