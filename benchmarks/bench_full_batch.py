@@ -113,7 +113,8 @@ def side_by_side(change: str, method: str | None = None, rounds: int = 2):
         f"| heap MiB | {a['heap_mib']:.0f} → {b['heap_mib']:.0f} ({100 * b['heap_mib'] / bound:.1f}% of the bound) |",
         f"| apply s | {a['seconds']:.1f} → {b['seconds']:.1f} ({b['seconds'] / a['seconds']:.2f}×) |",
         f"| last loss | {a['last_loss']:.6f} → {b['last_loss']:.6f} |"])
-    write(change.replace("-", "_"), md, {"method": name, "bound_mib": bound, "runs": runs, "best": best})
+    out = change.replace("-", "_") + ("" if name == default else "_" + name.replace("-", "_"))
+    write(out, md, {"method": name, "bound_mib": bound, "runs": runs, "best": best})
 
 
 def main():
