@@ -28,12 +28,17 @@ class PrefParams(TrainParams):
     alpha: float = Field(1.0, ge=0, description="weight of the retain NLL term")
 
 
-def _log_ratio(model, ref, b, per_token: bool = False):
+def _log_ratio(model, ref, b, per_token: bool = False, apart=None):
     """log π(y|x) − log π_ref(y|x) per sequence (``per_token``: averaged over its answer tokens);
-    the reference is never differentiated."""
+    the reference is never differentiated. ``apart(fn)``, if given, computes the model's term from
+    ``fn`` (core.lm's backward_apart or recompute_apart)."""
     with torch.no_grad():
         ref_lp = sequence_logprob(ref, b, per_token)
-    return sequence_logprob(model, b, per_token) - ref_lp
+
+    def policy():
+        return sequence_logprob(model, b, per_token)
+
+    return (policy() if apart is None else apart(policy)) - ref_lp
 
 
 def npo_loss(model, ref, b, beta: float, per_token: bool = False) -> torch.Tensor:
@@ -81,13 +86,9 @@ class IdkDPO(GradientMethod):
         # the preferred answer's backward apart from the rejected one's: no buffered second set of
         # weight gradients (core.lm.backward_apart); with recompute_preferred its activations are not
         # kept either but made again in the backward, after the rejected answer's are released
-        if p.recompute_preferred:
-            with torch.no_grad():
-                ref_win = sequence_logprob(ref, win)
-            win_ratio = recompute_apart(model, lambda: sequence_logprob(model, win)) - ref_win
-        else:
-            win_ratio = backward_apart(model, _log_ratio(model, ref, win))
-        margin = win_ratio - _log_ratio(model, ref, lose)
+        apart = (lambda fn: recompute_apart(model, fn)) if p.recompute_preferred else \
+            (lambda fn: backward_apart(model, fn()))
+        margin = _log_ratio(model, ref, win, apart=apart) - _log_ratio(model, ref, lose)
         return -F.logsigmoid(p.beta * margin).mean()
 
     def retain_loss(self, model, batch, ctx):

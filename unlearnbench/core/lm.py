@@ -63,15 +63,21 @@ class AnswerLogits:
             self._logits = self.head(self.hidden)
         return self._logits
 
+    def _from_hidden(self) -> bool:
+        """The logits not made yet and computable chunk by chunk from the hidden states (not under
+        autocast, whose casts the recomputation in the backward would not see)."""
+        return self._logits is None and self.hidden is not None and \
+            not torch.is_autocast_enabled(self.hidden.device.type)
+
     def logprobs(self) -> torch.Tensor:
         """log p(gold) per answer token, [N] (at least float32)."""
-        if self._logits is None and self.hidden is not None and not torch.is_autocast_enabled(self.hidden.device.type):
+        if self._from_hidden():
             return _GoldLogprob.apply(self.hidden, self.head.weight, self.head.bias, self.gold)
         return torch.log_softmax(upcast(self.logits), -1).gather(-1, self.gold[:, None]).squeeze(-1)
 
     def nll(self) -> torch.Tensor:
         """Mean NLL over the answer tokens (``cross_entropy``'s value)."""
-        if self._logits is None and self.hidden is not None and not torch.is_autocast_enabled(self.hidden.device.type):
+        if self._from_hidden():
             return -self.logprobs().mean()
         return torch.nn.functional.cross_entropy(upcast(self.logits), self.gold)
 
@@ -79,7 +85,7 @@ class AnswerLogits:
         """KL(p_ref ‖ p) per answer position, [N] (at least float32), from the reference's
         log-softmax [N, V]; built from hidden states, without keeping the N × V logits, their
         log-softmax or the KL's terms for the backward pass (:class:`_KLFromRef`)."""
-        if self._logits is None and self.hidden is not None and not torch.is_autocast_enabled(self.hidden.device.type):
+        if self._from_hidden():
             return _KLFromRef.apply(self.hidden, self.head.weight, self.head.bias, ref_logp)
         return F.kl_div(torch.log_softmax(upcast(self.logits), -1), ref_logp, log_target=True,
                         reduction="none").sum(-1)
@@ -103,12 +109,9 @@ class _GoldLogprob(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, gold):
-        out = hidden.new_empty(hidden.shape[0], dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32)
-        for a, b in _GoldLogprob._chunks(hidden.shape[0], weight.shape[0]):
-            lp = torch.log_softmax(upcast(F.linear(hidden[a:b], weight, bias)), -1)
-            out[a:b] = lp.gather(-1, gold[a:b, None]).squeeze(-1)
         ctx.save_for_backward(hidden, weight, bias, gold)
-        return out
+        return _head_forward(hidden, weight, bias,
+                             lambda a, b, logp: logp.gather(-1, gold[a:b, None]).squeeze(-1))
 
     @staticmethod
     def backward(ctx, grad):
@@ -122,6 +125,15 @@ class _GoldLogprob(torch.autograd.Function):
             return g
 
         return (*_head_backward(ctx.needs_input_grad[:3], hidden, weight, bias, chunk_grad), None)
+
+
+def _head_forward(hidden, weight, bias, chunk_value):
+    """A per-row value of the log-softmax of h Wᵀ + b, chunk by chunk of rows (no N × V tensor
+    whole): ``chunk_value(a, b, logp)`` reduces rows a:b's log-softmax (at least float32) to [b − a]."""
+    out = hidden.new_empty(hidden.shape[0], dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+    for a, b in _GoldLogprob._chunks(hidden.shape[0], weight.shape[0]):
+        out[a:b] = chunk_value(a, b, torch.log_softmax(upcast(F.linear(hidden[a:b], weight, bias)), -1))
+    return out
 
 
 def _head_backward(needs, hidden, weight, bias, chunk_grad):
@@ -152,12 +164,9 @@ class _KLFromRef(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, ref_logp):
-        out = hidden.new_empty(hidden.shape[0], dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32)
-        for a, b in _GoldLogprob._chunks(hidden.shape[0], weight.shape[0]):
-            logq = torch.log_softmax(upcast(F.linear(hidden[a:b], weight, bias)), -1)
-            out[a:b] = F.kl_div(logq, ref_logp[a:b].to(logq.dtype), log_target=True, reduction="none").sum(-1)
         ctx.save_for_backward(hidden, weight, bias, ref_logp)
-        return out
+        return _head_forward(hidden, weight, bias, lambda a, b, logq: F.kl_div(
+            logq, ref_logp[a:b].to(logq.dtype), log_target=True, reduction="none").sum(-1))
 
     @staticmethod
     def backward(ctx, grad):
@@ -252,8 +261,9 @@ def backward_apart(model, t: torch.Tensor) -> torch.Tensor:
 
 class _Recomputed(torch.autograd.Function):
     """The value of ``fn()`` from a pass that kept no activations; its backward runs ``fn`` again
-    with a graph (in the split, grad mode, autocast and random state of the first call) and
-    back-propagates through it at once, adding each weight's share to ``.grad``."""
+    with a graph (inside :func:`split_prefix_backward`, as the first call was, with its autocast
+    and random state) and back-propagates through it at once, adding each weight's share to
+    ``.grad``."""
 
     @staticmethod
     def forward(ctx, anchor, fn, value, state):
@@ -262,10 +272,10 @@ class _Recomputed(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        split, autocasts, rng = ctx.state
+        autocasts, rng = ctx.state
         with torch.random.fork_rng(devices=[], enabled=True), torch.enable_grad():
             torch.set_rng_state(rng)
-            with split_prefix_backward(split), _autocasts(autocasts):
+            with split_prefix_backward(True), _autocasts(autocasts):
                 t = ctx.fn()
             torch.autograd.backward(t, grad)
         ctx.fn = ctx.state = None
@@ -299,7 +309,7 @@ def recompute_apart(model, fn) -> torch.Tensor:
     rng = torch.get_rng_state()
     with torch.no_grad():
         value = fn()
-    return _Recomputed.apply(torch.empty(0, requires_grad=True), fn, value, (True, autocasts, rng))
+    return _Recomputed.apply(torch.empty(0, requires_grad=True), fn, value, (autocasts, rng))
 
 
 def _cut_prefix_graph(cache) -> None:
