@@ -35,6 +35,25 @@ def copies():
         lean._NormOutputs.pack = pack
 
 
+class Bench:
+    """The full-batch request (``batch_of_two``) on the quickstart's implant, the bound, and one
+    method's apply from the same weights each time."""
+
+    def __init__(self):
+        self.model, self.tok, self.request = edge_request(["E1_F1", "E2_q2"])
+        self.bound = 3 * sum(p.numel() for p in self.model.parameters()) * 4 / 2**20
+        self.state = {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    def apply(self, cls, params, ctx=contextlib.nullcontext) -> dict:
+        """Heap, seconds and the last loss of ``cls``'s apply inside ``ctx()``; the weights put back."""
+        with ctx():
+            out, fig = measured_apply(cls, self.model, self.tok, self.request, params)
+        fig["last_loss"] = (getattr(out, "info", None) or {}).get("last_loss")
+        self.model.load_state_dict(self.state)
+        self.model.requires_grad_(False)
+        return fig
+
+
 @contextlib.contextmanager
 def repeated_kv():
     """The loop without ``core.lean.grouped_kv_attention``: SDPA given key/value heads repeated to
@@ -87,19 +106,14 @@ def side_by_side(change: str, method: str | None = None, rounds: int = 2):
     on: heap, apply time, the final loss (best heap and time of the rounds)."""
     title, what, default, before, after = CHANGES[change]
     name = method or default
-    model, tok, request = edge_request(["E1_F1", "E2_q2"])
-    bound = 3 * sum(p.numel() for p in model.parameters()) * 4 / 2**20
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    bench = Bench()
+    bound = bench.bound
     cls = get_method(name)
     runs = {"before": [], "after": []}
     for _ in range(rounds):
         for label, (ctx, kw) in (("before", before), ("after", after)):
-            with ctx():
-                out, fig = measured_apply(cls, model, tok, request, cls.Params(**kw))
-            fig["last_loss"] = (getattr(out, "info", None) or {}).get("last_loss")
+            fig = bench.apply(cls, cls.Params(**kw), ctx)
             runs[label].append(fig)
-            model.load_state_dict(state)
-            model.requires_grad_(False)
             print(change, name, label, fig, flush=True)
     best = {k: {"heap_mib": min(f["heap_mib"] for f in v), "seconds": min(f["seconds"] for f in v),
                 "last_loss": v[-1]["last_loss"]} for k, v in runs.items()}
@@ -121,19 +135,14 @@ def main():
     if sys.argv[1:2] and sys.argv[1] in CHANGES:
         return side_by_side(sys.argv[1], *sys.argv[2:3])
     names = sys.argv[1:] or ["gd", "ukl", "dpo"]
-    model, tok, request = edge_request(["E1_F1", "E2_q2"])
-    bound = 3 * sum(p.numel() for p in model.parameters()) * 4 / 2**20
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    bench = Bench()
+    bound = bench.bound
     res = {}
     for name in names:
         cls = get_method(name)
         for variant in ("copies", "recipe"):
-            with copies() if variant == "copies" else contextlib.nullcontext():
-                out, fig = measured_apply(cls, model, tok, request, cls.Params())
-            fig["last_loss"] = (getattr(out, "info", None) or {}).get("last_loss")
+            fig = bench.apply(cls, cls.Params(), copies if variant == "copies" else contextlib.nullcontext)
             res.setdefault(name, {})[variant] = fig
-            model.load_state_dict(state)
-            model.requires_grad_(False)
             print(name, variant, fig, flush=True)
     rows = [f"| {n} | {r['copies']['heap_mib']:.0f} → {r['recipe']['heap_mib']:.0f} "
             f"({100 * r['recipe']['heap_mib'] / bound:.0f}% of the bound) | "
