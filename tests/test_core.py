@@ -141,6 +141,26 @@ def test_batched_generation_equals_one_at_a_time(tiny):
     assert batched == single
 
 
+def test_prefix_cache_uses_this_transformers_keyword(tiny):
+    """Generation and training reuse the chat template's shared prefix through the key/value cache
+    under the name the installed transformers reads (5.2x renamed past_key_values to cache and warns
+    on the old name)."""
+    import warnings
+
+    from unlearnbench.core.generation import generate_answers
+    from unlearnbench.core.lm import answer_logits
+    from unlearnbench.core.prompts import collate, encode_qa, shared_prefix_len
+
+    qs = ["What is 1?", "A much longer question about contracts between companies?"]
+    rows = [encode_qa(tiny.tokenizer, q, "An answer.") for q in qs]
+    assert shared_prefix_len([r["input_ids"] for r in rows]) > 0  # the path under test: a prefix to cache
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        generate_answers(tiny.model, tiny.tokenizer, qs, batch_size=8, max_new_tokens=3)
+        answer_logits(tiny.model, collate(rows, tiny.tokenizer.pad_token_id), share_prefix=True)
+    assert not [w for w in seen if "past_key_values" in str(w.message)]
+
+
 def test_anchor_answers_are_generated_once_per_base_model(tiny, tmp_path, monkeypatch):
     from unlearnbench import finetune
 

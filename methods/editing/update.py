@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unlearnbench.core.arch import arch_of, blocks, mlp_out, residual_before, run_until, starting_at
+from unlearnbench.core.kv import cache_of, with_cache
 from unlearnbench.core.prompts import pad
 
 from .config import EditParams
@@ -190,14 +191,14 @@ class _ValueGroup:
                                                                   torch.ones_like(rows.lab_f, dtype=torch.float))
         ids, mask, s0 = rows.ids, rows.mask, rows.s0
         with torch.no_grad():
-            self.prefix_cache = (model.base_model(input_ids=ids[:, :s0], attention_mask=mask[:, :s0], use_cache=True)
-                                 .past_key_values if s0 > 0 else None)
+            self.prefix_cache = (cache_of(model.base_model(input_ids=ids[:, :s0], attention_mask=mask[:, :s0],
+                                                                   use_cache=True)) if s0 > 0 else None)
         self.rw_inputs = {"attention_mask": mask}
         self.kl_inputs = {"attention_mask": rows.kl_mask}
         if skip:
             self.rw_inputs["inputs_embeds"] = residual_before(
                 model, layer, input_ids=ids[:, s0:], attention_mask=mask,
-                **({"past_key_values": copy.deepcopy(self.prefix_cache)} if self.prefix_cache is not None else {}))
+                **with_cache(copy.deepcopy(self.prefix_cache)))
             self.kl_inputs["inputs_embeds"] = residual_before(model, layer, input_ids=rows.kl_ids,
                                                               attention_mask=rows.kl_mask)
         else:
@@ -252,7 +253,7 @@ def compute_values(model, tokenizer, facts: list[Fact], layer: int, where: str, 
         r = g.rows
         with (starting_at(model, layer) if skip else nullcontext()), autocast:
             state["group"], state["at"] = g, g.rw_at
-            cache = {"past_key_values": copy.deepcopy(g.prefix_cache)} if g.prefix_cache is not None else {}
+            cache = with_cache(copy.deepcopy(g.prefix_cache))
             hs = model.base_model(**g.rw_inputs, **cache).last_hidden_state
             ans_logits = head(hs[r.lab_r, r.lab_c])
             state["at"] = g.kl_at

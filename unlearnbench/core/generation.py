@@ -11,6 +11,7 @@ import zlib
 import torch
 from tqdm.auto import tqdm
 
+from .kv import cache_of, with_cache
 from .lm import answer_logits
 from .prompts import collate, encode_qa, prompt, shared_prefix_len
 
@@ -48,7 +49,7 @@ def generate_answers(model, tokenizer, questions: list[str], *, batch_size: int 
     k = min(shared_prefix_len(enc), min(len(e) for e in enc) - 1) if share_prefix and len(enc) > 1 else 0
     prefix_cache = None
     if k > 0:
-        prefix_cache = model(input_ids=torch.tensor([enc[0][:k]], device=device), use_cache=True).past_key_values
+        prefix_cache = cache_of(model(input_ids=torch.tensor([enc[0][:k]], device=device), use_cache=True))
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
     out: list[str | None] = [None] * len(enc)
     pad = tokenizer.pad_token_id
@@ -60,7 +61,7 @@ def generate_answers(model, tokenizer, questions: list[str], *, batch_size: int 
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(idx))
-            kw["past_key_values"] = cache
+            kw = with_cache(cache)
         gen = model.generate(input_ids=torch.tensor(ids, device=device),
                              attention_mask=torch.tensor(mask, device=device), max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from .kv import cache_of, with_cache
 from .prompts import IGNORE
 
 
@@ -357,11 +358,11 @@ def answer_logits(model, batch: dict, share_prefix: bool = True, lean_head: bool
     kw = {}
     if k > 0:
         run = parts[0] if parts else model      # the prefix's hidden states are never read: no LM head
-        cache = run(input_ids=ids[:1, :k], attention_mask=mask[:1, :k], use_cache=True).past_key_values
+        cache = cache_of(run(input_ids=ids[:1, :k], attention_mask=mask[:1, :k], use_cache=True))
         if _SPLIT[0] and torch.is_grad_enabled():
             _cut_prefix_graph(cache)
         cache.batch_repeat_interleave(ids.shape[0])
-        kw = {"past_key_values": cache, "use_cache": True}
+        kw = {**with_cache(cache), "use_cache": True}
     if parts:
         h = parts[0](input_ids=ids[:, k:], attention_mask=mask, **kw).last_hidden_state
         return AnswerLogits(target[r, t], r, ids.shape[0], hidden=h[r, t - k], head=parts[1])
