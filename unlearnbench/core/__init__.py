@@ -3,6 +3,8 @@
 * :mod:`.prompts` — chat templates, QA encoding, collation and padding (one left/right pad);
 * :mod:`.generation` — batched greedy generation and the teacher-forced pass;
 * :mod:`.lm` — answer-position logits (shared-prefix KV reuse), losses' building blocks;
+* :mod:`.kv` — the key/value cache under the keyword the installed transformers reads;
+* :mod:`.lean` — the training loop's activation savings (norm recipes, lean MLP, grouped key/value heads);
 * :mod:`.arch` — where each architecture keeps its blocks and MLP projections;
 * :mod:`.precision` — fp32/bf16 resolution, native-bf16 detection, ``accelerate`` state;
 * :mod:`.optim` — optimiser helpers (fused AdamW);
