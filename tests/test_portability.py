@@ -286,6 +286,23 @@ def test_incomparable_cells_are_never_ranked_together():
     assert {r["scenario"] for r in same} == {"edge:A_B"}
 
 
+def test_cells_of_several_library_versions_are_ranked_together_under_a_line_that_says_so():
+    from unlearnbench.leaderboard import markdown, table
+    from unlearnbench.results import mixed_versions_text, version_mix
+
+    old, new = _cell("gd", 10.0), _cell("lunar", 20.0)
+    for rec, tf in ((old, "4.57.0"), (new, "5.25.0")):
+        rec["versions"] = {"torch": "2.13.0+cpu", "transformers": tf}
+    assert version_mix([old, new]) == {"transformers": {"4.57.0": 1, "5.25.0": 1}}
+    rows = table([old, new])
+    assert {r["scenario"] for r in rows} == {"edge:A_B"} and sorted(r["rank"] for r in rows) == [1, 2]
+    text = mixed_versions_text([old, new])
+    assert "transformers 4.57.0 (1 cell), 5.25.0 (1 cell)" in text and "torch" not in text
+    assert text in markdown(rows, None, {"ds": False}, text)
+    new["versions"]["transformers"] = "4.57.0"
+    assert version_mix([old, new]) == {} and mixed_versions_text([old, new]) == ""
+
+
 def test_report_refuses_a_folder_of_incomparable_cells(tmp_path):
     from unlearnbench.report import write_report
     from unlearnbench.results import write_atomic

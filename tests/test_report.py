@@ -271,6 +271,19 @@ def test_density_finding_follows_the_numbers(tmp_path):
     assert next(line for line in sec.splitlines() if line.startswith("| gd |")).split("|")[-3].strip() == "25.0"
 
 
+def test_report_says_when_its_cells_come_from_several_library_versions(tmp_path, mini):
+    from pistol_data import scenarios
+
+    splits = [s.to_dict() for s in scenarios.resolve(mini, {"type": "edge", "edge": "A_B"})]
+    cells = [_record(row, "hub", splits, seed, 50.0, []) for row in ("none", "gd") for seed in (0, 1)]
+    for i, c in enumerate(cells):
+        c["versions"] = {"torch": "2.13.0+cpu", "transformers": "5.25.0" if i else "4.57.0"}
+    md = _report_of(tmp_path / "mixed", cells)
+    assert "Library versions differ between these cells** (transformers 4.57.0 (1 cell), 5.25.0 (3 cells))" in md
+    cells[0]["versions"]["transformers"] = "5.25.0"
+    assert "Library versions differ" not in _report_of(tmp_path / "same", cells)
+
+
 def test_lunar_efficiency_follows_the_apply_times(tmp_path, mini):
     """LUNAR with its layer fixed applies 5× faster than gd, the layer search 2×: the efficiency table
     and finding say so, each LUNAR row by its layer setting."""

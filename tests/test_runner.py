@@ -78,6 +78,24 @@ def test_resume_after_interrupt(tmp_path, make_cfg, monkeypatch):
     assert after["ga__hub__seed0.json"] == done["ga__hub__seed0.json"] and len(after) == 6
 
 
+def test_resume_says_when_kept_cells_come_from_other_library_versions(tmp_path, make_cfg, caplog):
+    cfg = make_cfg(methods=[{"name": "ga", "params": {"epochs": 1, "lr": 1e-4}}], scenarios=[BASE["scenarios"][0]])
+    out = Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
+    assert "Library versions differ" not in (out / "leaderboard.md").read_text()
+    path = out / "cells" / "ga__hub__seed0.json"
+    rec = json.loads(path.read_text())
+    rec["versions"]["transformers"] = "4.0.0"  # as if written before an upgrade
+    path.write_text(json.dumps(rec))
+    before = path.stat().st_mtime_ns
+    with caplog.at_level("WARNING", logger="unlearnbench.runner"):
+        Runner(cfg, out_dir=out, progress=False).run()
+    assert path.stat().st_mtime_ns == before  # kept, not rerun
+    warned = [r.getMessage() for r in caplog.records if "other library versions" in r.getMessage()]
+    assert len(warned) == 1 and "transformers 4.0.0 (1 cell)" in warned[0] and "1 finished cells" in warned[0]
+    md = (out / "leaderboard.md").read_text()
+    assert "Library versions differ" in md and "transformers 4.0.0 (1 cell)" in md
+
+
 class _BoomParams(MethodParams):
     pass
 

@@ -8,7 +8,9 @@ Several folders are merged (a cell seen twice — same row, scenario, seed and c
 counts once, the newest wins). Cells are ranked together only when they are comparable: same
 dataset fingerprint, model, implant key, evaluation precision and evaluator version
 (:func:`unlearnbench.results.comparability_key`). Merging incomparable results splits every
-scenario into one table per group, each headed by what sets it apart.
+scenario into one table per group, each headed by what sets it apart. Cells written with different
+torch or transformers versions are ranked together, under a line that says so
+(:func:`unlearnbench.results.mixed_versions_text`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from statistics import mean, pstdev
 
 from .records import REFERENCE_ROWS  # noqa: F401  (re-exported)
-from .results import comparability_groups, comparability_key, load_results
+from .results import comparability_groups, comparability_key, load_results, mixed_versions_text
 
 COLUMNS = [("ds", "DS"), ("forget_rouge1", "forget R1"), ("retain_rouge1", "retain R1"),
            ("forget_paraphrase_rouge1", "para forget R1"), ("forget_mrr", "forget MRR"),
@@ -106,8 +108,10 @@ def _fmt(m: float, s: float, n: int, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
 
 
-def markdown(rows: list[dict], groups: dict[tuple, str] | None = None, dirs: dict[str, bool] | None = None) -> str:
-    """``dirs``: metric → higher_is_better, as the records state it (the arrows in the header)."""
+def markdown(rows: list[dict], groups: dict[tuple, str] | None = None, dirs: dict[str, bool] | None = None,
+             versions: str = "") -> str:
+    """``dirs``: metric → higher_is_better, as the records state it (the arrows in the header);
+    ``versions``: the sentence saying the cells come from several library versions, if they do."""
     dirs = dirs or {}
 
     def header(columns):
@@ -124,6 +128,8 @@ def markdown(rows: list[dict], groups: dict[tuple, str] | None = None, dirs: dic
         out += [f"**These results are not all comparable** ({len(groups)} groups): each scenario is split into one "
                 "table per group, and rows are ranked only within their group. Groups: "
                 + "; ".join(f"`{g}`" for g in groups.values()) + ".", ""]
+    if versions:
+        out += [versions, ""]
     for scen in dict.fromkeys(r["scenario"] for r in rows):
         scen_rows = [x for x in rows if x["scenario"] == scen]
         columns = EDIT_COLUMNS if scen_rows[0].get("mode") == "edit" else COLUMNS
@@ -162,7 +168,7 @@ def write_leaderboard(results_dirs, out_dir: str | Path | None = None, plots: bo
     rows = table(records)
     groups = comparability_groups(records)
     md, cs, ht = out / "leaderboard.md", out / "leaderboard.csv", out / "leaderboard.html"
-    write_text_atomic(md, markdown(rows, groups, directions(records)))
+    write_text_atomic(md, markdown(rows, groups, directions(records), mixed_versions_text(records)))
     keys = metric_keys(records)
     fields = ["scenario", "rank", "method", "kind", "status", "n_seeds", "n_failed"] + \
              [x for k in keys for x in (k, k + "_std")] + ["apply_seconds", "apply_seconds_std", "error"]

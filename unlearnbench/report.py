@@ -807,6 +807,11 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
 
         expected = expected_cells(run)
         head += missing_text(missing_cells(expected, records), len(expected))
+    from .results import mixed_versions_text
+
+    mixed = mixed_versions_text(records)
+    if mixed:
+        head += "\n" + mixed + "\n"
     if st.failed:
         head += "\nFailed cells: " + ", ".join(f"`{r['row']}/{r['scenario']['label']}/seed{r.get('seed')}` "
                                                 f"({r.get('error', '')[:80]})" for r in st.failed) + "\n"

@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import tempfile
+from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -37,6 +38,39 @@ def hardware() -> dict:
 
 # What makes two cells comparable: the same data, the same implanted model, evaluated the same way.
 COMPARABILITY = ("dataset fingerprint", "model", "implant key", "evaluation precision", "evaluator version")
+
+
+# Libraries whose version can move a score at rounding level (the implant's training, generation).
+# Every record keeps them, but they are not in the comparability key (a patch release would split
+# every leaderboard): a table or report that mixes them says so instead.
+NUMERIC_PACKAGES = ("torch", "transformers")
+
+
+def version_mix(records: list[dict]) -> dict[str, dict[str, int]]:
+    """Package → {version: number of cells} for each of :data:`NUMERIC_PACKAGES` that ``records``
+    hold at more than one version (empty when all agree)."""
+    out = {}
+    for p in NUMERIC_PACKAGES:
+        counts = Counter((r.get("versions") or {}).get(p, "unrecorded") for r in records)
+        if len(counts) > 1:
+            out[p] = dict(sorted(counts.items()))
+    return out
+
+
+def describe_version_mix(mix: dict[str, dict[str, int]]) -> str:
+    """``torch 2.12.0 (3 cells), 2.13.0+cpu (39 cells)`` (empty for an empty mix)."""
+    return "; ".join(f"{p} " + ", ".join(f"{v} ({n} cell{'s' * (n != 1)})" for v, n in counts.items())
+                     for p, counts in mix.items())
+
+
+def mixed_versions_text(records: list[dict]) -> str:
+    """One sentence for a table or report whose cells come from several library versions, else ''."""
+    mix = version_mix(records)
+    if not mix:
+        return ""
+    return (f"**Library versions differ between these cells** ({describe_version_mix(mix)}): a score can move "
+            "at rounding level from one version to another, and more in a one-seed cell; compare within one "
+            "version, or rerun the older cells.")
 
 
 def comparability_key(rec: dict) -> tuple:

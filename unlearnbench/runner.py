@@ -44,7 +44,16 @@ from .evaluate import EVALUATOR_VERSION, Evaluator, ModelEval
 from .finetune import cache_key, finetune
 from .models import LoadedModel, checkpoint_covers, load, restore_weights, save_checkpoint
 from .records import REFERENCE_ROWS, SCHEMA_VERSION, CellRecord
-from .results import cell_id, comparability_key, describe_key, hardware, package_versions, write_atomic
+from .results import (
+    NUMERIC_PACKAGES,
+    cell_id,
+    comparability_key,
+    describe_key,
+    describe_version_mix,
+    hardware,
+    package_versions,
+    write_atomic,
+)
 from .tasks import EditTask, ScenarioTask, build_request, forgotten_edges  # noqa: F401  (build_request: re-exported)
 
 log = logging.getLogger(__name__)
@@ -242,6 +251,7 @@ class Runner:
         # every unlearned model written as a Hugging Face checkpoint, one folder per cell
         self.save_models = Path(save_models) if save_models else None
         self.expected_key: tuple | None = None  # set by prepare(): what a reusable finished cell was scored on
+        self._other_versions: dict[str, dict[str, str]] = {}  # kept cell → its library versions unlike this process's
 
     # ---- setup ---------------------------------------------------------------------------
     def prepare(self, evaluate_base: bool = True) -> Context:
@@ -334,7 +344,13 @@ class Runner:
             log.warning("cell %s was scored on another dataset, implant, evaluation precision or evaluator "
                         "version (%s): it is run again", cid, describe_key(comparability_key(rec)))
             return False
-        return rec.get("status") == "ok" if self.retry_failed else True
+        keep = rec.get("status") == "ok" if self.retry_failed else True
+        if keep:
+            now, then = package_versions(), rec.get("versions") or {}
+            other = {p: then.get(p, "unrecorded") for p in NUMERIC_PACKAGES if then.get(p, "unrecorded") != now.get(p)}
+            if other:
+                self._other_versions[cid] = other
+        return keep
 
     # ---- the grid ------------------------------------------------------------------------
     def run(self) -> Path:
@@ -501,6 +517,16 @@ class Runner:
                     log.info("skip finished cell %s", cid)
                 else:
                     pending.append((entry, task, cid))
+        if self._other_versions:
+            now, mix = package_versions(), {}
+            for other in self._other_versions.values():
+                for p, v in other.items():
+                    mix.setdefault(p, {}).setdefault(v, 0)
+                    mix[p][v] += 1
+            log.warning("%d finished cells kept in %s were written with other library versions (%s; this process: "
+                        "%s): scores can differ at rounding level between versions; compare within one, or rerun "
+                        "the older cells into a fresh folder", len(self._other_versions), self.out,
+                        describe_version_mix(mix), ", ".join(f"{p} {now.get(p)}" for p in NUMERIC_PACKAGES))
         if self.executor == "ray" and pending:
             log.warning("%d cells to run", len(pending))
             from .executors import run_ray
