@@ -39,7 +39,7 @@ from statistics import mean, pstdev
 from pistol_data.scenarios import spec_on_facts
 
 from .leaderboard import REFERENCE_ROWS
-from .results import load_results, write_text_atomic
+from .results import comparability_groups, load_results, mixed_versions_text, write_text_atomic
 
 GRADIENT_BASELINES = ("ga", "gd", "ukl", "npo", "dpo")  # LUNAR's comparison set
 LEAK_RECOVERY = 0.1  # an attack that brings back more forget ROUGE-1 than this (mean) makes the method leak
@@ -745,8 +745,6 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
     records = [r for r in load_results(d) if r.get("mode", "unlearn") == "unlearn"]  # editing cells: the leaderboard
     if not records:
         raise ValueError(f"{d} holds no result cells (expected {d / 'cells'}/*.json from `unlearnbench run`)")
-    from .results import comparability_groups
-
     groups = comparability_groups(records)
     if len(groups) > 1:
         raise ValueError(f"{d}: the cells are not comparable, so one report cannot rank them: "
@@ -807,8 +805,6 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
 
         expected = expected_cells(run)
         head += missing_text(missing_cells(expected, records), len(expected))
-    from .results import mixed_versions_text
-
     mixed = mixed_versions_text(records)
     if mixed:
         head += "\n" + mixed + "\n"

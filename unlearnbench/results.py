@@ -46,15 +46,24 @@ COMPARABILITY = ("dataset fingerprint", "model", "implant key", "evaluation prec
 NUMERIC_PACKAGES = ("torch", "transformers")
 
 
-def version_mix(records: list[dict]) -> dict[str, dict[str, int]]:
-    """Package → {version: number of cells} for each of :data:`NUMERIC_PACKAGES` that ``records``
-    hold at more than one version (empty when all agree)."""
+def version_counts(versions: list[dict], unlike: dict | None = None) -> dict[str, dict[str, int]]:
+    """Package → {version: number of cells} for each of :data:`NUMERIC_PACKAGES`, over the cells'
+    ``versions`` records; with ``unlike`` (e.g. this process's versions), only the versions that differ."""
     out = {}
     for p in NUMERIC_PACKAGES:
-        counts = Counter((r.get("versions") or {}).get(p, "unrecorded") for r in records)
-        if len(counts) > 1:
+        counts = Counter(v.get(p, "unrecorded") for v in versions)
+        if unlike is not None:
+            counts.pop(unlike.get(p), None)
+        if counts:
             out[p] = dict(sorted(counts.items()))
     return out
+
+
+def version_mix(records: list[dict]) -> dict[str, dict[str, int]]:
+    """:func:`version_counts` of the packages that ``records`` hold at more than one version (empty
+    when all agree)."""
+    counts = version_counts([r.get("versions") or {} for r in records])
+    return {p: c for p, c in counts.items() if len(c) > 1}
 
 
 def describe_version_mix(mix: dict[str, dict[str, int]]) -> str:

@@ -52,6 +52,7 @@ from .results import (
     describe_version_mix,
     hardware,
     package_versions,
+    version_counts,
     write_atomic,
 )
 from .tasks import EditTask, ScenarioTask, build_request, forgotten_edges  # noqa: F401  (build_request: re-exported)
@@ -251,7 +252,7 @@ class Runner:
         # every unlearned model written as a Hugging Face checkpoint, one folder per cell
         self.save_models = Path(save_models) if save_models else None
         self.expected_key: tuple | None = None  # set by prepare(): what a reusable finished cell was scored on
-        self._other_versions: dict[str, dict[str, str]] = {}  # kept cell → its library versions unlike this process's
+        self._kept_versions: dict[str, dict] = {}  # finished cell kept → the library versions it was written with
 
     # ---- setup ---------------------------------------------------------------------------
     def prepare(self, evaluate_base: bool = True) -> Context:
@@ -346,10 +347,7 @@ class Runner:
             return False
         keep = rec.get("status") == "ok" if self.retry_failed else True
         if keep:
-            now, then = package_versions(), rec.get("versions") or {}
-            other = {p: then.get(p, "unrecorded") for p in NUMERIC_PACKAGES if then.get(p, "unrecorded") != now.get(p)}
-            if other:
-                self._other_versions[cid] = other
+            self._kept_versions[cid] = rec.get("versions") or {}
         return keep
 
     # ---- the grid ------------------------------------------------------------------------
@@ -517,16 +515,15 @@ class Runner:
                     log.info("skip finished cell %s", cid)
                 else:
                     pending.append((entry, task, cid))
-        if self._other_versions:
-            now, mix = package_versions(), {}
-            for other in self._other_versions.values():
-                for p, v in other.items():
-                    mix.setdefault(p, {}).setdefault(v, 0)
-                    mix[p][v] += 1
+        now = package_versions()
+        older = [v for v in self._kept_versions.values()
+                 if any(v.get(p, "unrecorded") != now.get(p) for p in NUMERIC_PACKAGES)]
+        if older:
             log.warning("%d finished cells kept in %s were written with other library versions (%s; this process: "
                         "%s): scores can differ at rounding level between versions; compare within one, or rerun "
-                        "the older cells into a fresh folder", len(self._other_versions), self.out,
-                        describe_version_mix(mix), ", ".join(f"{p} {now.get(p)}" for p in NUMERIC_PACKAGES))
+                        "the older cells into a fresh folder", len(older), self.out,
+                        describe_version_mix(version_counts(older, unlike=now)),
+                        ", ".join(f"{p} {now.get(p)}" for p in NUMERIC_PACKAGES))
         if self.executor == "ray" and pending:
             log.warning("%d cells to run", len(pending))
             from .executors import run_ray
