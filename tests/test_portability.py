@@ -282,6 +282,13 @@ def test_incomparable_cells_are_never_ranked_together():
     md = markdown(rows, groups, {"ds": False})
     assert "not all comparable" in md and "evaluation precision bf16" in md and "evaluator version 1" in md
     assert "DS ↓" in md
+    from unlearnbench.html import leaderboard_html
+    from unlearnbench.leaderboard import cautions
+
+    page = leaderboard_html(rows, ["ds"], {"ds": False}, cautions=cautions(groups))
+    assert '<p class="caution"><strong>These results are not all comparable</strong> (3 groups)' in page
+    assert "<code>" in page and "evaluation precision bf16" in page
+    assert '<p class="caution">' not in leaderboard_html(rows, ["ds"], {"ds": False}, cautions=cautions({}))
     same = table([_cell("gd", 10.0), _cell("lunar", 20.0)])
     assert {r["scenario"] for r in same} == {"edge:A_B"}
 

@@ -82,6 +82,7 @@ def test_resume_says_when_kept_cells_come_from_other_library_versions(tmp_path, 
     cfg = make_cfg(methods=[{"name": "ga", "params": {"epochs": 1, "lr": 1e-4}}], scenarios=[BASE["scenarios"][0]])
     out = Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
     assert "Library versions differ" not in (out / "leaderboard.md").read_text()
+    assert "Library versions differ" not in (out / "leaderboard.html").read_text()
     path = out / "cells" / "ga__hub__seed0.json"
     rec = json.loads(path.read_text())
     rec["versions"]["transformers"] = "4.0.0"  # as if written before an upgrade
@@ -94,6 +95,8 @@ def test_resume_says_when_kept_cells_come_from_other_library_versions(tmp_path, 
     assert len(warned) == 1 and "transformers 4.0.0 (1 cell)" in warned[0] and "1 finished cells" in warned[0]
     md = (out / "leaderboard.md").read_text()
     assert "Library versions differ" in md and "transformers 4.0.0 (1 cell)" in md
+    page = (out / "leaderboard.html").read_text()  # the HTML page says it too, not only the Markdown
+    assert "<strong>Library versions differ between these cells</strong>" in page and "4.0.0 (1 cell)" in page
 
 
 class _BoomParams(MethodParams):

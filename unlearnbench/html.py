@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 
 from .metrics import EDIT_METRICS, METRICS
 
@@ -30,6 +31,7 @@ th:hover{background:#e6e6e6} th.sorted{background:#dde8f5}
 td.name,th.name{text-align:left} tr.reference td{background:#f7f7ef;font-style:italic}
 tr.failed td{background:#fbeaea;color:#a33} .std{color:#888;font-size:11px}
 .arrow{color:#2a6;font-weight:bold} .note{color:#555;font-size:13px;max-width:60em}
+.caution{background:#fff6e0;border-left:4px solid #e0a000;padding:.4em .8em;font-size:13px;max-width:60em}
 """
 
 _JS = """
@@ -65,8 +67,16 @@ def _cell(key: str, mean: float, std: float, n: int) -> str:
     return f'<td data-key="{key}" data-value="{mean:.6g}">{mean:.{digits}f}{std_html}</td>'
 
 
+def _inline(text: str) -> str:
+    """Escaped ``text`` with Markdown's **bold** and `code` as HTML."""
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+
+
 def leaderboard_html(rows: list[dict], keys: list[str], higher_is_better: dict[str, bool],
-                     sources: list[str] = ()) -> str:
+                     sources: list[str] = (), cautions: list[str] = ()) -> str:
+    """``cautions``: sentences (Markdown with **bold** and `code`) shown above the tables, e.g. that the
+    cells come from several library versions (:func:`unlearnbench.leaderboard.cautions`)."""
     esc = html.escape
     head = ['<th class="name" data-key="rank" data-hib="0">rank</th>',
             '<th class="name" data-key="method" data-hib="0">method</th>',
@@ -87,6 +97,7 @@ def leaderboard_html(rows: list[dict], keys: list[str], higher_is_better: dict[s
              "implant, <i>none</i> = the implanted model before unlearning.</p>"]
     if sources:
         parts.append(f'<p class="note">Results: {esc(", ".join(sources))}</p>')
+    parts += [f'<p class="caution">{_inline(c)}</p>' for c in cautions]
     for scen in dict.fromkeys(r["scenario"] for r in rows):
         parts += [f"<h2>{esc(scen)}</h2>", f'<table class="board" data-scenario="{esc(scen)}"><thead><tr>',
                   "".join(head), "</tr></thead><tbody>"]

@@ -108,6 +108,19 @@ def _fmt(m: float, s: float, n: int, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if n > 1 else f"{m:.{digits}f}"
 
 
+def cautions(groups: dict[tuple, str] | None, versions: str = "") -> list[str]:
+    """The sentences (Markdown) every form of the leaderboard puts above its tables: the cells fall into
+    several comparability groups; they come from several library versions."""
+    out = []
+    if groups and len(groups) > 1:
+        out.append(f"**These results are not all comparable** ({len(groups)} groups): each scenario is split into "
+                   "one table per group, and rows are ranked only within their group. Groups: "
+                   + "; ".join(f"`{g}`" for g in groups.values()) + ".")
+    if versions:
+        out.append(versions)
+    return out
+
+
 def markdown(rows: list[dict], groups: dict[tuple, str] | None = None, dirs: dict[str, bool] | None = None,
              versions: str = "") -> str:
     """``dirs``: metric → higher_is_better, as the records state it (the arrows in the header);
@@ -124,12 +137,8 @@ def markdown(rows: list[dict], groups: dict[tuple, str] | None = None, dirs: dic
            "the implanted model before unlearning."
            + (" Editing cells (counterfactual edits) are ranked by efficacy." if any(r.get("mode") == "edit" for r in rows)
               else ""), ""]
-    if groups and len(groups) > 1:
-        out += [f"**These results are not all comparable** ({len(groups)} groups): each scenario is split into one "
-                "table per group, and rows are ranked only within their group. Groups: "
-                + "; ".join(f"`{g}`" for g in groups.values()) + ".", ""]
-    if versions:
-        out += [versions, ""]
+    for line in cautions(groups, versions):
+        out += [line, ""]
     for scen in dict.fromkeys(r["scenario"] for r in rows):
         scen_rows = [x for x in rows if x["scenario"] == scen]
         columns = EDIT_COLUMNS if scen_rows[0].get("mode") == "edit" else COLUMNS
@@ -177,7 +186,8 @@ def write_leaderboard(results_dirs, out_dir: str | Path | None = None, plots: bo
     w.writeheader()
     w.writerows(rows)
     write_text_atomic(cs, buf.getvalue())
-    write_text_atomic(ht, leaderboard_html(rows, keys, directions(records), sources=[str(d) for d in dirs]))
+    write_text_atomic(ht, leaderboard_html(rows, keys, directions(records), sources=[str(d) for d in dirs],
+                                           cautions=cautions(groups, mixed_versions_text(records))))
     paths = {"markdown": md, "csv": cs, "html": ht}
     if plots:
         from .plots import write_plots
