@@ -177,7 +177,8 @@ def write_leaderboard(results_dirs, out_dir: str | Path | None = None, plots: bo
     rows = table(records)
     groups = comparability_groups(records)
     md, cs, ht = out / "leaderboard.md", out / "leaderboard.csv", out / "leaderboard.html"
-    write_text_atomic(md, markdown(rows, groups, directions(records), mixed_versions_text(records)))
+    versions = mixed_versions_text(records)
+    write_text_atomic(md, markdown(rows, groups, directions(records), versions))
     keys = metric_keys(records)
     fields = ["scenario", "rank", "method", "kind", "status", "n_seeds", "n_failed"] + \
              [x for k in keys for x in (k, k + "_std")] + ["apply_seconds", "apply_seconds_std", "error"]
@@ -187,7 +188,7 @@ def write_leaderboard(results_dirs, out_dir: str | Path | None = None, plots: bo
     w.writerows(rows)
     write_text_atomic(cs, buf.getvalue())
     write_text_atomic(ht, leaderboard_html(rows, keys, directions(records), sources=[str(d) for d in dirs],
-                                           cautions=cautions(groups, mixed_versions_text(records))))
+                                           cautions=cautions(groups, versions)))
     paths = {"markdown": md, "csv": cs, "html": ht}
     if plots:
         from .plots import write_plots
