@@ -269,6 +269,16 @@ def test_density_finding_follows_the_numbers(tmp_path):
     assert sec.index("chain (density 0.40") < sec.index("cluster (density 0.70") < sec.index("complete (density 1.00")
     # gd: the complete graph's two scenarios (50, 60) minus the chain's 30
     assert next(line for line in sec.splitlines() if line.startswith("| gd |")).split("|")[-3].strip() == "25.0"
+    # the figure: DS against density, one panel per forget-set size, each row's points in density order
+    from unlearnbench.report import density_section
+    from unlearnbench.results import load_results
+
+    lines = density_section(Study(load_results(tmp_path), ds)).data["density_lines"]
+    assert list(lines) == ["1 edge forgotten", "2 edges forgotten"]
+    assert lines["1 edge forgotten"]["gd"] == ([0.4, 0.7, 1.0], [30.0, 40.0, 50.0])
+    assert lines["2 edges forgotten"]["npo"] == ([1.0], [40.0])
+    md = write_report(tmp_path).read_text()
+    assert "report/density.png" in md and (tmp_path / "report" / "density.png").stat().st_size > 1000
 
 
 def test_report_says_when_its_cells_come_from_several_library_versions(tmp_path, mini):

@@ -8,6 +8,10 @@
 * ``graph_<scenario>`` — the knowledge graph with the forgotten edges highlighted, coloured by how
   much of each edge the model still knows (mean ROUGE-1 of its direct questions), one panel per method.
 * ``cost_vs_ds`` — wall time of ``apply`` against DS.
+
+The structural report's figures (``report_figures``): DS per scenario, DS against the forgotten
+edge's connectivity, DS against its component's edge density (one panel per forget-set size),
+sequential requests, attack recovery.
 """
 
 from __future__ import annotations
@@ -215,10 +219,20 @@ def write_plots(records, rows, out: Path) -> dict[str, Path]:
 
 # ---- the report's figures (unlearnbench.report computes the data) ----------------------------
 
+_MARKERS = "osD^vP*X<>"
+
+
+def _style(plt, i: int, label: str) -> dict:
+    """Distinct colour and marker for the i-th line (tab20: up to 20 colours; markers cycle too, so 17+
+    methods stay apart); reference rows dashed."""
+    return {"color": plt.get_cmap("tab20")(i % 20), "marker": _MARKERS[i % len(_MARKERS)],
+            "linestyle": "--" if label in REFERENCE_ROWS else "-", "label": label, "alpha": 0.85}
+
+
 def _lines(plt, series: dict, xlabel: str, ylabel: str, title: str, out: Path, name: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, "o-", label=label, alpha=0.85)
+    for i, (label, (xs, ys)) in enumerate(series.items()):
+        ax.plot(xs, ys, **_style(plt, i, label))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
@@ -226,11 +240,26 @@ def _lines(plt, series: dict, xlabel: str, ylabel: str, title: str, out: Path, n
     _save(fig, out, name)
 
 
+def _panels(plt, panels: dict, xlabel: str, ylabel: str, title: str, out: Path, name: str) -> None:
+    """One line plot per panel (title → row → (xs, ys)), side by side on a shared y axis, one legend."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.5, 4.2), squeeze=False, sharey=True)
+    for ax, (sub, series) in zip(axes[0], panels.items()):
+        for i, (label, (xs, ys)) in enumerate(series.items()):
+            ax.plot(xs, ys, **_style(plt, i, label))
+        ax.set_xlabel(xlabel)
+        ax.set_title(sub, fontsize=9)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.suptitle(title)
+    _save(fig, out, name)
+
+
 def report_figures(out: Path, scenarios: list[str], ds: dict, connectivity: dict | None = None,
-                   curves: dict | None = None, one_sequence: bool = True, attack_grid: dict | None = None,
-                   methods: list[str] = ()) -> list[str]:
+                   density: dict | None = None, curves: dict | None = None, one_sequence: bool = True,
+                   attack_grid: dict | None = None, methods: list[str] = ()) -> list[str]:
     """The structural study's figures into ``out``; returns their names. ``ds``: row → one
-    (mean, std, n) per scenario; ``connectivity``: row → (degrees, DS); ``curves``: (scenario, row)
+    (mean, std, n) per scenario; ``connectivity``: row → (degrees, DS); ``density``: panel (forget-set
+    size) → row → (component edge densities, DS); ``curves``: (scenario, row)
     → DS after each request; ``attack_grid``: (method, attack) → recovery."""
     plt = _plt()
     made = []
@@ -251,6 +280,10 @@ def report_figures(out: Path, scenarios: list[str], ds: dict, connectivity: dict
         _lines(plt, connectivity, "connectivity of the forgotten edge (max endpoint degree)", "DS",
                "Connectivity vs DS (single-edge scenarios)", out, "connectivity")
         made.append("connectivity")
+    if density:
+        _panels(plt, density, "edge density of the forgotten edges' component", "DS (lower is better)",
+                "Density vs DS (components of one size)", out, "density")
+        made.append("density")
     if curves:
         _lines(plt, {(row if one_sequence else f"{row} ({s})"): (list(range(1, len(c) + 1)), c)
                      for (s, row), c in curves.items()},

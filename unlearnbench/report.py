@@ -349,7 +349,14 @@ def density_section(st: Study) -> Section:
             "component each entity also has more contracts: density and connectivity move together here, as in "
             "PISTOL's dataset.\n\n" + _table(header, rows)
             + f"\n\n**{finding['name']}**: {'holds' if finding['holds'] else 'does not hold'} — {finding['evidence']}.")
-    return Section(text, {"density": finding}, {"density_deltas": deltas})
+    # the figure: DS against the component's edge density, one panel per forget-set size
+    lines = {}
+    for n in sorted({c[3] for c in cells}):
+        group = [c for c in cells if c[3] == n]
+        lines[f"{n} edge{'s' * (n > 1)} forgotten"] = {
+            row: ([d for _, _, d, _ in group], [st.mean(row, s, "ds") for s, _, _, _ in group])
+            for row in st.references + st.methods}
+    return Section(text, {"density": finding}, {"density_deltas": deltas, "density_lines": lines})
 
 
 def _retain_by_type(rec: dict, ds, etype: str, same: bool) -> float:
@@ -770,7 +777,7 @@ def write_report(results_dir: str | Path, plots: bool = True) -> Path:
             d / "report", st.scenarios, {row: [_agg(st.vals(row, s, "ds")) for s in st.scenarios] for row in rows},
             connectivity={row: ([deg for _, _, deg in singles], [st.mean(row, s, "ds") for s, _, _ in singles])
                           for row in rows} if len(singles) >= 2 else None,
-            curves=data.get("curves") or None, one_sequence=len(st.sequences()) == 1,
+            density=data.get("density_lines") or None, curves=data.get("curves") or None, one_sequence=len(st.sequences()) == 1,
             attack_grid=data.get("attack_grid") or {}, methods=st.methods)
 
     first = records[0]
