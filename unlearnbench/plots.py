@@ -230,27 +230,23 @@ def _style(plt, i: int, label: str) -> dict:
 
 
 def _lines(plt, series: dict, xlabel: str, ylabel: str, title: str, out: Path, name: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (label, (xs, ys)) in enumerate(series.items()):
-        ax.plot(xs, ys, **_style(plt, i, label))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    ax.set_title(title)
-    _save(fig, out, name)
+    """One line plot: row → (xs, ys)."""
+    _panels(plt, {title: series}, xlabel, ylabel, None, out, name)
 
 
-def _panels(plt, panels: dict, xlabel: str, ylabel: str, title: str, out: Path, name: str) -> None:
-    """One line plot per panel (title → row → (xs, ys)), side by side on a shared y axis, one legend."""
+def _panels(plt, panels: dict, xlabel: str, ylabel: str, title: str | None, out: Path, name: str) -> None:
+    """Line plots side by side on a shared y axis (panel title → row → (xs, ys)), one legend; ``title``
+    over them all (a lone panel's own title is enough)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.5, 4.2), squeeze=False, sharey=True)
     for ax, (sub, series) in zip(axes[0], panels.items()):
         for i, (label, (xs, ys)) in enumerate(series.items()):
             ax.plot(xs, ys, **_style(plt, i, label))
         ax.set_xlabel(xlabel)
-        ax.set_title(sub, fontsize=9)
+        ax.set_title(sub, fontsize=9 if len(panels) > 1 else None)
     axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    fig.suptitle(title)
+    if title:
+        fig.suptitle(title)
     _save(fig, out, name)
 
 
