@@ -9,7 +9,7 @@ heap in use above the level before it (glibc mallinfo2) against 3 × the fp32 we
 Writes ``results/full_batch.md``.
 
     python benchmarks/bench_full_batch.py [gd dpo ...]
-    python benchmarks/bench_full_batch.py dpo-recompute | gqa [METHOD] | kl   # one change, before vs after
+    python benchmarks/bench_full_batch.py CHANGE [METHOD]   # one change of CHANGES (dpo-defaults, gqa, kl, ...), before vs after
 """
 
 from __future__ import annotations
@@ -89,8 +89,18 @@ CHANGES = {
     "dpo-recompute": ("IdK-DPO keeps one answer's activations at a time",
                       "both answers' activations alive at the start of the backward → the preferred answer's pass "
                       "run again in the backward (`recompute_preferred`)", "dpo",
-                      (contextlib.nullcontext, {"recompute_preferred": False}),
-                      (contextlib.nullcontext, {"recompute_preferred": True})),
+                      (contextlib.nullcontext, {"recompute_preferred": False, "rows_per_pass": None}),
+                      (contextlib.nullcontext, {"recompute_preferred": True, "rows_per_pass": None})),
+    "rows-per-pass": ("IdK-DPO runs a term over 8 rows as two passes of 4",
+                      "each term's 8 rows in one pass → two passes of 4 rows, one's backward before the other's "
+                      "forward (`rows_per_pass`)", "dpo",
+                      (contextlib.nullcontext, {"rows_per_pass": None, "recompute_preferred": False}),
+                      (contextlib.nullcontext, {"rows_per_pass": 4, "recompute_preferred": False})),
+    "dpo-defaults": ("IdK-DPO's defaults keep one chunk of one answer's activations",
+                     "one pass per term, both answers' activations alive → `recompute_preferred` and "
+                     "`rows_per_pass: 4` (the defaults)", "dpo",
+                     (contextlib.nullcontext, {"rows_per_pass": None, "recompute_preferred": False}),
+                     (contextlib.nullcontext, {})),
     "gqa": ("Attention on the key/value heads as they are",
             "SDPA given key/value heads repeated to every query head (transformers' default under a padding "
             "mask) → as they are (`enable_gqa`, `core.lean.grouped_kv_attention`)", "gd",

@@ -72,6 +72,7 @@ class BLURParams(PrefParams):
     low_memory: bool = Field(True, description="never hold g_r: the retain backward runs twice, first for "
                              "<g_r, g_f>, then adding g_r into g_f's scaled buffers (three copies of the trained "
                              "weights with AdamW instead of four; one more retain forward and backward a step)")
+    rows_per_pass: None = Field(None, description="not available: g_f and g_r are each made from one pass")
 
 
 class BlurNPOParams(BLURParams):

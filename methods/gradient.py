@@ -30,6 +30,7 @@ class GradientAscent(GradientMethod):
     """Gradient ascent: maximise the NLL of forget answers."""
 
     Params = GAParams
+    forget_mean = "tokens"  # the forget answers' token-mean NLL
 
     def forget_loss(self, model, batch, ctx):
         return -nll(model, batch["forget"])
@@ -40,6 +41,7 @@ class GradientDifference(GradientAscent):
     """GA + NLL descent on retain answers."""
 
     Params = RetainParams
+    retain_mean = "tokens"
 
     def retain_loss(self, model, batch, ctx):
         return retain_nll(model, batch, ctx["params"].alpha)
@@ -51,6 +53,7 @@ class GradientAscentKL(GradientAscent):
 
     Params = RetainParams
     needs_reference = True
+    retain_mean = "tokens"  # the KL averaged over the retain answers' tokens
 
     def reference_outputs(self, params):
         return {"retain": "log_softmax"}

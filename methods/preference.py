@@ -52,12 +52,17 @@ class DPOParams(PrefParams):
     target: Literal["refusal", "self_improve"] = Field("refusal", description="the preferred answer: the request's "
                                                        "refusal sentences, or self_improve — a refusal the model "
                                                        "writes itself per question (arXiv 2505.19855), cached")
-    recompute_preferred: bool = Field(False, description="keep one answer's activations at a time: the preferred "
+    recompute_preferred: bool = Field(True, description="keep one answer's activations at a time: the preferred "
                                       "answer's pass runs without a graph and again in the backward, after the "
                                       "rejected one's graph is released (one more forward pass on forget rows; the "
-                                      "same gradient up to float rounding). Worth it where one pass's activations "
-                                      "exceed the weights' gradient: with SmolLM2's batches of 8 the cell peaks in "
-                                      "the retain term (1,628 → 1,604 MiB for 1.13× the time)")
+                                      "same gradient up to float rounding)")
+    rows_per_pass: int | None = Field(4, ge=1, description="at most this many rows in one forward pass: a batch "
+                                      "of 8 runs each term as two passes of 4 rows, one's backward before the "
+                                      "other's forward (the same gradient up to float rounding). With "
+                                      "recompute_preferred it keeps the cell under 3 × the fp32 weights on full "
+                                      "batches (SmolLM2, batch_of_two: 1,584-1,621 → 1,433-1,439 MiB of heap for "
+                                      "1.3-1.4× the apply time; benchmarks/notes.md); null and false: one pass each, "
+                                      "faster, 1-5% over that bound")
 
 
 @register_method("dpo")
@@ -66,6 +71,7 @@ class IdkDPO(GradientMethod):
 
     Params = DPOParams
     needs_reference = True
+    forget_mean, retain_mean = "rows", "tokens"  # the loss per (forget, refusal) pair; the retain NLL
 
     def reference_outputs(self, params):
         return {"forget": "logprobs", "forget_idk": "logprobs"}
@@ -101,6 +107,7 @@ class NPO(GradientMethod):
 
     Params = PrefParams
     needs_reference = True
+    forget_mean, retain_mean = "rows", "tokens"
 
     def reference_outputs(self, params):
         return {"forget": "logprobs"}

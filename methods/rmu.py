@@ -35,6 +35,8 @@ class RMUParams(TrainParams):
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     epochs: int = Field(20, ge=1, description="passes over the forget set (WMDP: 80 steps; PISTOL forget sets are small)")
     batch_size: int = Field(4, ge=1, description="forget examples per step (retain batch has the same size)")
+    rows_per_pass: None = Field(None, description="not available: the steering coefficient is read off the first "
+                                "whole forget batch")
     layer: int | None = Field(None, description="steered layer ℓ; None = round(0.22 × depth) as WMDP's 7 of 32")
     n_update_layers: int = Field(3, ge=1, description="down_proj of layers ℓ−n+1 … ℓ are trained")
     steering_coeff: float | None = Field(None, gt=0, description="absolute c; None = coeff_scale × mean ‖h_ℓ‖")

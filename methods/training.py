@@ -67,6 +67,11 @@ class TrainParams(MethodParams):
     lora: LoraSpec | None = Field(None, description="train LoRA adapters instead of the weights (gradients and "
                                                     "AdamW state only for the adapters), merged into the weights "
                                                     "after training; null = full fine-tuning")
+    rows_per_pass: int | None = Field(None, ge=1, description="at most this many rows in one forward pass: a loss "
+                                      "term over more rows runs as several passes, each one's backward before the "
+                                      "next one's forward, so one chunk's activations are alive at a time (the "
+                                      "same gradient up to float rounding; the shared prompt prefix is run once "
+                                      "per chunk). null = a term's whole batch in one pass")
 
 
 class DivergenceError(RuntimeError):
@@ -235,6 +240,47 @@ class ReferenceMemo:
         return torch.cat(self._entries(b, "log_softmax")).to(b["input_ids"].device)
 
 
+def _row_slice(b: dict, lo: int, hi: int) -> dict:
+    """Rows ``lo:hi`` of a collated sub-batch, without the padding columns no kept row reaches."""
+    mask = b["attention_mask"][lo:hi]
+    width = int(mask.any(0).nonzero().max()) + 1 if mask.any() else mask.shape[1]
+    return {k: v[lo:hi, :width] if torch.is_tensor(v) and v.dim() == 2 else v[lo:hi] for k, v in b.items()}
+
+
+def row_chunks(batch: dict, keys: tuple[str, ...], mean: str | None, rows: int | None) -> list[tuple[dict, float]]:
+    """``batch`` as (chunk, weight) pairs with at most ``rows`` rows of the sub-batches ``keys`` each
+    (sliced alike: a forget row and its refusal row stay together; other sub-batches whole), such
+    that Σ weight · term(chunk) is term(batch) for a term that is a mean over the rows of
+    ``keys[0]`` (``mean="rows"``) or over its answer tokens (``"tokens"``). One pair — the batch
+    itself — when it is small enough, ``mean`` is None or the batch has no answer token."""
+    present = [k for k in keys if k in batch]
+    if not rows or mean is None or not present:
+        return [(batch, 1.0)]
+    lead = batch[present[0]]
+    n = lead["input_ids"].shape[0]
+    if n <= rows:
+        return [(batch, 1.0)]
+    counts = (lead["labels"][:, 1:] != IGNORE).sum(1) if mean == "tokens" else torch.ones(n, dtype=torch.long)
+    total = int(counts.sum())
+    if total == 0:
+        return [(batch, 1.0)]
+    out = []
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        chunk = dict(batch)
+        for k in present:
+            chunk[k] = _row_slice(batch[k], lo, hi)
+        out.append((chunk, int(counts[lo:hi].sum()) / total))
+    return out
+
+
+def _weighted(fn, chunk: dict, weight: float):
+    def term():
+        t = fn(chunk)
+        return t if t is None or weight == 1.0 else t * weight
+    return term
+
+
 def _sum_terms(terms) -> torch.Tensor | None:
     parts = [x for x in (t() for t in terms) if x is not None]
     return sum(parts[1:], parts[0]) if parts else None
@@ -250,6 +296,11 @@ class GradientMethod(Method):
     kind = "unlearn"
     Params = TrainParams
     needs_reference = False
+    # how forget_loss and retain_loss average over their sub-batch ("rows": a mean over the rows of
+    # batch["forget"] / batch["retain"]; "tokens": over their answer tokens; None: neither), so that
+    # the loop can run a term in chunks of TrainParams.rows_per_pass rows for the same gradient
+    forget_mean: Literal["rows", "tokens"] | None = None
+    retain_mean: Literal["rows", "tokens"] | None = None
     # True: backward() builds the update itself (no DDP reduction to respect; it may use
     # torch.autograd.grad, so the shared prefix's backward is not split off: core.lm.split_prefix_backward)
     own_gradients = False
@@ -271,9 +322,12 @@ class GradientMethod(Method):
         """Callables whose values sum to the loss; each is run forward and backward on its own."""
         if type(self).loss is not GradientMethod.loss:  # written as one expression
             return [lambda: self.loss(model, batch, ctx)]
-        terms = [lambda: self.forget_loss(model, batch, ctx)]
+        rows = getattr(ctx["params"], "rows_per_pass", None)
+        terms = [_weighted(lambda b: self.forget_loss(model, b, ctx), chunk, w)
+                 for chunk, w in row_chunks(batch, ("forget", "forget_idk"), self.forget_mean, rows)]
         if "retain" in batch:
-            terms.append(lambda: self.retain_loss(model, batch, ctx))
+            terms += [_weighted(lambda b: self.retain_loss(model, b, ctx), chunk, w)
+                      for chunk, w in row_chunks(batch, ("retain",), self.retain_mean, rows)]
         return terms
 
     def start(self, model, ctx) -> None:
@@ -346,6 +400,10 @@ class GradientMethod(Method):
 
         if not request.forget:
             raise ValueError("the request has an empty forget set")
+        if getattr(params, "rows_per_pass", None) and (
+                type(self).loss_terms is not GradientMethod.loss_terms or type(self).loss is not GradientMethod.loss
+                or (self.forget_mean is None and self.retain_mean is None)):
+            raise ValueError(f"method {self.name!r} cannot split its loss terms by rows: rows_per_pass must be null")
         torch.manual_seed(request.seed)
         from unlearnbench.core import precision
 

@@ -380,3 +380,77 @@ def test_each_norm_output_is_recomputed_once_for_all_its_readers(monkeypatch):
     assert len(calls) == 2 * (2 * layers + 1)
     lean = _grads(model)
     assert all(torch.equal(stock[k], lean[k]) for k in stock)
+
+
+def _loop_step(method, model, batch, ctx):
+    """One step of the shared loop's terms, each forward and backward alone inside the split:
+    (the summed loss, the gradients, the most activation bytes alive at once)."""
+    params = {p.data_ptr() for p in model.parameters()}
+    model.zero_grad(set_to_none=True)
+    total, peak = 0.0, 0
+    for term in method.loss_terms(model, batch, ctx):
+        saved = []
+
+        def pack(t):
+            if t.data_ptr() not in params:
+                saved.append(t.numel() * t.element_size())
+            return t
+
+        with split_prefix_backward(True), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            part = term()
+            peak = max(peak, sum(saved))
+            if part is not None:
+                part.backward()
+                total += part.item()
+    return total, _grads(model), peak
+
+
+@pytest.mark.parametrize("name", ["dpo", "npo", "gd", "ukl"])
+def test_rows_per_pass_gives_the_same_step_with_one_chunks_activations(name):
+    """``rows_per_pass`` runs a term over 5 rows as passes of 2, 2 and 1 rows (weighted by their
+    share of the rows or of the answer tokens, as the term averages): the step's loss and
+    gradient are the whole batch's up to float rounding, and at most one chunk's activations are
+    alive at a time."""
+    from methods import get_method
+
+    cls = get_method(name)
+    model, _ = tiny_random_llama(seed=6, layers=2, hidden=96)
+    model.train()
+    ref, _ = tiny_random_llama(seed=7, layers=2, hidden=96)
+    batch = {"forget": _batch(12, seed=1), "forget_idk": _batch(12, seed=2), "retain": _batch(12, seed=3)}
+    out = {}
+    for rows in (None, 2):
+        ctx = {"params": cls.Params(rows_per_pass=rows), "ref": ref.eval()}
+        method = cls()
+        out[rows] = _loop_step(method, model, batch, ctx), len(method.loss_terms(model, batch, ctx))
+    ((l0, g0, p0), n0), ((l1, g1, p1), n1) = out[None], out[2]
+    assert (n0, n1) == (2, 6)  # forget and retain terms, each in three chunks
+    assert l1 == pytest.approx(l0, rel=1e-5, abs=1e-6)
+    assert g0.keys() == g1.keys() and len(g0) > 10
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6)
+    assert p1 < 0.7 * p0
+
+
+def test_row_chunks_weights_and_trimmed_padding():
+    from methods.training import row_chunks
+
+    b = _batch(4)  # answer tokens per row: 3, 6, 2, 4, 5
+    whole = {"forget": b, "other": "kept"}
+    assert row_chunks(whole, ("forget",), "tokens", None) == [(whole, 1.0)]
+    assert row_chunks(whole, ("forget",), None, 2) == [(whole, 1.0)]
+    tok = row_chunks(whole, ("forget",), "tokens", 2)
+    assert [w for _, w in tok] == pytest.approx([9 / 20, 6 / 20, 5 / 20])
+    assert [w for _, w in row_chunks(whole, ("forget",), "rows", 2)] == pytest.approx([2 / 5, 2 / 5, 1 / 5])
+    first = tok[0][0]
+    assert first["other"] == "kept" and first["forget"]["input_ids"].shape == (2, 4 + 9 + 6)  # row 2's length
+    assert torch.equal(first["forget"]["labels"], b["labels"][:2, :19])
+
+
+def test_rows_per_pass_is_refused_where_a_method_cannot_split():
+    from methods import get_method, validate_params
+
+    assert get_method("dpo").Params().rows_per_pass == 4 and get_method("gd").Params().rows_per_pass is None
+    for name in ("blur-npo", "blur-ga", "rmu"):
+        with pytest.raises(ValueError, match="rows_per_pass"):
+            validate_params(name, {"rows_per_pass": 4})

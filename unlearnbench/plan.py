@@ -236,7 +236,6 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
     parts: dict[str, float] = {}
     host = 0.0
     rows = getattr(params, "batch_size", 8)
-    answer_tokens = rows * 12  # PISTOL answers are ≤ 11 tokens; refusals ~10
     flops = 0.0
     if name in GRADIENT or name == "rmu":
         # the shared loop's lean MLP (core.lean) stands aside under autocast and for LoRA's linears
@@ -258,7 +257,10 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
                 trained = shape.n_params - (shape.embedding if getattr(params, "freeze_embeddings", False) else 0)
             kl = name == "ukl" or (name.startswith("blur") and getattr(params, "retain_loss", None) == "kl")
             # a KL reads every logit: kept only under autocast (core.lm's chunked KL otherwise)
-            act = _activations(shape, rows, t.longest, answer_tokens, ckpt, act_bytes=ab, lean=lean,
+            # a term over more than rows_per_pass rows runs as several passes, one alive at a time;
+            # PISTOL answers are ≤ 11 tokens, refusals ~10
+            per_pass = min(rows, getattr(params, "rows_per_pass", None) or rows)
+            act = _activations(shape, per_pass, t.longest, per_pass * 12, ckpt, act_bytes=ab, lean=lean,
                                full_logits=kl and autocast)
             path = shape.n_params
         if lora is None and wb < FP32:  # a half-precision model's trained tensors train in fp32
