@@ -101,6 +101,10 @@ CHANGES = {
                      "`rows_per_pass: 4` (the defaults)", "dpo",
                      (contextlib.nullcontext, {"rows_per_pass": None, "recompute_preferred": False}),
                      (contextlib.nullcontext, {})),
+    "ukl-rows": ("ukl runs a term over 8 rows as two passes of 4",
+                 "each term's 8 rows in one pass → two passes of 4 rows, one's backward before the other's forward "
+                 "(`rows_per_pass: 4`)", "ukl",
+                 (contextlib.nullcontext, {"rows_per_pass": None}), (contextlib.nullcontext, {"rows_per_pass": 4})),
     "gqa": ("Attention on the key/value heads as they are",
             "SDPA given key/value heads repeated to every query head (transformers' default under a padding "
             "mask) → as they are (`enable_gqa`, `core.lean.grouped_kv_attention`)", "gd",

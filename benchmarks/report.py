@@ -12,7 +12,7 @@ from common import HERE, RESULTS
 
 ORDER = ["eval_throughput", "finetune_throughput", "implant_recipes", "method_cost", "end_to_end", "phases",
          "step_profile", "editing_stats", "leaderboard_cost", "lean_training", "full_batch", "dpo_recompute",
-         "gqa", "gqa_npo", "gqa_ukl", "gqa_dpo", "kl", "blur_memory", "rome_vs_easyedit",
+         "rows_per_pass", "ukl_rows", "gqa", "gqa_npo", "gqa_ukl", "gqa_dpo", "kl", "blur_memory", "rome_vs_easyedit",
          "plan_validation", "plan_validation_cuda", "plan_paper_scale"]
 
 

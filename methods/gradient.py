@@ -36,6 +36,15 @@ class GradientAscent(GradientMethod):
         return -nll(model, batch["forget"])
 
 
+class UKLParams(RetainParams):
+    rows_per_pass: int | None = Field(4, ge=1, description="at most this many rows in one forward pass: a batch "
+                                      "of 8 runs each term as two passes of 4 rows, one's backward before the "
+                                      "other's forward (the same gradient up to float rounding). It keeps the "
+                                      "cell under 3 × the fp32 weights on full batches (SmolLM2, batch_of_two: "
+                                      "1,541-1,564 → 1,418-1,434 MiB of heap for 1.1-1.4× the apply time; "
+                                      "benchmarks/notes.md); null: one pass per term, faster, up to 2% over that bound")
+
+
 @register_method("gd")
 class GradientDifference(GradientAscent):
     """GA + NLL descent on retain answers."""
@@ -51,7 +60,7 @@ class GradientDifference(GradientAscent):
 class GradientAscentKL(GradientAscent):
     """GA + KL to the frozen reference model on retain answers."""
 
-    Params = RetainParams
+    Params = UKLParams
     needs_reference = True
     retain_mean = "tokens"  # the KL averaged over the retain answers' tokens
 

@@ -450,7 +450,8 @@ def test_row_chunks_weights_and_trimmed_padding():
 def test_rows_per_pass_is_refused_where_a_method_cannot_split():
     from methods import get_method, validate_params
 
-    assert get_method("dpo").Params().rows_per_pass == 4 and get_method("gd").Params().rows_per_pass is None
+    assert get_method("dpo").Params().rows_per_pass == 4 and get_method("ukl").Params().rows_per_pass == 4
+    assert get_method("gd").Params().rows_per_pass is None and get_method("npo").Params().rows_per_pass is None
     for name in ("blur-npo", "blur-ga", "rmu"):
         with pytest.raises(ValueError, match="rows_per_pass"):
             validate_params(name, {"rows_per_pass": 4})

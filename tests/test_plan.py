@@ -59,8 +59,11 @@ def test_options_move_the_prediction_the_right_way():
     assert _cell("gd", precision="bf16").parts["activations"] > act
     # a KL retain term reads every logit at the answer positions: chunk by chunk in fp32 (core.lm's
     # _KLFromRef, as gd's log p(gold)), every logit kept under bf16 autocast
-    assert _cell("ukl").parts["activations"] == act
-    assert _cell("ukl", precision="bf16").parts["activations"] > _cell("gd", precision="bf16").parts["activations"]
+    assert _cell("ukl", rows_per_pass=None).parts["activations"] == act
+    assert (_cell("ukl", rows_per_pass=None, precision="bf16").parts["activations"]
+            > _cell("gd", precision="bf16").parts["activations"])
+    # ukl's default rows_per_pass (4) runs a batch of 8 as two passes: one pass's activations alive
+    assert _cell("ukl").parts["activations"] < 0.6 * act
     assert lora.peak_bytes < 0.1 * full.peak_bytes and lora.flops < full.flops
     ckpt = _cell("gd", lora={"r": 16}, gradient_checkpointing=True)
     assert ckpt.parts["activations"] < 0.2 * lora.parts["activations"]
