@@ -99,6 +99,29 @@ def test_resume_says_when_kept_cells_come_from_other_library_versions(tmp_path, 
     assert "<strong>Library versions differ between these cells</strong>" in page and "4.0.0 (1 cell)" in page
 
 
+def test_resume_runs_again_a_cell_whose_method_settings_the_config_changed(tmp_path, make_cfg, caplog):
+    """A kept cell is reused only if it ran with the parameters the config sets; a parameter left to its
+    default is not compared (a library default that changed keeps the cell)."""
+    scen = [BASE["scenarios"][0]]
+    out = Runner(make_cfg(methods=[{"name": "ga", "params": {"epochs": 1, "lr": 1e-4}}], scenarios=scen),
+                 out_dir=tmp_path / "r", progress=False).run()
+    path = out / "cells" / "ga__hub__seed0.json"
+    rec = json.loads(path.read_text())
+    rec["params"]["max_grad_norm"] = 7.0  # as if the library's default had been another
+    path.write_text(json.dumps(rec))
+    before = path.stat().st_mtime_ns
+    Runner(make_cfg(methods=[{"name": "ga", "params": {"epochs": 1, "lr": 1e-4}}], scenarios=scen),
+           out_dir=out, progress=False).run()
+    assert path.stat().st_mtime_ns == before  # same settings asked: kept
+    with caplog.at_level("WARNING", logger="unlearnbench.runner"):
+        Runner(make_cfg(methods=[{"name": "ga", "params": {"epochs": 1, "lr": 2e-4}}], scenarios=scen),
+               out_dir=out, progress=False).run()
+    warned = [r.getMessage() for r in caplog.records if "other method settings" in r.getMessage()]
+    assert len(warned) == 1 and "ga__hub__seed0" in warned[0] and "lr 0.0001 → 0.0002" in warned[0]
+    again = json.loads(path.read_text())
+    assert again["params"]["lr"] == 2e-4 and again["params"]["max_grad_norm"] == 1.0 and again["status"] == "ok"
+
+
 class _BoomParams(MethodParams):
     pass
 

@@ -336,7 +336,8 @@ class Runner:
         return self.out / "cells" / f"{cid}.json"
 
     def _done(self, cid: str) -> bool:
-        """A finished cell is kept: scored the same way, and ``ok`` when failed cells are retried."""
+        """A finished cell is kept: scored the same way, run with the method settings the config
+        asks for, and ``ok`` when failed cells are retried."""
         p = self._path(cid)
         if not p.exists():
             return False
@@ -345,10 +346,35 @@ class Runner:
             log.warning("cell %s was scored on another dataset, implant, evaluation precision or evaluator "
                         "version (%s): it is run again", cid, describe_key(comparability_key(rec)))
             return False
+        stale = self._other_params(rec)
+        if stale:
+            if cid not in self._warned_params:  # consulted more than once per run (oracles, then cells)
+                self._warned_params.add(cid)
+                log.warning("cell %s ran with other method settings than the config asks for (%s): it is run again",
+                            cid, "; ".join(stale))
+            return False
         keep = rec.get("status") == "ok" if self.retry_failed else True
         if keep:
             self._kept_versions[cid] = rec.get("versions") or {}
         return keep
+
+    def _other_params(self, rec: dict) -> list[str]:
+        """What a kept method cell ran with that the config now asks otherwise: its method, or a
+        parameter the config sets explicitly (``kept → asked``). Parameters left to their defaults
+        are not compared: a default changed by the library keeps the cell (its version is recorded)."""
+        if not hasattr(self, "_entries"):
+            self._entries = {e.row: e for e in self.cfg.method_entries()}
+            self._warned_params = set()
+        entry = self._entries.get(rec.get("row"))
+        if entry is None or rec.get("kind") == "reference":
+            return []
+        if rec.get("method") != entry.name:
+            return [f"method {rec.get('method')} → {entry.name}"]
+        asked = methods_pkg.get_method(entry.name).Params.model_validate(entry.params).model_dump(mode="json")
+        kept = rec.get("params") or {}
+        canon = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
+        return [f"{k} {canon(kept[k]) if k in kept else 'unset'} → {canon(asked.get(k))}" for k in sorted(entry.params)
+                if k not in kept or canon(kept[k]) != canon(asked.get(k))]
 
     # ---- the grid ------------------------------------------------------------------------
     def run(self) -> Path:
