@@ -68,6 +68,11 @@ class _MallInfo2(ctypes.Structure):
                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
+def _canon(value) -> str:
+    """A parameter's value as canonical JSON: how a kept cell's recorded params are compared."""
+    return json.dumps(value, sort_keys=True)
+
+
 def _glibc():
     try:
         return ctypes.CDLL("libc.so.6")
@@ -253,6 +258,12 @@ class Runner:
         self.save_models = Path(save_models) if save_models else None
         self.expected_key: tuple | None = None  # set by prepare(): what a reusable finished cell was scored on
         self._kept_versions: dict[str, dict] = {}  # finished cell kept → the library versions it was written with
+        # per method row: its method and the parameters the config sets explicitly (canonical JSON), which a
+        # kept cell must have run with; a stale cell is warned about once though consulted more than once
+        self._asked = {e.row: (e.name, {k: _canon(v) for k, v in methods_pkg.get_method(e.name).Params
+                                        .model_validate(e.params).model_dump(mode="json").items() if k in e.params})
+                       for e in cfg.method_entries()}
+        self._warned_params: set[str] = set()
 
     # ---- setup ---------------------------------------------------------------------------
     def prepare(self, evaluate_base: bool = True) -> Context:
@@ -348,7 +359,7 @@ class Runner:
             return False
         stale = self._other_params(rec)
         if stale:
-            if cid not in self._warned_params:  # consulted more than once per run (oracles, then cells)
+            if cid not in self._warned_params:
                 self._warned_params.add(cid)
                 log.warning("cell %s ran with other method settings than the config asks for (%s): it is run again",
                             cid, "; ".join(stale))
@@ -362,19 +373,14 @@ class Runner:
         """What a kept method cell ran with that the config now asks otherwise: its method, or a
         parameter the config sets explicitly (``kept → asked``). Parameters left to their defaults
         are not compared: a default changed by the library keeps the cell (its version is recorded)."""
-        if not hasattr(self, "_entries"):
-            self._entries = {e.row: e for e in self.cfg.method_entries()}
-            self._warned_params = set()
-        entry = self._entries.get(rec.get("row"))
-        if entry is None or rec.get("kind") == "reference":
+        if rec.get("kind") == "reference" or rec.get("row") not in self._asked:
             return []
-        if rec.get("method") != entry.name:
-            return [f"method {rec.get('method')} → {entry.name}"]
-        asked = methods_pkg.get_method(entry.name).Params.model_validate(entry.params).model_dump(mode="json")
+        name, asked = self._asked[rec["row"]]
+        if rec.get("method") != name:
+            return [f"method {rec.get('method')} → {name}"]
         kept = rec.get("params") or {}
-        canon = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
-        return [f"{k} {canon(kept[k]) if k in kept else 'unset'} → {canon(asked.get(k))}" for k in sorted(entry.params)
-                if k not in kept or canon(kept[k]) != canon(asked.get(k))]
+        return [f"{k} {_canon(kept[k]) if k in kept else 'unset'} → {v}" for k, v in sorted(asked.items())
+                if k not in kept or _canon(kept[k]) != v]
 
     # ---- the grid ------------------------------------------------------------------------
     def run(self) -> Path:
