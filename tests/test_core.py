@@ -141,6 +141,57 @@ def test_batched_generation_equals_one_at_a_time(tiny):
     assert batched == single
 
 
+def test_greedy_loop_is_generate_and_dropping_finished_rows_changes_no_answer(tiny):
+    """The evaluator's own greedy loop writes, token for token, what ``model.generate`` writes for
+    the same padded batch and prefix cache; taking rows out once they have written their EOS changes
+    no answer, and it does take rows out (the run is not all one length)."""
+    from unlearnbench.core import generation as gen
+    from unlearnbench.core.kv import cache_of, with_cache
+    from unlearnbench.core.prompts import prompt, shared_prefix_len
+
+    tok, model = tiny.tokenizer, tiny.model
+    qs = ["What is 1?", "A much longer question about contracts between companies?", "Hi?",
+          "Who signed the sales contract with Acme in 2010?", "Where?", "Name the buyer of the contract."]
+    enc = [tok(prompt(tok, q), add_special_tokens=False)["input_ids"] for q in qs]
+    k = min(shared_prefix_len(enc), min(len(e) for e in enc) - 1)
+    assert k > 0
+    n = max(len(e) for e in enc)
+    ids = torch.tensor([e[:k] + [tok.pad_token_id] * (n - len(e)) + e[k:] for e in enc])
+    mask = torch.tensor([[1] * k + [0] * (n - len(e)) + [1] * (len(e) - k) for e in enc])
+    with torch.inference_mode():
+        prefix = cache_of(model(input_ids=ids[:1, :k], use_cache=True))
+
+        def cached():
+            c = copy.deepcopy(prefix)
+            c.batch_repeat_interleave(len(qs))
+            return with_cache(c)
+
+        # an end token that some rows write after a few steps and others never: rows stop at different steps
+        free = gen.greedy_tokens(model, ids, mask, skip=k, cache=cached(), max_new_tokens=8, eos=None)
+        firsts = {t: [r.index(t) if t in r else None for r in free] for r in free for t in r}
+        eos = next(t for t, f in sorted(firsts.items()) if any(i is not None and i > 0 for i in f) and len(set(f)) > 1)
+        ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=eos, temperature=None, top_p=None,
+                             top_k=None, **cached())
+        full = gen.greedy_tokens(model, ids, mask, skip=k, cache=cached(), max_new_tokens=8, eos=eos,
+                                 drop_finished=False)
+        selected = []
+        real = type(prefix).batch_select_indices
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(type(prefix), "batch_select_indices", lambda self, i: selected.append(len(i)) or real(self, i))
+            lean = gen.greedy_tokens(model, ids, mask, skip=k, cache=cached(), max_new_tokens=8, eos=eos,
+                                     drop_finished=True)
+
+    def cut(row):
+        row = list(row)
+        return row[:row.index(eos) + 1] if eos in row else row
+
+    assert [cut(r[n:].tolist()) for r in ref] == full
+    assert lean == full
+    lengths = sorted(len(t) for t in full)
+    assert lengths[0] < lengths[-1] and selected  # rows did stop early, and left the batch
+
+
 def test_prefix_cache_uses_this_transformers_keyword(tiny):
     """Generation and training reuse the chat template's shared prefix through the key/value cache
     under the name the installed transformers reads (5.2x renamed past_key_values to cache and warns

@@ -24,13 +24,19 @@ def _batches(order: list[int], size: int):
 @torch.inference_mode()
 def generate_answers(model, tokenizer, questions: list[str], *, batch_size: int = 32,
                      max_new_tokens: int = 32, progress: bool = False, desc: str = "generate",
-                     share_prefix: bool = True) -> list[str]:
+                     share_prefix: bool = True, drop_finished: bool = True) -> list[str]:
     """Greedy answers, batched and length-sorted; each stops at its own EOS.
 
     With ``share_prefix`` the prompt tokens every question shares (SmolLM2's template puts a
     20-token system prompt before each question, ~40% of the prompt) are run once and their
     KV cache reused by every batch: each row is ``prefix · padding · question``, the padding
     masked out, so positions and attention are those of the unpadded prompt.
+
+    With ``drop_finished`` a row that has produced its EOS leaves the batch (its keys and values
+    with it): only the answers still being written are computed. ``transformers``' ``generate``
+    runs every row until the batch's longest answer ends — on PISTOL's short answers about two
+    thirds of its rows × steps are rows that have already stopped. Without it the same loop runs
+    every row to the end, as ``generate`` does (``tests/test_core.py``: token for token equal).
     """
     if not questions:
         return []
@@ -38,7 +44,7 @@ def generate_answers(model, tokenizer, questions: list[str], *, batch_size: int 
     if len(unique) < len(questions):  # greedy: a repeated question gets the same answer, generate it once
         answers = dict(zip(unique, generate_answers(model, tokenizer, unique, batch_size=batch_size,
                                                     max_new_tokens=max_new_tokens, progress=progress, desc=desc,
-                                                    share_prefix=share_prefix)))
+                                                    share_prefix=share_prefix, drop_finished=drop_finished)))
         return [answers[q] for q in questions]
     import copy
 
@@ -62,13 +68,64 @@ def generate_answers(model, tokenizer, questions: list[str], *, batch_size: int 
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(idx))
             kw = with_cache(cache)
-        gen = model.generate(input_ids=torch.tensor(ids, device=device),
-                             attention_mask=torch.tensor(mask, device=device), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-                             temperature=None, top_p=None, top_k=None, **kw)
+        gen = greedy_tokens(model, torch.tensor(ids, device=device), torch.tensor(mask, device=device),
+                            skip=k, cache=kw, max_new_tokens=max_new_tokens, eos=tokenizer.eos_token_id,
+                            drop_finished=drop_finished)
         for j, i in enumerate(idx):
-            out[i] = tokenizer.decode(gen[j, n:], skip_special_tokens=True).strip()
+            out[i] = tokenizer.decode(gen[j], skip_special_tokens=True).strip()
     return out  # type: ignore[return-value]
+
+
+def _keeps_logits(model) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (generate passes 1 where it does)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper forwards it
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def greedy_tokens(model, ids: torch.Tensor, mask: torch.Tensor, *, skip: int = 0, cache: dict | None = None,
+                  max_new_tokens: int, eos: int | None, drop_finished: bool = True) -> list[list[int]]:
+    """Greedy continuation of each row of ``ids`` [B, n] (``mask`` marks its real tokens), up to and
+    including its EOS or ``max_new_tokens`` tokens: the new tokens per row.
+
+    The same arithmetic as ``model.generate(do_sample=False)`` with a key/value cache: positions
+    from the mask (a padded column takes no position), the first ``skip`` columns already in
+    ``cache`` (``{keyword: cache}``, see :mod:`.kv`), one forward per step with the LM head on the
+    last position only and the arg-max over float32 logits. ``drop_finished`` takes a row out of
+    the batch once it has written its EOS."""
+    B = ids.shape[0]
+    pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    kw = dict(cache or {})
+    step_ids, step_pos = ids[:, skip:], pos[:, skip:]
+    live = torch.arange(B, device=ids.device)  # batch rows still writing, as indices into the caller's rows
+    new: list[list[int]] = [[] for _ in range(B)]
+    last = {"logits_to_keep": 1} if _keeps_logits(model) else {}
+    done = torch.zeros(B, dtype=torch.bool, device=ids.device)  # rows that have written their EOS
+    for step in range(max_new_tokens):
+        o = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, **last, **kw)
+        nxt = o.logits[:, -1].float().argmax(-1)
+        toks = nxt.tolist()
+        for r, t in zip(live.tolist(), toks):
+            new[r].append(t)
+        if step == max_new_tokens - 1:
+            break
+        if eos is not None:
+            done = done | (nxt == eos)
+        kw = with_cache(cache_of(o))
+        if bool(done.all()):
+            break
+        if drop_finished and bool(done.any()):
+            keep = (~done).nonzero().squeeze(-1)
+            kw[next(iter(kw))].batch_select_indices(keep)
+            live, nxt, mask, step_pos, done = live[keep], nxt[keep], mask[keep], step_pos[keep], done[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], -1)
+        step_pos = step_pos[:, -1:] + 1
+        step_ids = nxt[:, None]
+    for t in new:  # what follows a row's EOS (rows kept in the batch) is not part of its answer
+        if eos is not None and eos in t:
+            del t[t.index(eos) + 1:]
+    return new
 
 
 @torch.inference_mode()
