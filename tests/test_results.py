@@ -190,3 +190,21 @@ def test_record_model_and_schema_agree_on_bad_records():
             CellRecord.model_validate(bad)
         assert validate_record(bad), bad
 
+
+
+def test_cells_record_the_cpu_model_and_its_vector_isa(tmp_path):
+    """A cell's time depends on the CPU's vector units (AVX2, AVX-512, native bf16, AMX): its record
+    names the CPU and the features it reports."""
+    from unlearnbench.results import cpu_model, hardware
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
+    assert cpu_model(str(info)) == ("AMD EPYC 9R14", ["avx2", "avx512f", "avx512_bf16"])
+    info.write_text("model name\t: Intel Xeon\nflags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert cpu_model(str(info))[1] == ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+    name, isa = cpu_model(str(tmp_path / "absent"))
+    assert name and isa == []
+    hw = hardware()
+    assert isinstance(hw["cpu"], str) and hw["cpu"] and set(hw["cpu_isa"]) <= {"avx2", "avx512f", "avx512_bf16",
+                                                                               "amx_tile", "amx_bf16"}

@@ -26,11 +26,33 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+# CPU features that move a cell's time (not its fp32 scores): vector width, native bf16, AMX
+_ISA = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, list[str]]:
+    """The CPU's model name and which of ``_ISA`` it reports (Linux ``/proc/cpuinfo``; elsewhere
+    ``platform.processor()`` and no flags)."""
+    name, flags = None, None
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name is None:
+                    name = value.strip()
+                elif key.strip() == "flags" and flags is None:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return name or platform.processor() or platform.machine(), [x for x in _ISA if x in (flags or ())]
+
+
 def hardware() -> dict:
     import torch
 
+    cpu, isa = cpu_model()
     hw = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-          "torch_threads": torch.get_num_threads()}
+          "torch_threads": torch.get_num_threads(), "cpu": cpu, "cpu_isa": isa}
     if torch.cuda.is_available():
         hw["cuda_device"] = torch.cuda.get_device_name(0)
     return hw
