@@ -310,6 +310,34 @@ def test_cells_of_several_library_versions_are_ranked_together_under_a_line_that
     assert version_mix([old, new]) == {} and mixed_versions_text([old, new]) == ""
 
 
+def test_cells_computed_on_different_hardware_are_ranked_together_under_a_line_that_says_so():
+    """A CPU's vector width moves an fp32 score at rounding level (the quickstart's rome: DS 5.6 on an AVX2
+    EPYC, 8.3 on an AVX-512 one), so a table of cells from several machines says which."""
+    from unlearnbench.leaderboard import markdown, table
+    from unlearnbench.results import hardware_label, hardware_mix, mixed_versions_text
+
+    avx2 = {"cpu": "AMD EPYC", "cpu_isa": ["avx2"]}
+    assert hardware_label(avx2) == "AMD EPYC/AVX2"
+    assert hardware_label({"cpu": "AMD EPYC", "cpu_isa": ["avx2", "avx512f", "avx512_bf16"]}) == "AMD EPYC/AVX-512"
+    assert hardware_label({"cpu": "Intel(R) Xeon(R)", "cpu_isa": ["avx2", "avx512f", "amx_tile"]}) == \
+        "Intel(R) Xeon(R)/AMX"
+    assert hardware_label({"cpu": "AMD EPYC", "cpu_isa": ["avx2"], "cuda_device": "NVIDIA H100"}) == "NVIDIA H100"
+    assert hardware_label({"cpu_count": 2}) == "unrecorded"  # written before records kept the ISA
+    a, b, c = _cell("gd", 10.0), _cell("lunar", 20.0), _cell("rome", 5.0)
+    a["hardware"] = dict(avx2)
+    b["hardware"] = {"cpu": "AMD EPYC", "cpu_isa": ["avx2", "avx512f"]}
+    c["hardware"] = {"cpu_count": 2}
+    assert hardware_mix([a, b, c]) == {"AMD EPYC/AVX-512": 1, "AMD EPYC/AVX2": 1, "unrecorded": 1}
+    rows = table([a, b, c])
+    assert {r["scenario"] for r in rows} == {"edge:A_B"} and sorted(r["rank"] for r in rows) == [1, 2, 3]
+    text = mixed_versions_text([a, b, c])
+    assert text.startswith("**The hardware differs between these cells**") and "Library versions" not in text
+    assert "AMD EPYC/AVX2 (1 cell), unrecorded (1 cell)" in text
+    assert text in markdown(rows, None, {"ds": False}, text)
+    b["hardware"] = c["hardware"] = dict(avx2)
+    assert hardware_mix([a, b, c]) == {} and mixed_versions_text([a, b, c]) == ""
+
+
 def test_report_refuses_a_folder_of_incomparable_cells(tmp_path):
     from unlearnbench.report import write_report
     from unlearnbench.results import write_atomic

@@ -78,14 +78,19 @@ def test_resume_after_interrupt(tmp_path, make_cfg, monkeypatch):
     assert after["ga__hub__seed0.json"] == done["ga__hub__seed0.json"] and len(after) == 6
 
 
-def test_resume_says_when_kept_cells_come_from_other_library_versions(tmp_path, make_cfg, caplog):
+def test_resume_says_when_kept_cells_come_from_other_library_versions_or_hardware(tmp_path, make_cfg, caplog):
+    from unlearnbench.results import hardware, hardware_label
+
     cfg = make_cfg(methods=[{"name": "ga", "params": {"epochs": 1, "lr": 1e-4}}], scenarios=[BASE["scenarios"][0]])
     out = Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
-    assert "Library versions differ" not in (out / "leaderboard.md").read_text()
-    assert "Library versions differ" not in (out / "leaderboard.html").read_text()
+    for page in ("leaderboard.md", "leaderboard.html"):
+        text = (out / page).read_text()
+        assert "Library versions differ" not in text and "hardware differs" not in text
     path = out / "cells" / "ga__hub__seed0.json"
     rec = json.loads(path.read_text())
-    rec["versions"]["transformers"] = "4.0.0"  # as if written before an upgrade
+    assert rec["hardware"]["cpu_isa"] == hardware()["cpu_isa"]  # the record keeps what it ran on
+    rec["versions"]["transformers"] = "4.0.0"  # as if written before an upgrade ...
+    rec["hardware"] = {**rec["hardware"], "cpu": "Some CPU", "cpu_isa": []}  # ... on a machine without AVX2
     path.write_text(json.dumps(rec))
     before = path.stat().st_mtime_ns
     with caplog.at_level("WARNING", logger="unlearnbench.runner"):
@@ -93,10 +98,15 @@ def test_resume_says_when_kept_cells_come_from_other_library_versions(tmp_path, 
     assert path.stat().st_mtime_ns == before  # kept, not rerun
     warned = [r.getMessage() for r in caplog.records if "other library versions" in r.getMessage()]
     assert len(warned) == 1 and "transformers 4.0.0 (1 cell)" in warned[0] and "1 finished cells" in warned[0]
+    warned = [r.getMessage() for r in caplog.records if "other hardware" in r.getMessage()]
+    assert len(warned) == 1 and "Some CPU/no AVX2 (1 cell)" in warned[0]
+    assert f"this process: {hardware_label(hardware())}" in warned[0]
     md = (out / "leaderboard.md").read_text()
     assert "Library versions differ" in md and "transformers 4.0.0 (1 cell)" in md
+    assert "hardware differs between these cells" in md and "Some CPU/no AVX2 (1 cell)" in md
     page = (out / "leaderboard.html").read_text()  # the HTML page says it too, not only the Markdown
     assert "<strong>Library versions differ between these cells</strong>" in page and "4.0.0 (1 cell)" in page
+    assert "<strong>The hardware differs between these cells</strong>" in page
 
 
 def test_resume_runs_again_a_cell_whose_method_settings_the_config_changed(tmp_path, make_cfg, caplog):

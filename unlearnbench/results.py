@@ -26,7 +26,9 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-# CPU features that move a cell's time (not its fp32 scores): vector width, native bf16, AMX
+# CPU features that move a cell's time, and its fp32 scores at rounding level (the vector width decides how
+# a kernel orders its sums: the quickstart's rome on the independent edge scores DS 5.6 on an AVX2 and
+# 8.3 on an AVX-512 EPYC, same code and config): vector width, native bf16, AMX
 _ISA = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
@@ -81,6 +83,26 @@ def version_counts(versions: list[dict], unlike: dict | None = None) -> dict[str
     return out
 
 
+def hardware_label(hw: dict) -> str:
+    """What a cell's arithmetic ran on, at the level that can move a score: the GPU's name, or the CPU's
+    model name and its widest vector ISA (``AMD EPYC/AVX2``); ``unrecorded`` for cells written before
+    records kept the CPU's ISA."""
+    if hw.get("cuda_device"):
+        return str(hw["cuda_device"])
+    if "cpu_isa" not in hw:
+        return "unrecorded"
+    isa = set(hw["cpu_isa"])
+    widest = ("AMX" if isa & {"amx_tile", "amx_bf16"} else "AVX-512" if "avx512f" in isa
+              else "AVX2" if "avx2" in isa else "no AVX2")
+    return f"{hw.get('cpu') or 'CPU'}/{widest}"
+
+
+def hardware_mix(records: list[dict]) -> dict[str, int]:
+    """Label → number of cells over the :func:`hardware_label` of ``records`` (empty when all agree)."""
+    counts = Counter(hardware_label(r.get("hardware") or {}) for r in records)
+    return dict(sorted(counts.items())) if len(counts) > 1 else {}
+
+
 def version_mix(records: list[dict]) -> dict[str, dict[str, int]]:
     """:func:`version_counts` of the packages that ``records`` hold at more than one version (empty
     when all agree)."""
@@ -95,13 +117,21 @@ def describe_version_mix(mix: dict[str, dict[str, int]]) -> str:
 
 
 def mixed_versions_text(records: list[dict]) -> str:
-    """One sentence for a table or report whose cells come from several library versions, else ''."""
+    """A sentence for a table or report whose cells come from several library versions, another for
+    cells computed on different hardware (:func:`hardware_label`), else ''."""
+    out = []
     mix = version_mix(records)
-    if not mix:
-        return ""
-    return (f"**Library versions differ between these cells** ({describe_version_mix(mix)}): a score can move "
-            "at rounding level from one version to another, and more in a one-seed cell; compare within one "
-            "version, or rerun the older cells.")
+    if mix:
+        out.append(f"**Library versions differ between these cells** ({describe_version_mix(mix)}): a score can "
+                   "move at rounding level from one version to another, and more in a one-seed cell; compare "
+                   "within one version, or rerun the older cells.")
+    hw = hardware_mix(records)
+    if hw:
+        out.append(f"**The hardware differs between these cells** ({describe_version_mix({'hardware': hw})}): "
+                   "kernels of another vector width order their sums differently, so a score can move at "
+                   "rounding level (a greedy answer at a near-tie flips), and more in a one-seed cell; compare "
+                   "within one machine, or rerun the cells of the other.")
+    return " ".join(out)
 
 
 def comparability_key(rec: dict) -> tuple:

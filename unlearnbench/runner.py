@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from .results import (
     describe_key,
     describe_version_mix,
     hardware,
+    hardware_label,
     package_versions,
     version_counts,
     write_atomic,
@@ -258,6 +260,7 @@ class Runner:
         self.save_models = Path(save_models) if save_models else None
         self.expected_key: tuple | None = None  # set by prepare(): what a reusable finished cell was scored on
         self._kept_versions: dict[str, dict] = {}  # finished cell kept → the library versions it was written with
+        self._kept_hardware: dict[str, str] = {}  # finished cell kept → what it was computed on (hardware_label)
         # per method row: its method and the parameters the config sets explicitly (canonical JSON), which a
         # kept cell must have run with; a stale cell is warned about once though consulted more than once
         self._asked = {e.row: (e.name, {k: _canon(v) for k, v in methods_pkg.get_method(e.name).Params
@@ -367,6 +370,7 @@ class Runner:
         keep = rec.get("status") == "ok" if self.retry_failed else True
         if keep:
             self._kept_versions[cid] = rec.get("versions") or {}
+            self._kept_hardware[cid] = hardware_label(rec.get("hardware") or {})
         return keep
 
     def _other_params(self, rec: dict) -> list[str]:
@@ -556,6 +560,13 @@ class Runner:
                         "the older cells into a fresh folder", len(older), self.out,
                         describe_version_mix(version_counts(older, unlike=now)),
                         ", ".join(f"{p} {now.get(p)}" for p in NUMERIC_PACKAGES))
+        here = hardware_label(hardware())
+        elsewhere = Counter(h for h in self._kept_hardware.values() if h != here)
+        if elsewhere:
+            log.warning("%d finished cells kept in %s were computed on other hardware (%s; this process: %s): "
+                        "kernels of another vector width can move a score at rounding level; compare within one "
+                        "machine, or rerun those cells into a fresh folder", sum(elsewhere.values()), self.out,
+                        ", ".join(f"{h} ({n} cell{'s' * (n != 1)})" for h, n in sorted(elsewhere.items())), here)
         if self.executor == "ray" and pending:
             log.warning("%d cells to run", len(pending))
             from .executors import run_ray
