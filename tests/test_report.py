@@ -50,6 +50,20 @@ def test_attacks_record_recovery_on_the_same_questions(study_dir):
     assert held <= set(per_q) and r["n"] < len([x for x in rec["per_example"]["qa"]
                                                   if x["form"] == "direct" and x["edge"] == "A_B"])
     assert (study_dir / "run_log.jsonl").read_text().count("seconds") == 1
+    from unlearnbench.results import hardware, hardware_label
+
+    run = json.loads((study_dir / "run_log.jsonl").read_text())
+    assert run["hardware"].startswith(hardware_label(hardware()) + ", ")  # e.g. "AMD EPYC/AVX2, 2 CPU cores, no GPU"
+
+
+def test_the_wall_time_is_told_per_machine_when_parts_ran_on_several():
+    from unlearnbench.report import wall_text
+
+    one = wall_text([{"seconds": 60, "hardware": "AMD EPYC/AVX2, 2 CPU cores, no GPU"}] * 2)
+    assert "2 invocation(s)" in one and "**2.0 min** on AMD EPYC/AVX2, 2 CPU cores, no GPU." in one
+    two = wall_text([{"seconds": 120, "hardware": "2 CPU cores, no GPU"}, {"seconds": 60, "hardware": "2 CPU cores, no GPU"},
+                     {"seconds": 240, "hardware": "AMD EPYC/AVX2, 2 CPU cores, no GPU"}])
+    assert "**7.0 min** of it 3.0 min on 2 CPU cores, no GPU (2 invocations); 4.0 min on AMD EPYC/AVX2" in two
 
 
 def test_report_roles_and_numbers_agree_with_cells(study_dir):

@@ -738,12 +738,24 @@ def cost_section(st: Study, results_dir: Path) -> Section:
     if log.is_file():
         import json
 
-        runs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-        total = sum(r.get("seconds", 0) for r in runs)
-        wall = (f"Wall time of the run (`unlearnbench run`, {len(runs)} invocation(s), implant and grid): "
-                f"**{total / 60:.1f} min** on {runs[-1].get('hardware', 'this machine')}.\n\n")
+        wall = wall_text([json.loads(x) for x in log.read_text().splitlines() if x.strip()])
     return Section("## Cost\n\n" + wall + _table(["method", "cells", "mean apply s", "total apply min",
                                                     "mean eval s (last evaluation of a cell)"], rows))
+
+
+def wall_text(runs: list[dict]) -> str:
+    """The run's wall time from ``run_log.jsonl``'s lines, per machine when its parts ran on several."""
+    total = sum(r.get("seconds", 0) for r in runs)
+    by: dict[str, list[float]] = {}
+    for r in runs:
+        by.setdefault(r.get("hardware", "unrecorded hardware"), []).append(r.get("seconds", 0))
+    if len(by) == 1:
+        where = f"on {next(iter(by))}"
+    else:
+        where = "of it " + "; ".join(f"{sum(s) / 60:.1f} min on {h} ({len(s)} invocation{'s' * (len(s) != 1)})"
+                                     for h, s in by.items())
+    return (f"Wall time of the run (`unlearnbench run`, {len(runs)} invocation(s), implant and grid): "
+            f"**{total / 60:.1f} min** {where}.\n\n")
 
 
 def write_report(results_dir: str | Path, plots: bool = True) -> Path:

@@ -611,7 +611,8 @@ class Runner:
         """Append this invocation's wall time to ``run_log.jsonl`` (a resumed run adds a line)."""
         hw = hardware()
         line = {"started": started, "seconds": round(seconds, 1), "cells_run": cells_run,
-                "hardware": f"{hw['cpu_count']} CPU cores, {hw.get('cuda_device', 'no GPU')}"}
+                "hardware": f"{hardware_label(hw)}, {hw['cpu_count']} CPU cores"
+                            + ("" if hw.get("cuda_device") else ", no GPU")}
         with open(self.out / "run_log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
 
