@@ -566,7 +566,7 @@ class Runner:
             log.warning("%d finished cells kept in %s were computed on other hardware (%s; this process: %s): "
                         "kernels of another vector width can move a score at rounding level; compare within one "
                         "machine, or rerun those cells into a fresh folder", sum(elsewhere.values()), self.out,
-                        ", ".join(f"{h} ({n} cell{'s' * (n != 1)})" for h, n in sorted(elsewhere.items())), here)
+                        describe_version_mix({"hardware": dict(sorted(elsewhere.items()))}), here)
         if self.executor == "ray" and pending:
             log.warning("%d cells to run", len(pending))
             from .executors import run_ray
