@@ -24,8 +24,8 @@ def machine() -> dict:
 
     from unlearnbench.results import cpu_model
 
-    cpu, _ = cpu_model()
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    cpu, isa = cpu_model()
+    return {"cpu": cpu, "cpu_isa": isa, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "bf16_native": _bf16(), "python": platform.python_version()}

@@ -17,8 +17,19 @@ ORDER = ["eval_throughput", "generation", "eval_profile", "finetune_throughput",
          "plan_validation", "plan_validation_cuda", "plan_paper_scale"]
 
 
+def isa_text(m: dict) -> str:
+    """The CPU's widest vector ISA as the JSON recorded it (``cpu_isa``, from /proc/cpuinfo) and whether bf16
+    was native; JSONs written before ``cpu_isa`` was kept say so rather than guess an ISA from the bf16 flag."""
+    from unlearnbench.results import widest_isa
+
+    bf16 = "native bf16" if m.get("bf16_native") else "no native bf16"
+    if "cpu_isa" in m:
+        return f"{widest_isa(m['cpu_isa'])}, {bf16}"
+    return f"{bf16} ({'AMX or AVX512-BF16; ' if m.get('bf16_native') else ''}vector ISA not recorded)"
+
+
 def machine_line(m: dict) -> str:
-    isa = "AMX/AVX512-BF16 (native bf16)" if m.get("bf16_native") else "no native bf16 (AVX2-class)"
+    isa = isa_text(m)
     return (f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB, "
             f"{'GPU ' + m['cuda'] if m.get('cuda') else 'no GPU'}; {isa}; torch {m['torch']}, Python {m['python']}")
 

@@ -91,10 +91,14 @@ def hardware_label(hw: dict) -> str:
         return str(hw["cuda_device"])
     if "cpu_isa" not in hw:
         return "unrecorded"
-    isa = set(hw["cpu_isa"])
-    widest = ("AMX" if isa & {"amx_tile", "amx_bf16"} else "AVX-512" if "avx512f" in isa
-              else "AVX2" if "avx2" in isa else "no AVX2")
-    return f"{hw.get('cpu') or 'CPU'}/{widest}"
+    return f"{hw.get('cpu') or 'CPU'}/{widest_isa(hw['cpu_isa'])}"
+
+
+def widest_isa(flags) -> str:
+    """The widest vector ISA among :func:`cpu_model`'s flags: AMX, AVX-512, AVX2 or "no AVX2"."""
+    isa = set(flags)
+    return ("AMX" if isa & {"amx_tile", "amx_bf16"} else "AVX-512" if "avx512f" in isa
+            else "AVX2" if "avx2" in isa else "no AVX2")
 
 
 def hardware_mix(records: list[dict]) -> dict[str, int]:
