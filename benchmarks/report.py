@@ -34,7 +34,8 @@ def machine_line(m: dict) -> str:
             f"{'GPU ' + m['cuda'] if m.get('cuda') else 'no GPU'}; {isa}; torch {m['torch']}, Python {m['python']}")
 
 
-def main():
+def assemble() -> str:
+    """RESULTS.md's text: every section file in ORDER under its machine line, then notes.md."""
     sections = [RESULTS / f"{n}.md" for n in ORDER if (RESULTS / f"{n}.md").exists()]
     if not sections:
         raise SystemExit("no benchmark results yet: run the bench_*.py scripts first")
@@ -53,7 +54,11 @@ def main():
     notes = HERE / "notes.md"
     if notes.exists():
         body.append(notes.read_text())
-    (HERE / "RESULTS.md").write_text("\n".join(head) + "\n" + "\n".join(body))
+    return "\n".join(head) + "\n" + "\n".join(body)
+
+
+def main():
+    (HERE / "RESULTS.md").write_text(assemble())
     print(f"wrote {HERE / 'RESULTS.md'}")
 
 
