@@ -53,9 +53,9 @@ def cost_table(recs: list[dict]) -> tuple[list[str], float, float, dict, list]:
     for r in recs:
         by[r["row"]][r["scenario"]["label"]] = r
     scen = sorted({r["scenario"]["label"] for r in recs})
-    lines = ["| method | kind | " + " | ".join(f"{s} apply s | {s} cell peak MiB | {s} process peak MiB"
+    lines = ["| method | kind | " + " | ".join(f"{s} apply s | {s} heap MiB | {s} cell peak MiB | {s} process peak MiB"
                                               for s in scen) + " | eval s (mean) |",
-             "|---|---|" + "---|---|---|" * len(scen) + "---|"]
+             "|---|---|" + "---|---|---|---|" * len(scen) + "---|"]
     total_apply = total_eval = 0.0
     for row in sorted(by, key=lambda m: -sum(c["cost"]["apply_seconds"] for c in by[m].values())):
         cs = by[row]
@@ -65,8 +65,8 @@ def cost_table(recs: list[dict]) -> tuple[list[str], float, float, dict, list]:
         parts = []
         for s in scen:
             c = cs.get(s, {}).get("cost", {})
-            parts += [f"{c.get('apply_seconds', float('nan')):.1f}", f"{c.get('cell_peak_mb') or float('nan'):.0f}",
-                      f"{c.get('peak_rss_mb') or float('nan'):.0f}"]
+            parts += [f"{c.get('apply_seconds', float('nan')):.1f}", f"{c.get('cell_heap_mb') or float('nan'):.0f}",
+                      f"{c.get('cell_peak_mb') or float('nan'):.0f}", f"{c.get('peak_rss_mb') or float('nan'):.0f}"]
         ev = [c["cost"]["eval_seconds"] for c in cs.values()]
         total_apply += sum(c["cost"]["apply_seconds"] for c in cs.values())
         total_eval += sum(ev)
@@ -89,8 +89,10 @@ def leaderboard_section(folder: Path) -> None:
              f"`unlearnbench run configs/leaderboard.yaml`, implant cached: {n_cells} method cells "
              f"({len(by) - 2} methods × {len(scen)} scenarios) in **{wall / 60:.1f} min** — `apply` "
              f"{total_apply / 60:.1f} min, evaluation {total_eval / 60:.1f} min, the rest (reference rows, attacks, "
-             f"leaderboard, plots) {(wall - total_apply - total_eval) / 60:.1f} min. Cell peak = RSS above the "
-             "process before the cell.", ""] + table
+             f"leaderboard, plots) {(wall - total_apply - total_eval) / 60:.1f} min. Heap = the C heap in use above "
+             "the level before the cell (glibc mallinfo2: live allocations, what the 3 × fp32 weights bound is judged "
+             "on; absent in older records); cell peak = RSS above the process before the cell (adds the free pages a "
+             "fragmented heap keeps).", ""] + table
     write("leaderboard_cost", "\n".join(lines), {"seconds": wall, "cells": [
         {k: r[k] for k in ("row", "kind", "cost")} | {"scenario": r["scenario"]["label"]} for r in recs]})
 
