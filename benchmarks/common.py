@@ -8,8 +8,6 @@ Each script measures its comparison side by side in one process and writes
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -20,15 +18,16 @@ RESULTS = HERE / "results"
 
 
 def machine() -> dict:
+    """:func:`unlearnbench.results.hardware` (what every cell records) in the benchmark JSONs' keys,
+    with the memory, the torch version and whether bf16 is native."""
     import psutil
 
-    from unlearnbench.results import cpu_model
+    from unlearnbench.results import hardware
 
-    cpu, isa = cpu_model()
-    return {"cpu": cpu, "cpu_isa": isa, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    hw = hardware()
+    return {"cpu": hw["cpu"], "cpu_isa": hw["cpu_isa"], "cores": hw["cpu_count"], "torch_threads": hw["torch_threads"],
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "bf16_native": _bf16(), "python": platform.python_version()}
+            "cuda": hw.get("cuda_device"), "bf16_native": _bf16(), "python": hw["python"]}
 
 
 def _bf16() -> bool:
