@@ -37,6 +37,8 @@ def test_grid_writes_cells_and_leaderboard(tmp_path, make_cfg):
     assert rec["status"] == "ok" and rec["scenario"]["splits"][0]["forget_edges"] == ["A_B"]
     assert rec["metrics"]["ds"]["higher_is_better"] is False
     assert rec["cost"]["apply_seconds"] > 0 and rec["cost"]["peak_rss_mb"] > 0
+    # the cell's wall time covers apply and the evaluation (an estimate for its other seeds reads it)
+    assert rec["cost"]["cell_seconds"] >= rec["cost"]["apply_seconds"] + rec["cost"]["eval_seconds"]
     assert rec["dataset"]["fingerprint"] and "torch" in rec["versions"] and rec["params"]["epochs"] == 1
     assert len(rec["per_example"]["qa"]) > 0
     md = (out / "leaderboard.md").read_text()
@@ -53,7 +55,7 @@ class _Interrupt(BaseException):
     """Stands in for Ctrl-C (pytest handles a real KeyboardInterrupt itself)."""
 
 
-def test_resume_after_interrupt(tmp_path, make_cfg, monkeypatch):
+def test_resume_after_interrupt(tmp_path, make_cfg, monkeypatch, caplog):
     cfg = make_cfg()
     calls, interrupt = [], [True]
     real = Runner._run_cell
@@ -72,8 +74,11 @@ def test_resume_after_interrupt(tmp_path, make_cfg, monkeypatch):
     assert not list((tmp_path / "r").rglob("*.tmp"))
     calls.clear()
     interrupt[0] = False
-    Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
+    with caplog.at_level("WARNING", logger="unlearnbench.runner"):
+        Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
     assert "ga__hub__seed0" not in calls and len(calls) == 3  # only the unfinished cells ran
+    # the kept cell's time on this machine sets the speed of the estimate before the first new cell
+    assert any("3 cells to run" in r.message and "the 1 kept cell(s) achieved" in r.message for r in caplog.records)
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r" / "cells").glob("*.json")}
     assert after["ga__hub__seed0.json"] == done["ga__hub__seed0.json"] and len(after) == 6
 
@@ -310,3 +315,45 @@ def test_grid_clock_weighs_cells_by_their_predicted_flops(make_cfg):
     assert not unknown.weighted and unknown.remaining(ids) is None
     unknown.finished(ids[0], 6.0)
     assert unknown.remaining(ids[1:]) == pytest.approx(6.0 * 7)
+
+
+def test_grid_clock_predicts_a_timed_cell_by_its_other_seed(make_cfg):
+    """A cell whose method and scenario were timed on this machine (another seed: in this run, or a
+    kept record's ``cell_seconds``) is predicted by that time; kept cells calibrate the speed the
+    untimed cells are predicted at before this run's first cell."""
+    from unlearnbench import eta
+
+    cfg = make_cfg(methods=[{"name": "ga", "params": {"epochs": 1}}, {"name": "rome"}], seeds=[0, 1])
+    ids = [f"{m}__{s}__seed{k}" for m in ("ga", "rome") for s in ("hub", "ind") for k in (0, 1)]
+    pending = [c for c in ids if c != "ga__hub__seed0"]
+    clock = eta.GridClock(cfg, pending, "cpu", timed={"ga__hub__seed0": 30.0})
+    flops = eta.GridClock(cfg, ids, "cpu").flops
+    speed = flops["ga__hub__seed0"] / 30.0  # what the kept cell achieved here
+    assert clock.speed() == pytest.approx(speed) and clock.kept_cells == 1
+    untimed = [c for c in pending if c != "ga__hub__seed1"]
+    assert clock.remaining(pending) == pytest.approx(30.0 + sum(flops[c] for c in untimed) / speed)
+    assert clock.basis(pending).startswith("1 by the time their method and scenario took")
+    assert "1 kept cell(s) achieved" in clock.basis(pending)
+    # in this run: rome's first seed took 50 s, so its second is predicted at 50 s whatever its FLOPs
+    clock.finished("rome__ind__seed0", 50.0)
+    assert clock.remaining(["rome__ind__seed1"]) == pytest.approx(50.0)
+    assert clock.remaining(["rome__hub__seed1"]) == pytest.approx(flops["rome__hub__seed1"] / clock.speed())
+    # a grid plan cannot read: a timed row and scenario by its own time, the others at the mean
+    unknown = eta.GridClock(cfg.model_copy(update={"model": "no-such-model"}), pending, "cpu",
+                            timed={"ga__hub__seed0": 30.0})
+    assert not unknown.weighted and unknown.remaining(["ga__hub__seed1", "rome__hub__seed0"]) == pytest.approx(60.0)
+    unknown.finished("rome__hub__seed0", 90.0)
+    assert unknown.remaining(["rome__hub__seed1", "ga__ind__seed0"]) == pytest.approx(90.0 + 60.0)
+
+
+def test_recorded_seconds_reads_a_cells_wall_time():
+    """``cost.cell_seconds`` where the record has it; before it was kept: apply, each evaluation (a
+    sequence's steps) and one more for the attacks."""
+    from unlearnbench.eta import recorded_seconds
+
+    cost = {"apply_seconds": 40.0, "eval_seconds": 30.0}
+    assert recorded_seconds({"cost": {**cost, "cell_seconds": 123.0}}) == 123.0
+    assert recorded_seconds({"cost": cost, "attacks": {"quantization": {}}}) == 40.0 + 2 * 30.0
+    assert recorded_seconds({"cost": cost, "steps": [{}, {}, {}], "attacks": {"q": {}}}) == 40.0 + 4 * 30.0
+    assert recorded_seconds({"cost": cost, "attacks": {}}) == 70.0
+    assert recorded_seconds({"status": "failed"}) is None and recorded_seconds({"cost": {"apply_seconds": 1.0}}) is None

@@ -10,6 +10,13 @@ search) thus weigh more than a gradient baseline's, where a count of cells would
 alike. Attacks are not counted (a few generations each; the relearning attacks' few steps).
 A configuration ``plan`` cannot read (a model whose shape it does not know) falls back to cells
 of equal cost.
+
+A cell whose method and scenario were already timed on this machine (another seed, in this run or
+in a record the run keeps: :func:`recorded_seconds`, hardware of the same label) is predicted by that
+time rather than by FLOPs: seeds cost the same, and plan's FLOPs are a rough guide per method (the
+2026-12-07 structural records went by at 75–380 GFLOP/s of plan's count on one 180 GFLOP/s CPU:
+attacks, a sequence's step evaluations and early stops are not in the count). Kept records also
+calibrate the speed before this run's first cell.
 """
 
 from __future__ import annotations
@@ -44,49 +51,92 @@ def matmul_gflops(device: str = "cpu", n: int = 1024, reps: int = 5, dtype=None,
 class GridClock:
     """Predicted FLOPs per pending cell and the speed to turn them into minutes."""
 
-    def __init__(self, cfg, cell_ids: list[str], device: str):
+    def __init__(self, cfg, cell_ids: list[str], device: str, timed: dict[str, float] | None = None):
+        """``timed``: seconds of finished cells kept from earlier runs on this machine, by cell id."""
         self.flops: dict[str, float] = {}
+        by_key: dict[str, float] = {}
         try:
             from .plan import plan
 
-            cells = {c["cell"]: c["flops"] for c in plan(cfg, device=device, memory_gb=1e6)["cells"]}
+            by_key = {c["cell"]: c["flops"] for c in plan(cfg, device=device, memory_gb=1e6)["cells"]}
             # a cell id is row__label__seedN; plan has one cell per row and label (seeds cost the same)
-            self.flops = {cid: cells[cid.rsplit("__", 1)[0]] for cid in cell_ids}
+            self.flops = {cid: by_key[_key(cid)] for cid in cell_ids}
         except Exception as e:  # noqa: BLE001 — an estimate must never stop a grid
             log.info("no FLOP-weighted estimate for this grid (%s): cells counted as equal", e)
         self.peak = matmul_gflops(device if device in ("cpu", "cuda") else "cpu") * 1e9
         self.done_flops = 0.0
         self.done_seconds = 0.0
         self.done_cells = 0
+        self.known: dict[str, list[float]] = {}  # row__label → seconds of its finished cells (any seed)
+        self.kept_cells = 0
+        for cid, seconds in (timed or {}).items():
+            if seconds and seconds > 0:
+                self.known.setdefault(_key(cid), []).append(seconds)
+                if _key(cid) in by_key:  # the speed this machine showed, before this run's first cell
+                    self.kept_cells += 1
+                    self.done_flops += by_key[_key(cid)]
+                    self.done_seconds += seconds
 
     @property
     def weighted(self) -> bool:
         return bool(self.flops)
 
     def speed(self) -> float:
-        """FLOP/s: what the finished cells achieved, else the prior."""
+        """FLOP/s: what the finished cells (this run's and the kept ones timed here) achieved, else the prior."""
         if self.done_seconds > 0 and self.done_flops > 0:
             return self.done_flops / self.done_seconds
         return EFFICIENCY * self.peak
 
     def finished(self, cid: str, seconds: float) -> None:
-        self.done_flops += self.flops.get(cid, 0.0)
-        self.done_seconds += seconds
+        if self.weighted:
+            self.done_flops += self.flops.get(cid, 0.0)
+            self.done_seconds += seconds
         self.done_cells += 1
+        self.known.setdefault(_key(cid), []).append(seconds)
+
+    def _timed(self, cid: str) -> float | None:
+        t = self.known.get(_key(cid))
+        return sum(t) / len(t) if t else None
 
     def remaining(self, cell_ids: list[str]) -> float | None:
-        """Seconds for these cells, or None when there is nothing to go on (no plan, no cell yet)."""
+        """Seconds for these cells, or None when there is nothing to go on (no plan, no cell timed yet)."""
+        times = [self._timed(c) for c in cell_ids]
         if self.weighted:
-            return sum(self.flops[c] for c in cell_ids) / self.speed()
-        if self.done_cells:
-            return self.done_seconds / self.done_cells * len(cell_ids)
-        return None
+            return sum(t if t is not None else self.flops[c] / self.speed() for c, t in zip(cell_ids, times))
+        timed = [s for ts in self.known.values() for s in ts]
+        if not timed:
+            return None
+        mean = sum(timed) / len(timed)  # cells of equal cost, but a timed row and scenario by its own time
+        return sum(t if t is not None else mean for t in times)
 
-    def basis(self) -> str:
+    def basis(self, cell_ids: list[str] | None = None) -> str:
+        n_timed = sum(self._timed(c) is not None for c in cell_ids) if cell_ids is not None else 0
+        timed = (f"{n_timed} by the time their method and scenario took on this machine (another seed), the "
+                 "others by " if n_timed else "")
         if not self.weighted:
-            return "cells counted as equal"
-        if self.done_cells:
-            return (f"each cell's FLOPs from `unlearnbench plan` at the {self.speed() / 1e9:.0f} GFLOP/s the "
-                    f"{self.done_cells} finished cell(s) achieved")
-        return (f"each cell's FLOPs from `unlearnbench plan` at {EFFICIENCY:.0%} of this machine's "
+            return timed + "cells counted as equal"
+        if self.done_seconds > 0:
+            ran = [f"{self.done_cells} finished cell(s)"] if self.done_cells else []
+            ran += [f"{self.kept_cells} kept cell(s)"] if self.kept_cells else []
+            return (f"{timed}each cell's FLOPs from `unlearnbench plan` at the {self.speed() / 1e9:.0f} GFLOP/s "
+                    f"the {' and '.join(ran)} achieved")
+        return (f"{timed}each cell's FLOPs from `unlearnbench plan` at {EFFICIENCY:.0%} of this machine's "
                 f"{self.peak / 1e9:.0f} GFLOP/s matmul peak")
+
+
+def recorded_seconds(rec: dict) -> float | None:
+    """A finished cell's wall time: ``cost.cell_seconds``, or for a record written before that was kept,
+    apply plus its evaluations (a sequence's steps each) plus one more for the attacks — within −7…+12%
+    of the wall time (mean |error| 3%) on the 218 structural cells of 2026-12-05…07 (`benchmarks/notes.md`)."""
+    cost = rec.get("cost") or {}
+    if cost.get("cell_seconds"):
+        return cost["cell_seconds"]
+    if cost.get("apply_seconds") is None or not cost.get("eval_seconds"):
+        return None
+    evaluations = max(1, len(rec.get("steps") or [])) + (1 if rec.get("attacks") else 0)
+    return cost["apply_seconds"] + cost["eval_seconds"] * evaluations
+
+
+def _key(cid: str) -> str:
+    """row__label of a cell id row__label__seedN."""
+    return cid.rsplit("__", 1)[0]

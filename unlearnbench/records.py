@@ -83,6 +83,8 @@ class CostRecord(_Open):
                                        "apply and evaluation")
     eval_seconds: float | None = None
     seconds_per_edit: float | None = None
+    cell_seconds: float | None = Field(None, description="the cell's wall time: apply, every evaluation (a "
+                                       "sequence's steps too) and the attacks (absent in records before 2026-12-07)")
 
 
 class AttackRecord(_Open):

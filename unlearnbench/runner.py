@@ -41,6 +41,7 @@ from . import threads
 from .config import RunConfig, Selection, edits_label
 from .core import precision
 from .core.cache import cache_dir, stable_hash
+from .eta import recorded_seconds
 from .evaluate import EVALUATOR_VERSION, Evaluator, ModelEval
 from .finetune import cache_key, finetune
 from .models import LoadedModel, checkpoint_covers, load, restore_weights, save_checkpoint
@@ -261,6 +262,7 @@ class Runner:
         self.expected_key: tuple | None = None  # set by prepare(): what a reusable finished cell was scored on
         self._kept_versions: dict[str, dict] = {}  # finished cell kept → the library versions it was written with
         self._kept_hardware: dict[str, str] = {}  # finished cell kept → what it was computed on (hardware_label)
+        self._kept_seconds: dict[str, float] = {}  # finished cell kept → its wall seconds (cost.cell_seconds)
         # per method row: its method and the parameters the config sets explicitly (canonical JSON), which a
         # kept cell must have run with; a stale cell is warned about once though consulted more than once
         self._asked = {e.row: (e.name, {k: _canon(v) for k, v in methods_pkg.get_method(e.name).Params
@@ -371,6 +373,9 @@ class Runner:
         if keep:
             self._kept_versions[cid] = rec.get("versions") or {}
             self._kept_hardware[cid] = hardware_label(rec.get("hardware") or {})
+            seconds = recorded_seconds(rec)
+            if seconds:
+                self._kept_seconds[cid] = seconds
         return keep
 
     def _other_params(self, rec: dict) -> list[str]:
@@ -588,10 +593,12 @@ class Runner:
         if not pending:
             return 0
         ids = [cid for _, _, cid in pending]
-        clock = GridClock(self.cfg, ids, ctx.device)
+        here = hardware_label(hardware())  # cells timed on this kind of machine predict their other seeds
+        clock = GridClock(self.cfg, ids, ctx.device,
+                          timed={c: s for c, s in self._kept_seconds.items() if self._kept_hardware.get(c) == here})
         first = clock.remaining(ids)
         if first is not None:
-            log.warning("%d cells to run: about %.0f min (%s)", len(ids), first / 60, clock.basis())
+            log.warning("%d cells to run: about %.0f min (%s)", len(ids), first / 60, clock.basis(ids))
         ran = 0
         bar = tqdm(pending, desc="grid", disable=not self.progress)
         for entry, task, cid in bar:
@@ -604,7 +611,7 @@ class Runner:
                 bar.set_postfix_str(f"about {left / 60:.0f} min left", refresh=False)
                 if ran == 1:
                     log.warning("first cell took %.0fs; the other %d cells: about %.0f min (%s)",
-                                clock.done_seconds, len(ids) - 1, left / 60, clock.basis())
+                                time.perf_counter() - t0, len(ids) - 1, left / 60, clock.basis(ids[ran:]))
         return ran
 
     def _log_run(self, started: str, seconds: float, cells_run: int) -> None:
@@ -638,6 +645,7 @@ class Runner:
         in_place = ctx.checkpoint is not None and not getattr(cls, "changes_structure", False)
         flags = [p.requires_grad for p in ctx.model.model.parameters()]
         kept = []  # adapters a method kept on the model (LoRA, merge: false): unloaded after the cell
+        t_cell = time.perf_counter()
         try:
             set_seed(task.seed)
             rss0 = release_memory()  # the cell's memory is what it adds to this
@@ -693,10 +701,11 @@ class Runner:
                 info = {**(info or {}), "saved_model": save_checkpoint(
                     model, ctx.model.tokenizer, self.save_models / cid, getattr(cls, "changes_structure", False),
                     adapter=kept[-1] if kept else None)}
+            attacks = task.attacks(ctx, model, result, ev)
+            cost["cell_seconds"] = time.perf_counter() - t_cell  # apply, every evaluation, the attacks
             rec = self._record(ctx, task, entry.row, entry.name, cls.kind, params.model_dump(), status="ok",
-                               metrics=task.score(ev), steps=steps or None,
-                               attacks=task.attacks(ctx, model, result, ev), method_info=info, cost=cost,
-                               per_example=task.per_example(ev))
+                               metrics=task.score(ev), steps=steps or None, attacks=attacks,
+                               method_info=info, cost=cost, per_example=task.per_example(ev))
             del model, result
         except Exception as e:  # a failing cell is a result, not the end of the grid
             log.error("cell %s failed: %s", cid, e)
