@@ -78,9 +78,32 @@ def test_resume_after_interrupt(tmp_path, make_cfg, monkeypatch, caplog):
         Runner(cfg, out_dir=tmp_path / "r", progress=False).run()
     assert "ga__hub__seed0" not in calls and len(calls) == 3  # only the unfinished cells ran
     # the kept cell's time on this machine sets the speed of the estimate before the first new cell
-    assert any("3 cells to run" in r.message and "the 1 kept cell(s) achieved" in r.message for r in caplog.records)
+    assert any("3 cells to run" in r.message and "the 1 cell(s) recorded here before achieved" in r.message
+               for r in caplog.records)
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r" / "cells").glob("*.json")}
     assert after["ga__hub__seed0.json"] == done["ga__hub__seed0.json"] and len(after) == 6
+
+
+def test_a_later_part_is_estimated_by_the_seeds_an_earlier_part_ran(tmp_path, make_cfg, monkeypatch, caplog):
+    """``--seeds 1`` after ``--seeds 0``: the pending cells' method and scenario already ran on this
+    machine (in another part of the grid), so the estimate before the first cell is seed 0's time."""
+    from unlearnbench.config import Selection
+
+    cfg = make_cfg(methods=[{"name": "ga", "params": {"epochs": 1, "lr": 1e-4}}], scenarios=[BASE["scenarios"][0]],
+                   seeds=[0, 1])
+    out = Runner(cfg, out_dir=tmp_path / "r", progress=False, only=Selection(seeds=(0,))).run()
+    seconds = json.loads((out / "cells" / "ga__hub__seed0.json").read_text())["cost"]["cell_seconds"]
+
+    def stop(self, *a, **k):
+        raise _Interrupt  # the estimate is printed before the first cell; no need to run it
+
+    monkeypatch.setattr(Runner, "_run_cell", stop)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="unlearnbench.runner"), pytest.raises(_Interrupt):
+        Runner(cfg, out_dir=out, progress=False, only=Selection(seeds=(1,))).run()
+    line = next(r.message for r in caplog.records if "cells to run" in r.message)
+    assert line == f"1 cells to run: about {seconds / 60:.0f} min (each by the time its method and scenario took " \
+                   "on this machine (another seed))"
 
 
 def test_resume_says_when_kept_cells_come_from_other_library_versions_or_hardware(tmp_path, make_cfg, caplog):
@@ -333,7 +356,7 @@ def test_grid_clock_predicts_a_timed_cell_by_its_other_seed(make_cfg):
     untimed = [c for c in pending if c != "ga__hub__seed1"]
     assert clock.remaining(pending) == pytest.approx(30.0 + sum(flops[c] for c in untimed) / speed)
     assert clock.basis(pending).startswith("1 by the time their method and scenario took")
-    assert "1 kept cell(s) achieved" in clock.basis(pending)
+    assert "1 cell(s) recorded here before achieved" in clock.basis(pending)
     # in this run: rome's first seed took 50 s, so its second is predicted at 50 s whatever its FLOPs
     clock.finished("rome__ind__seed0", 50.0)
     assert clock.remaining(["rome__ind__seed1"]) == pytest.approx(50.0)

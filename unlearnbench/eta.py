@@ -12,10 +12,10 @@ A configuration ``plan`` cannot read (a model whose shape it does not know) fall
 of equal cost.
 
 A cell whose method and scenario were already timed on this machine (another seed, in this run or
-in a record the run keeps: :func:`recorded_seconds`, hardware of the same label) is predicted by that
+in a record of the results folder: :func:`recorded_seconds`, hardware of the same label) is predicted by that
 time rather than by FLOPs: seeds cost the same, and plan's FLOPs are a rough guide per method (the
 2026-12-07 structural records went by at 75–380 GFLOP/s of plan's count on one 180 GFLOP/s CPU:
-attacks, a sequence's step evaluations and early stops are not in the count). Kept records also
+attacks, a sequence's step evaluations and early stops are not in the count). The recorded cells also
 calibrate the speed before this run's first cell.
 """
 
@@ -52,7 +52,7 @@ class GridClock:
     """Predicted FLOPs per pending cell and the speed to turn them into minutes."""
 
     def __init__(self, cfg, cell_ids: list[str], device: str, timed: dict[str, float] | None = None):
-        """``timed``: seconds of finished cells kept from earlier runs on this machine, by cell id."""
+        """``timed``: seconds of cells recorded before on this kind of machine, by cell id (any seed)."""
         self.flops: dict[str, float] = {}
         by_key: dict[str, float] = {}
         try:
@@ -82,7 +82,7 @@ class GridClock:
         return bool(self.flops)
 
     def speed(self) -> float:
-        """FLOP/s: what the finished cells (this run's and the kept ones timed here) achieved, else the prior."""
+        """FLOP/s: what the finished cells (this run's and those recorded here before) achieved, else the prior."""
         if self.done_seconds > 0 and self.done_flops > 0:
             return self.done_flops / self.done_seconds
         return EFFICIENCY * self.peak
@@ -111,13 +111,15 @@ class GridClock:
 
     def basis(self, cell_ids: list[str] | None = None) -> str:
         n_timed = sum(self._timed(c) is not None for c in cell_ids) if cell_ids is not None else 0
+        if cell_ids and n_timed == len(cell_ids):
+            return "each by the time its method and scenario took on this machine (another seed)"
         timed = (f"{n_timed} by the time their method and scenario took on this machine (another seed), the "
                  "others by " if n_timed else "")
         if not self.weighted:
             return timed + "cells counted as equal"
         if self.done_seconds > 0:
             ran = [f"{self.done_cells} finished cell(s)"] if self.done_cells else []
-            ran += [f"{self.kept_cells} kept cell(s)"] if self.kept_cells else []
+            ran += [f"{self.kept_cells} cell(s) recorded here before"] if self.kept_cells else []
             return (f"{timed}each cell's FLOPs from `unlearnbench plan` at the {self.speed() / 1e9:.0f} GFLOP/s "
                     f"the {' and '.join(ran)} achieved")
         return (f"{timed}each cell's FLOPs from `unlearnbench plan` at {EFFICIENCY:.0%} of this machine's "
@@ -125,7 +127,7 @@ class GridClock:
 
 
 def recorded_seconds(rec: dict) -> float | None:
-    """A finished cell's wall time: ``cost.cell_seconds``, or for a record written before that was kept,
+    """A finished cell's wall time: ``cost.cell_seconds``, or for a record written before that field existed,
     apply plus its evaluations (a sequence's steps each) plus one more for the attacks — within −7…+12%
     of the wall time (mean |error| 3%) on the 218 structural cells of 2026-12-05…07 (`benchmarks/notes.md`)."""
     cost = rec.get("cost") or {}

@@ -262,7 +262,6 @@ class Runner:
         self.expected_key: tuple | None = None  # set by prepare(): what a reusable finished cell was scored on
         self._kept_versions: dict[str, dict] = {}  # finished cell kept → the library versions it was written with
         self._kept_hardware: dict[str, str] = {}  # finished cell kept → what it was computed on (hardware_label)
-        self._kept_seconds: dict[str, float] = {}  # finished cell kept → its wall seconds (cost.cell_seconds)
         # per method row: its method and the parameters the config sets explicitly (canonical JSON), which a
         # kept cell must have run with; a stale cell is warned about once though consulted more than once
         self._asked = {e.row: (e.name, {k: _canon(v) for k, v in methods_pkg.get_method(e.name).Params
@@ -373,9 +372,6 @@ class Runner:
         if keep:
             self._kept_versions[cid] = rec.get("versions") or {}
             self._kept_hardware[cid] = hardware_label(rec.get("hardware") or {})
-            seconds = recorded_seconds(rec)
-            if seconds:
-                self._kept_seconds[cid] = seconds
         return keep
 
     def _other_params(self, rec: dict) -> list[str]:
@@ -593,9 +589,7 @@ class Runner:
         if not pending:
             return 0
         ids = [cid for _, _, cid in pending]
-        here = hardware_label(hardware())  # cells timed on this kind of machine predict their other seeds
-        clock = GridClock(self.cfg, ids, ctx.device,
-                          timed={c: s for c, s in self._kept_seconds.items() if self._kept_hardware.get(c) == here})
+        clock = GridClock(self.cfg, ids, ctx.device, timed=self._timed_here())
         first = clock.remaining(ids)
         if first is not None:
             log.warning("%d cells to run: about %.0f min (%s)", len(ids), first / 60, clock.basis(ids))
@@ -613,6 +607,21 @@ class Runner:
                     log.warning("first cell took %.0fs; the other %d cells: about %.0f min (%s)",
                                 time.perf_counter() - t0, len(ids) - 1, left / 60, clock.basis(ids[ran:]))
         return ran
+
+    def _timed_here(self) -> dict[str, float]:
+        """Wall seconds of every finished cell in this folder computed on this kind of machine (hardware
+        of this label), whichever part of the grid wrote it: a pending cell's other seeds predict it."""
+        here, timed = hardware_label(hardware()), {}
+        for p in sorted((self.out / "cells").glob("*.json")):
+            try:
+                rec = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if rec.get("status") == "ok" and hardware_label(rec.get("hardware") or {}) == here:
+                seconds = recorded_seconds(rec)
+                if seconds:
+                    timed[p.stem] = seconds
+        return timed
 
     def _log_run(self, started: str, seconds: float, cells_run: int) -> None:
         """Append this invocation's wall time to ``run_log.jsonl`` (a resumed run adds a line)."""
