@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,13 +87,23 @@ def test_resume_after_interrupt(tmp_path, make_cfg, monkeypatch, caplog):
 
 def test_a_later_part_is_estimated_by_the_seeds_an_earlier_part_ran(tmp_path, make_cfg, monkeypatch, caplog):
     """``--seeds 1`` after ``--seeds 0``: the pending cells' method and scenario already ran on this
-    machine (in another part of the grid), so the estimate before the first cell is seed 0's time."""
+    machine (in another part of the grid), so the estimate before the first cell is seed 0's time. A
+    record cut short in the folder is an error naming it for a reader of results; the estimate
+    passes over it."""
     from unlearnbench.config import Selection
 
     cfg = make_cfg(methods=[{"name": "ga", "params": {"epochs": 1, "lr": 1e-4}}], scenarios=[BASE["scenarios"][0]],
                    seeds=[0, 1])
     out = Runner(cfg, out_dir=tmp_path / "r", progress=False, only=Selection(seeds=(0,))).run()
     seconds = json.loads((out / "cells" / "ga__hub__seed0.json").read_text())["cost"]["cell_seconds"]
+    broken = out / "cells" / "ga__other__seed7.json"
+    broken.write_text('{"status": "ok", "cost": {"cell_')  # a record cut short (disk full, killed copy)
+    from unlearnbench.results import load_results
+
+    with pytest.raises(ValueError, match="ga__other__seed7.json: malformed JSON"):
+        load_results(out)  # a reader of results names the broken file ...
+    read = sorted(Path(r["_file"]).name for r in load_results(out, skip_malformed=True))
+    assert read == sorted(p.name for p in (out / "cells").glob("*.json") if p != broken) and len(read) == 2
 
     def stop(self, *a, **k):
         raise _Interrupt  # the estimate is printed before the first cell; no need to run it

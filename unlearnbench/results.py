@@ -197,7 +197,9 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-def load_results(results_dir: str | Path) -> list[dict]:
+def load_results(results_dir: str | Path, skip_malformed: bool = False) -> list[dict]:
+    """Every cell record of a results folder, each with ``_file`` (its path). A malformed record is
+    an error naming its file, or is passed over (``skip_malformed``: a reader that only estimates)."""
     d = Path(results_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"results folder {d} does not exist")
@@ -205,8 +207,16 @@ def load_results(results_dir: str | Path) -> list[dict]:
     for f in sorted((d / "cells").glob("*.json")) if (d / "cells").is_dir() else []:
         try:
             rec = json.loads(f.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if skip_malformed:
+                continue
+            if isinstance(e, OSError):
+                raise
             raise ValueError(f"{f}: malformed JSON ({e})") from None
+        if not isinstance(rec, dict):
+            if skip_malformed:
+                continue
+            raise ValueError(f"{f}: a cell record is a JSON object, not {type(rec).__name__}")
         rec["_file"] = str(f)
         out.append(rec)
     return out

@@ -54,6 +54,7 @@ from .results import (
     describe_version_mix,
     hardware,
     hardware_label,
+    load_results,
     package_versions,
     version_counts,
     write_atomic,
@@ -612,15 +613,11 @@ class Runner:
         """Wall seconds of every finished cell in this folder computed on this kind of machine (hardware
         of this label), whichever part of the grid wrote it: a pending cell's other seeds predict it."""
         here, timed = hardware_label(hardware()), {}
-        for p in sorted((self.out / "cells").glob("*.json")):
-            try:
-                rec = json.loads(p.read_text())
-            except (OSError, ValueError):
-                continue
+        for rec in load_results(self.out, skip_malformed=True):
             if rec.get("status") == "ok" and hardware_label(rec.get("hardware") or {}) == here:
                 seconds = recorded_seconds(rec)
                 if seconds:
-                    timed[p.stem] = seconds
+                    timed[Path(rec["_file"]).stem] = seconds
         return timed
 
     def _log_run(self, started: str, seconds: float, cells_run: int) -> None:
