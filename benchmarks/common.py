@@ -66,10 +66,10 @@ def write(name: str, markdown: str, data: dict) -> Path:
     return p
 
 
-def edge_request(edge: str | list[str] = "A_B"):
+def edge_request(edge: str | list[str] | dict = "A_B"):
     """The quickstart's implanted model, its tokenizer and the unlearning request for one edge (a
-    list: those edges at once; the reference is the model itself), with the weights' pages in, as
-    in a grid."""
+    list: those edges at once; a dict: that scenario spec, e.g. ``{"type": "max_degree"}``; the
+    reference is the model itself), with the weights' pages in, as in a grid."""
     from pistol_data import scenarios
     from pistol_data.scenarios import ScenarioSpec
     from unlearnbench.tasks import build_request
@@ -77,7 +77,8 @@ def edge_request(edge: str | list[str] = "A_B"):
     torch.manual_seed(0)
     lm, ds = implanted()
     model = lm.model
-    spec = ScenarioSpec(type="edges", edges=edge) if isinstance(edge, list) else ScenarioSpec(type="edge", edge=edge)
+    spec = (ScenarioSpec(**edge) if isinstance(edge, dict) else ScenarioSpec(type="edges", edges=edge)
+            if isinstance(edge, list) else ScenarioSpec(type="edge", edge=edge))
     split = scenarios.resolve(ds, spec)[-1]
     request = build_request(ds, split, 0, "cpu", reference=lambda: model, progress=False)
     with torch.no_grad():

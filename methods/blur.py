@@ -60,7 +60,7 @@ from unlearnbench.core.lm import split_prefix_backward
 
 from .base import register_method
 from .preference import PrefParams, npo_loss
-from .training import DivergenceError, GradientMethod, kl_to_reference, sequence_mean_nll
+from .training import DivergenceError, GradientMethod, kl_to_reference, row_chunks, sequence_mean_nll
 
 
 class BLURParams(PrefParams):
@@ -72,7 +72,11 @@ class BLURParams(PrefParams):
     low_memory: bool = Field(True, description="never hold g_r: the retain backward runs twice, first for "
                              "<g_r, g_f>, then adding g_r into g_f's scaled buffers (three copies of the trained "
                              "weights with AdamW instead of four; one more retain forward and backward a step)")
-    rows_per_pass: None = Field(None, description="not available: g_f and g_r are each made from one pass")
+    rows_per_pass: int | None = Field(None, ge=1, description="at most this many rows in one forward pass: each "
+                                      "term runs as passes of this many rows, each weight's gradient added into "
+                                      "the step's buffer as it arrives (no second set of gradients alive), so one "
+                                      "chunk's activations are alive at a time (the same d up to float rounding). "
+                                      "null = each term's whole batch in one pass")
 
 
 class BlurNPOParams(BLURParams):
@@ -106,6 +110,7 @@ class _BiLevel(GradientMethod):
     Params = BLURParams
     needs_reference = True
     own_gradients = True
+    own_row_chunks = True
 
     def reference_outputs(self, params):
         return {"retain": "log_softmax"} if params.retain_loss == "kl" else {}
@@ -121,49 +126,71 @@ class _BiLevel(GradientMethod):
     def loss_terms(self, model, batch, ctx):
         """g_f and g_r are separate gradients: each term is run (on the unwrapped module: DDP's own
         averaging would average d) and differentiated alone, one sub-batch's activations at a time."""
-        net = ctx["accelerator"].unwrap_model(model)
+        net, params = ctx["accelerator"].unwrap_model(model), ctx["params"]
+        self._n += 1  # micro-batches of the optimiser step (chunks of one are not counted apart)
 
-        def part(name, fn):
+        def part(name, fn, chunk, weight):
             def run():
                 self._part = name
-                return fn(net, batch, ctx)
+                out = fn(net, chunk, ctx)
+                return out if weight == 1.0 else out * weight
             return run
 
-        if "retain" in batch and ctx["params"].low_memory:  # run twice once g_f is complete (finish_gradients)
-            self._retain.append(batch)
-            return [part("gf", self.forget_loss)]
-        return [part("gf", self.forget_loss)] + ([part("gr", self.retain_loss)] if "retain" in batch else [])
+        forget = [part("gf", self.forget_loss, c, w) for c, w in row_chunks(batch, ("forget",), "rows",
+                                                                             params.rows_per_pass)]
+        if "retain" not in batch:
+            return forget
+        retain = row_chunks(batch, ("retain",), self._retain_mean(params), params.rows_per_pass)
+        if params.low_memory:  # run twice once g_f is complete (finish_gradients)
+            self._retain.extend(retain)
+            return forget
+        return forget + [part("gr", self.retain_loss, c, w) for c, w in retain]
+
+    @staticmethod
+    def _retain_mean(params) -> str:
+        return "tokens" if params.retain_loss == "kl" else "rows"  # kl_to_reference / sequence_mean_nll
 
     def start(self, model, ctx) -> None:
         self._part, self._acc = None, None  # which term runs; g_f / g_r accumulated over a step
-        self._retain = []  # low_memory: the step's retain micro-batches, run in finish_gradients
+        self._retain = []  # low_memory: the step's retain (chunk, weight) pairs, run in finish_gradients
+        self._n = 0  # micro-batches in the step so far
         self._params = [p for p in ctx["accelerator"].unwrap_model(model).parameters() if p.requires_grad]
 
     def backward(self, accelerator, model, loss, batch, ctx) -> None:
         """Accumulates g_f or g_r (over the micro-batches of an optimiser step)."""
         which, self._part = self._part, None
         params = self._params
+        if self._acc is None:
+            self._acc = {"gf": None, "gr": None}
+        acc = self._acc
+        if ctx["params"].rows_per_pass:  # chunks: added up weight by weight, never a second set alive
+            bufs = acc[which] if acc[which] is not None else [None] * len(params)
+
+            def add(i, g):
+                if bufs[i] is None:
+                    bufs[i] = g if g.is_contiguous() else g.contiguous()
+                else:
+                    bufs[i].add_(g)
+
+            for p in params:
+                p.grad = None
+            self._consume_backward(loss, add)
+            acc[which] = [torch.zeros_like(p) if b is None else b for p, b in zip(params, bufs)]
+            return
         gs = torch.autograd.grad(loss, params, allow_unused=True)
         # laid out as the weights (autograd.grad hands back what the last node made; the fused AdamW
         # reads a gradient in its weight's layout)
         gs = [torch.zeros_like(p) if g is None else g.contiguous() for p, g in zip(params, gs)]
-        if self._acc is None:
-            self._acc = {"gf": None, "gr": None, "n": 0}
-        acc = self._acc
-        if which == "gf":
-            acc["n"] += 1
         if acc[which] is None:
             acc[which] = gs
         else:
             for a, g in zip(acc[which], gs):
                 a.add_(g)
 
-    def _retain_backward(self, accelerator, model, batches: list, ctx, take) -> float:
-        """The retain term's forward and backward on each micro-batch, each trained weight's gradient
-        handed to ``take(i, grad)`` as it arrives (a weight used by the shared prefix and the rows
-        arrives in two shares) and freed: no set of g_r is ever held. Returns the summed loss."""
-        net = accelerator.unwrap_model(model)
-
+    def _consume_backward(self, loss: torch.Tensor, take) -> None:
+        """``loss.backward()`` with each trained weight's gradient handed to ``take(i, grad)`` as it
+        arrives (a weight used by a split-off shared prefix and the rows arrives in two shares) and
+        freed from the weight."""
         def hook(i):
             def consume(p):
                 take(i, p.grad)
@@ -171,18 +198,27 @@ class _BiLevel(GradientMethod):
             return consume
 
         handles = [p.register_post_accumulate_grad_hook(hook(i)) for i, p in enumerate(self._params)]
-        total = 0.0
         try:
-            for batch in batches:
-                with accelerator.autocast(), split_prefix_backward():  # each weight's share freed as it comes
-                    loss = self.retain_loss(net, batch, ctx)
-                if not torch.isfinite(loss):
-                    raise DivergenceError(f"{self.name}: retain loss became {loss.item()}")
-                loss.backward()
-                total += loss.item()
+            loss.backward()
         finally:
             for h in handles:
                 h.remove()
+
+    def _retain_backward(self, accelerator, model, batches: list, ctx, take) -> float:
+        """The retain term's forward and backward on each (chunk, weight) pair of the step, each trained
+        weight's gradient handed to ``take(i, grad)`` as it arrives and freed: no set of g_r is ever
+        held. Returns the summed (weighted) loss."""
+        net = accelerator.unwrap_model(model)
+        total = 0.0
+        for batch, weight in batches:
+            with accelerator.autocast(), split_prefix_backward():  # each weight's share freed as it comes
+                loss = self.retain_loss(net, batch, ctx)
+                if weight != 1.0:
+                    loss = loss * weight
+            if not torch.isfinite(loss):
+                raise DivergenceError(f"{self.name}: retain loss became {loss.item()}")
+            self._consume_backward(loss, take)
+            total += loss.item()
         return total
 
     def _finish_low_memory(self, accelerator, model, ctx) -> float | None:
@@ -191,7 +227,8 @@ class _BiLevel(GradientMethod):
         adds g_r into the scaled buffers. Returns the retain losses of the step."""
         acc, self._acc = self._acc, None
         batches, self._retain = self._retain, []
-        params, gf, n = self._params, acc["gf"], acc["n"]
+        params, gf, n = self._params, acc["gf"], self._n
+        self._n = 0
         world = accelerator.num_processes
         if world > 1:  # g_f averaged before the inner products, as in the default path
             for g in gf:
@@ -242,9 +279,10 @@ class _BiLevel(GradientMethod):
         params = self._params
         gf = acc["gf"]
         gr = acc["gr"] if acc["gr"] is not None else [torch.zeros_like(p) for p in params]
-        if acc["n"] > 1:
+        n, self._n = self._n, 0
+        if n > 1:
             for g in gf + gr:
-                g.div_(acc["n"])
+                g.div_(n)
         if accelerator.num_processes > 1:
             for g in gf + gr:
                 torch.distributed.all_reduce(g)

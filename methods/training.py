@@ -304,6 +304,8 @@ class GradientMethod(Method):
     # True: backward() builds the update itself (no DDP reduction to respect; it may use
     # torch.autograd.grad, so the shared prefix's backward is not split off: core.lm.split_prefix_backward)
     own_gradients = False
+    # True: loss_terms() splits its terms by TrainParams.rows_per_pass itself
+    own_row_chunks = False
 
     def forget_loss(self, model, batch: dict, ctx: dict) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} defines neither loss() nor forget_loss()")
@@ -400,7 +402,7 @@ class GradientMethod(Method):
 
         if not request.forget:
             raise ValueError("the request has an empty forget set")
-        if getattr(params, "rows_per_pass", None) and (
+        if getattr(params, "rows_per_pass", None) and not self.own_row_chunks and (
                 type(self).loss_terms is not GradientMethod.loss_terms or type(self).loss is not GradientMethod.loss
                 or (self.forget_mean is None and self.retain_mean is None)):
             raise ValueError(f"method {self.name!r} cannot split its loss terms by rows: rows_per_pass must be null")

@@ -148,6 +148,36 @@ def test_low_memory_gives_the_same_direction_without_holding_the_retain_gradient
         assert len(Probe.live) >= 2 * len(both) and max(Probe.live) == 1
 
 
+@pytest.mark.parametrize("low_memory,retain_loss", [(True, "nll"), (False, "nll"), (True, "kl")])
+def test_rows_per_pass_gives_the_same_direction_a_row_at_a_time(setup, low_memory, retain_loss):
+    """``rows_per_pass: 1``: each term as passes of one row (weighted by its share of the rows or of
+    the retain answer tokens), each weight's gradient added into the step's buffer as it arrives:
+    the same d as one pass per term, for one micro-batch and for two (accumulated)."""
+    lm, req, frozen = setup
+    model = _perturbed(lm.model)
+    batch = next(iter(build_batches(lm.tokenizer, req, 4)))
+    rows = batch["forget"]["input_ids"].shape[0] + batch["retain"]["input_ids"].shape[0]
+    assert rows >= 4
+
+    class Count(BlurNPO):
+        passes = 0
+
+        def _consume_backward(self, loss, take):
+            Count.passes += 1
+            return super()._consume_backward(loss, take)
+
+    for micro in ([batch], [_slice(batch, slice(0, 2)), _slice(batch, slice(2, 4))]):
+        whole = _direction(BlurNPO(), model, micro, {"ref": frozen, "params": BlurNPO.Params(
+            low_memory=low_memory, retain_loss=retain_loss)})
+        Count.passes = 0
+        split = _direction(Count(), model, micro, {"ref": frozen, "params": BlurNPO.Params(
+            low_memory=low_memory, retain_loss=retain_loss, rows_per_pass=1)})
+        # a pass per row of each term (the retain rows twice with low_memory)
+        assert Count.passes == rows + (batch["retain"]["input_ids"].shape[0] if low_memory else 0)
+        scale = max(float(a.abs().max()) for a in whole)
+        assert scale > 0 and max(float((a - b).abs().max()) for a, b in zip(whole, split)) < 1e-5 * scale
+
+
 def test_low_memory_trains_as_holding_both(setup):
     """The loop with ``low_memory`` on and off: the same weights and the same logged losses (the
     retain loss the method runs itself is added to the step's)."""
