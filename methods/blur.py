@@ -36,8 +36,9 @@ scaled by c = γ − ⟨g_r, g_f⟩/‖g_f‖² and the second pass adds g_r int
 (up to float rounding) in three copies of the trained weights instead of four, for one more
 forward and backward of the retain batch per step. ``rows_per_pass`` (default null) runs each term
 as passes of that many rows, each weight's gradient added into the step's buffer as it arrives
-(the shared prefix's share split off): SmolLM2, the hub's four edges, blur-npo 1,576 → 1,487 MiB
-of heap for 1.27× the apply time with ``rows_per_pass: 4`` (``benchmarks/results/blur_rows.md``).
+(the shared prefix's share split off): SmolLM2, the hub's four edges, blur-npo 1,544 → 1,495 MiB
+of heap (under 3 × the fp32 weights) for 1.74× the apply time with ``rows_per_pass: 4``, the same DS
+(``benchmarks/notes.md``, 2026-12-07 night; ``benchmarks/results/blur_rows.md``).
 
 Scale of the forget loss. γ compares ⟨g_r, g_f⟩ with ‖g_f‖², so what γ = 1 means depends on
 how large g_f is next to g_r. NPO on *summed* sequence log-probabilities (as ``npo``) has a

@@ -64,6 +64,9 @@ def test_the_wall_time_is_told_per_machine_when_parts_ran_on_several():
     two = wall_text([{"seconds": 120, "hardware": "2 CPU cores, no GPU"}, {"seconds": 60, "hardware": "2 CPU cores, no GPU"},
                      {"seconds": 240, "hardware": "AMD EPYC/AVX2, 2 CPU cores, no GPU"}])
     assert "**7.0 min** of it 3.0 min on 2 CPU cores, no GPU (2 invocations); 4.0 min on AMD EPYC/AVX2" in two
+    assert "stopped" not in two
+    cut = wall_text([{"seconds": 60, "hardware": "h", "stopped": True}, {"seconds": 30, "hardware": "h"}])
+    assert "(`unlearnbench run`, 2 invocation(s); 1 stopped before their end" in cut and "**1.5 min** on h." in cut
 
 
 def test_report_roles_and_numbers_agree_with_cells(study_dir):

@@ -73,6 +73,9 @@ def test_resume_after_interrupt(tmp_path, make_cfg, monkeypatch, caplog):
     done = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r" / "cells").glob("*.json")}
     assert "ga__hub__seed0.json" in done and "ga__ind__seed0.json" not in done
     assert not list((tmp_path / "r").rglob("*.tmp"))
+    # the stopped invocation's time is logged, with the one cell it finished
+    (stopped,) = [json.loads(x) for x in (tmp_path / "r" / "run_log.jsonl").read_text().splitlines()]
+    assert stopped["stopped"] is True and stopped["cells_run"] == 1 and stopped["seconds"] > 0
     calls.clear()
     interrupt[0] = False
     with caplog.at_level("WARNING", logger="unlearnbench.runner"):
@@ -83,6 +86,37 @@ def test_resume_after_interrupt(tmp_path, make_cfg, monkeypatch, caplog):
                for r in caplog.records)
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r" / "cells").glob("*.json")}
     assert after["ga__hub__seed0.json"] == done["ga__hub__seed0.json"] and len(after) == 6
+    runs = [json.loads(x) for x in (tmp_path / "r" / "run_log.jsonl").read_text().splitlines()]
+    assert len(runs) == 2 and "stopped" not in runs[1] and runs[1]["cells_run"] == 3
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(tmp_path, monkeypatch, capsys):
+    """`timeout` or a scheduler sends SIGTERM: the CLI stops between Python steps, says so, exits
+    128 + 15, and the run's time goes into run_log.jsonl marked stopped (no cell half-written)."""
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    from unlearnbench.cli import main
+
+    def killed(self, *a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(Runner, "_run_serial", killed)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**BASE, "methods": [{"name": "ga", "params": {"epochs": 1}}],
+                                   "scenarios": [BASE["scenarios"][0]]}))
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["run", str(cfg), "--out", str(tmp_path / "out")]) == 143
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the CLI puts the caller's handler back
+    (run,) = [json.loads(x) for x in (tmp_path / "out" / "run_log.jsonl").read_text().splitlines()]
+    assert run["stopped"] is True and run["cells_run"] == 0
+    assert not list((tmp_path / "out").rglob("*.tmp"))
 
 
 def test_a_later_part_is_estimated_by_the_seeds_an_earlier_part_ran(tmp_path, make_cfg, monkeypatch, caplog):
@@ -391,3 +425,22 @@ def test_recorded_seconds_reads_a_cells_wall_time():
     assert recorded_seconds({"cost": cost, "steps": [{}, {}, {}], "attacks": {"q": {}}}) == 40.0 + 4 * 30.0
     assert recorded_seconds({"cost": cost, "attacks": {}}) == 70.0
     assert recorded_seconds({"status": "failed"}) is None and recorded_seconds({"cost": {"apply_seconds": 1.0}}) is None
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_its_scenarios_resolve(path):
+    """The configs the README and issues point to (CPU and GPU ones, which CI cannot run) are checked
+    as `unlearnbench run` checks them before any work: the config and its method settings, then every
+    scenario against the dataset it generates (pistol-2's edges for the GPU density config)."""
+    from pistol_data import scenarios
+    from unlearnbench.config import load_config
+    from unlearnbench.runner import load_dataset
+
+    cfg = load_config(path)
+    assert cfg.method_entries(), f"{path.name}: no methods"
+    if cfg.mode != "unlearn":
+        return
+    ds = load_dataset(cfg)
+    for s in cfg.scenarios:
+        splits = scenarios.resolve(ds, s)
+        assert splits and all(sp.forget_edges for sp in splits), f"{path.name}: {s.label()} forgets nothing"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 log = logging.getLogger("unlearnbench")
@@ -275,19 +277,39 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("transformers", "accelerate", "datasets"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    old = _stop_on_sigterm()
     try:
         args.fn(args)
-    except KeyboardInterrupt:
-        print(f"unlearnbench {args.cmd}: interrupted; finished cells are kept, the same command resumes",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"unlearnbench {args.cmd}: {'stopped by SIGTERM' if isinstance(e, Terminated) else 'interrupted'}; "
+              "finished cells are kept, the same command resumes", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError, OSError) as e:
         if args.verbose:
             raise
         msg = str(e) if not isinstance(e, KeyError) else e.args[0]
         print(f"unlearnbench {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a batch scheduler, ``kill``) taken as Ctrl-C: the run stops between
+    Python steps, logs its wall time and the cells it finished, and leaves no half-written cell."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
+def _stop_on_sigterm():
+    """Install the SIGTERM handler (main thread only); return the one it replaces."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminate)
 
 
 if __name__ == "__main__":

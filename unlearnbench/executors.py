@@ -155,6 +155,7 @@ def run_ray(runner, ctx, tasks: list, pending: list) -> int:
                         rec = runner.failed_record(ctx, entry, task, f"{type(e).__name__}: {e}")
                     write_atomic(runner._path(cid), rec)
                     ran += 1
+                    runner._ran = ran  # a stopped run logs the cells it finished
                     bar.update(1)
                     if ran == 1 and len(refs) > 1:
                         log.warning("first cell back after %.0fs", time.perf_counter() - t0)

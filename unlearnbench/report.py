@@ -754,7 +754,9 @@ def wall_text(runs: list[dict]) -> str:
     else:
         where = "of it " + "; ".join(f"{sum(s) / 60:.1f} min on {h} ({len(s)} invocation{'s' * (len(s) != 1)})"
                                      for h, s in by.items())
-    return (f"Wall time of the run (`unlearnbench run`, {len(runs)} invocation(s), implant and grid): "
+    stopped = sum(1 for r in runs if r.get("stopped"))
+    how = f"; {stopped} stopped before their end (the cells they finished are kept)" if stopped else ""
+    return (f"Wall time of the run (`unlearnbench run`, {len(runs)} invocation(s){how}, implant and grid): "
             f"**{total / 60:.1f} min** {where}.\n\n")
 
 

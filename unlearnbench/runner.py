@@ -404,7 +404,15 @@ class Runner:
             log.warning(busy)
         with threads.RunLock():
             log.info("torch uses %d CPU threads", n_threads)
-            return self._run(started, wall0)
+            self._ran, self._logged = 0, False
+            try:
+                return self._run(started, wall0)
+            except Exception:
+                raise
+            except BaseException:  # stopped (Ctrl-C; SIGTERM, e.g. from `timeout`): its time still counts
+                if not self._logged:
+                    self._log_run(started, time.perf_counter() - wall0, self._ran, stopped=True)
+                raise
 
     def tasks(self, ctx: Context) -> list:
         """Every column of the grid (scenario or edit set) at every seed, resolved before any work."""
@@ -601,6 +609,7 @@ class Runner:
             self._run_cell(ctx, entry, task, cid)
             clock.finished(cid, time.perf_counter() - t0)
             ran += 1
+            self._ran = ran
             left = clock.remaining(ids[ran:])
             if left is not None and ran < len(ids):
                 bar.set_postfix_str(f"about {left / 60:.0f} min left", refresh=False)
@@ -620,14 +629,18 @@ class Runner:
                     timed[Path(rec["_file"]).stem] = seconds
         return timed
 
-    def _log_run(self, started: str, seconds: float, cells_run: int) -> None:
-        """Append this invocation's wall time to ``run_log.jsonl`` (a resumed run adds a line)."""
+    def _log_run(self, started: str, seconds: float, cells_run: int, stopped: bool = False) -> None:
+        """Append this invocation's wall time to ``run_log.jsonl`` (a resumed run adds a line; one
+        stopped before its end says so, with the cells it finished)."""
         hw = hardware()
         line = {"started": started, "seconds": round(seconds, 1), "cells_run": cells_run,
                 "hardware": f"{hardware_label(hw)}, {hw['cpu_count']} CPU cores"
                             + ("" if hw.get("cuda_device") else ", no GPU")}
+        if stopped:
+            line["stopped"] = True
         with open(self.out / "run_log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
+        self._logged = True
 
     def _run_cell(self, ctx: Context, entry, task, cid: str) -> dict:
         rec = self.cell_record(ctx, entry, task, cid)
