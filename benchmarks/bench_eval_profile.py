@@ -6,7 +6,8 @@ half the fp32 matmul peak. This script splits it, in one process, on the quickst
 SmolLM2 (fp32, the hub edge's held-out forms):
 
 1. the fp32 matmul peak (2048³, best of 10);
-2. each model call ``Evaluator.run`` makes (three generations, three teacher-forced passes), timed
+2. each model call ``Evaluator.run`` makes (two generations that also teacher-force the gold and
+   perturbed answers from their prompts' cache, and the utility generation), timed
    in a second evaluation after a warm-up one, with its FLOPs (``torch.utils.flop_counter``,
    counted in a third) and its share of the peak;
 3. for the generations: the answer tokens computed (a row leaves the batch at its end token) vs
@@ -34,38 +35,40 @@ _MM = {"aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul"}
 
 
 class _Calls:
-    """Wraps the evaluator's two model calls: seconds (and, when counting, FLOPs) per call."""
+    """Wraps the evaluator's model calls: seconds (and, when counting, FLOPs) per call."""
 
     def __init__(self):
         self.rows: list[dict] = []
         self.count = False
-        self.orig = (ev_mod.generate_answers, ev_mod.teacher_forced_stats)
+        self.orig = (ev_mod.generate_answers, ev_mod.generate_and_score)
 
     def __enter__(self):
-        gen, tf = self.orig
+        gen, both = self.orig
 
         def wrap(fn, kind):
-            def call(model, tok, items, **kw):
-                desc = kw.get("desc", "teacher-forced")
+            def call(model, tok, items, *args, **kw):
+                desc = kw.get("desc", "generate")
                 fc = FlopCounterMode(display=False) if self.count else None
                 t = time.perf_counter()
                 if fc is not None:
                     with fc:
-                        out = fn(model, tok, items, **kw)
+                        out = fn(model, tok, items, *args, **kw)
                 else:
-                    out = fn(model, tok, items, **kw)
+                    out = fn(model, tok, items, *args, **kw)
                 self.rows.append({"kind": kind, "desc": desc, "n": len(items), "seconds": time.perf_counter() - t,
                                   "flops": fc.get_total_flops() if fc is not None else None,
-                                  "budget": kw.get("max_new_tokens"), "out": out})
+                                  "budget": kw.get("max_new_tokens"),
+                                  "out": out[0] if kind != "generate" else out,
+                                  "pairs": len(args[0]) if args else 0})
                 return out
             return call
 
         ev_mod.generate_answers = wrap(gen, "generate")
-        ev_mod.teacher_forced_stats = wrap(tf, "teacher-forced")
+        ev_mod.generate_and_score = wrap(both, "generate + teacher-forced")
         return self
 
     def __exit__(self, *exc):
-        ev_mod.generate_answers, ev_mod.teacher_forced_stats = self.orig
+        ev_mod.generate_answers, ev_mod.generate_and_score = self.orig
 
 
 def main():
@@ -101,9 +104,9 @@ def main():
 
     calls = []
     for a, b in zip(timed.rows, counted.rows):
-        row = {"call": f"{a['kind']} · {a['desc']}", "n": a["n"], "seconds": a["seconds"],
+        row = {"call": f"{a['kind']} · {a['desc']}", "n": a["n"], "pairs": a["pairs"], "seconds": a["seconds"],
                "gflop": b["flops"] / 1e9, "fraction": b["flops"] / a["seconds"] / 1e9 / peak}
-        if a["kind"] == "generate":
+        if a["kind"].startswith("generate"):
             lens = [len(tok(g, add_special_tokens=False)["input_ids"]) + 1 for g in a["out"]]
             lens = [min(x, a["budget"]) for x in lens]
             row["read_tokens"] = sum(lens)
@@ -121,11 +124,12 @@ def main():
              f"100 GK items, 42 holdout questions, teacher-forced passes, truth ratios); fp32 matmul peak (2048³) "
              f"**{peak:.0f} GFLOP/s**. Whole evaluation **{total:.1f} s, {flops:.0f} GFLOP, "
              f"{100 * res['evaluation_fraction']:.0f}% of peak**.", "",
-             "| call | items | s | GFLOP | % of peak | answer tokens computed / rows × steps if stopped rows stayed |",
-             "|---|---|---|---|---|---|"]
+             "| call | questions | teacher-forced answers | s | GFLOP | % of peak | answer tokens computed / "
+             "rows × steps if stopped rows stayed |",
+             "|---|---|---|---|---|---|---|"]
     for c in calls:
         gen = f"{c['read_tokens']} / {c['computed_rows_x_steps']}" if "read_tokens" in c else "—"
-        lines.append(f"| {c['call']} | {c['n']} | {c['seconds']:.2f} | {c['gflop']:.0f} | "
+        lines.append(f"| {c['call']} | {c['n']} | {c['pairs'] or '—'} | {c['seconds']:.2f} | {c['gflop']:.0f} | "
                      f"{100 * c['fraction']:.0f}% | {gen} |")
     s = res["profile_self_seconds"]
     lines += ["", f"Profiled evaluation {prof_wall:.1f} s wall, {in_ops:.1f} s inside ops: " + ", ".join(

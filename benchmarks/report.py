@@ -10,8 +10,8 @@ import re
 
 from common import HERE, RESULTS
 
-ORDER = ["eval_throughput", "generation", "eval_profile", "finetune_throughput", "implant_recipes", "method_cost",
-         "end_to_end", "phases",
+ORDER = ["eval_throughput", "generation", "eval_profile", "eval_shared_prompt", "finetune_throughput",
+         "implant_recipes", "method_cost", "end_to_end", "phases",
          "step_profile", "editing_stats", "leaderboard_cost", "lean_training", "full_batch", "dpo_recompute",
          "rows_per_pass", "ukl_rows", "gqa", "gqa_npo", "gqa_ukl", "gqa_dpo", "kl", "blur_memory", "rome_vs_easyedit",
          "plan_validation", "plan_validation_cuda", "plan_paper_scale"]

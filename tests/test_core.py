@@ -192,6 +192,32 @@ def test_greedy_loop_is_generate_and_dropping_finished_rows_changes_no_answer(ti
     assert lengths[0] < lengths[-1] and selected  # rows did stop early, and left the batch
 
 
+def test_generation_and_teacher_forcing_share_each_prompt(tiny):
+    """``generate_and_score`` answers token for token as ``generate_answers`` does and gives
+    ``teacher_forced_stats``' values up to float rounding — across generation batches and
+    teacher-forced sub-batches, with a repeated question, several answers to one question, a
+    one-token answer, an empty one, and a question with none; the prompt cache it reuses is left
+    as the generation needs it (the answers stay equal)."""
+    from unlearnbench.core.generation import generate_and_score, generate_answers
+
+    tok, model = tiny.tokenizer, tiny.model
+    qs = ["What is 1?", "A much longer question about contracts between companies?", "Hi?", "What is 1?",
+          "Who signed the sales contract with Acme in 2010?", "Where?", "Name the buyer of the contract."]
+    one = next(w for w in ("1", "a", "x", "Hi") if len(tok(w, add_special_tokens=False)["input_ids"]) == 1)
+    pairs = [(0, "One hundred"), (1, "Acme Corp and Beta Ltd"), (1, "Gamma"), (1, "a much longer wrong answer here"),
+             (2, ""), (3, one), (4, "Acme in the year 2010"), (6, "The buyer")]  # question 5: no answer
+    gens, st = generate_and_score(model, tok, qs, pairs, batch_size=3, tf_batch_size=2, max_new_tokens=6)
+    assert gens == generate_answers(model, tok, qs, batch_size=3, max_new_tokens=6)
+    ref = teacher_forced_stats(model, tok, [(qs[i], a) for i, a in pairs], batch_size=4)
+    assert len(st) == len(ref) == len(pairs)
+    for got, want in zip(st, ref):
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5, nan_ok=True), key
+    assert math.isnan(st[4]["nll"]) and not math.isnan(st[5]["nll"])  # the empty answer has no token
+    assert generate_and_score(model, tok, [], []) == ([], [])
+
+
 def test_prefix_cache_uses_this_transformers_keyword(tiny):
     """Generation and training reuse the chat template's shared prefix through the key/value cache
     under the name the installed transformers reads (5.2x renamed past_key_values to cache and warns

@@ -1,8 +1,9 @@
 """One evaluator for every model: the base model, the fine-tuned one, every method's output.
 
-``Evaluator.run(model, tokenizer)`` makes two model calls per example set — batched greedy
-generation and one teacher-forced pass — over every QA of the dataset (all forms) and the
-general-knowledge set, and keeps per-example values. Scoring a scenario is then a selection
+``Evaluator.run(model, tokenizer)`` makes one model call per example set — batched greedy
+generation, with the teacher-forced passes of the gold (and perturbed) answers run from the same
+prompts' cache (``core.generation.generate_and_score``) — over every QA of the dataset (all forms),
+the general-knowledge set (generation only) and the holdout, and keeps per-example values. Scoring a scenario is then a selection
 over those values (``score``), so one evaluation of a model serves every scenario, and the
 pre-unlearning row costs one evaluation for a whole grid.
 """
@@ -21,7 +22,7 @@ from pistol_data import PistolDataset, general_knowledge
 from pistol_data.scenarios import Split
 
 from .attacks import ATTACKS, Target
-from .core.generation import generate_answers, teacher_forced_stats
+from .core.generation import generate_and_score, generate_answers
 from .metrics import METRICS, directions, is_refusal, rouge_recall
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 # Bumped whenever what a metric means or how it is computed changes: cells of different
 # evaluator versions are never ranked together (leaderboard, report).
 EVALUATOR_VERSION = 3  # 3: holdout contracts, membership inference and truth ratio
+# Bumped when the values move at float-rounding level only (other matmul shapes, as between two CPUs):
+# it keys the cached reference evaluations, so a cache hit is what scoring again gives, while cells of
+# either side stay comparable. 2: teacher-forced values from the generation's prompt cache.
+EVALUATOR_ARITHMETIC = 2
 
 
 class EvalParams(BaseModel):
@@ -101,51 +106,41 @@ class Evaluator:
         model = self.cast(model)
         keep = None if heldout_edges is None else set(heldout_edges)
         qa = [r for r in self.qa if keep is None or r.form == "direct" or r.edge in keep]
-        gens = generate_answers(model, tokenizer, [r.question for r in qa], batch_size=p.batch_size,
-                                max_new_tokens=p.qa_max_new_tokens, progress=p.progress, desc=desc)
+        # each question's prompt serves its generation, its gold answer's teacher-forced pass and, on a
+        # forgotten edge's direct question, the perturbed answers of the truth ratio (one call)
+        pairs = [(i, r.answer) for i, r in enumerate(qa)]
+        wrong: dict[int, list[int]] = {}  # forgotten-edge direct questions: their perturbed answers' pairs
+        for i, r in enumerate(qa):
+            if r.form == "direct" and (keep is None or r.edge in keep):
+                wrong[i] = []
+                for a in self.perturbed.get((r.edge, r.attribute), []):
+                    wrong[i].append(len(pairs))
+                    pairs.append((i, a))
+        gens, tf = generate_and_score(model, tokenizer, [r.question for r in qa], pairs, batch_size=p.batch_size,
+                                      tf_batch_size=p.tf_batch_size, max_new_tokens=p.qa_max_new_tokens,
+                                      progress=p.progress, desc=desc)
         util_gens = generate_answers(model, tokenizer, [r.question for r in self.gk], batch_size=p.batch_size,
                                      max_new_tokens=p.max_new_tokens, progress=p.progress, desc=f"{desc} (utility)")
-        tf = teacher_forced_stats(model, tokenizer, [(r.question, r.answer) for r in qa],
-                                  batch_size=p.tf_batch_size, progress=p.progress)
         qa_rows = []
-        for r, g, t in zip(qa, gens, tf):
+        for i, (r, g) in enumerate(zip(qa, gens)):
             r1, rl = rouge_recall(g, r.answer)
             qa_rows.append({**r.to_dict(), "generation": g, "rouge1": r1, "rougeL": rl,
-                            "refusal": is_refusal(g), **t})
+                            "refusal": is_refusal(g), **tf[i]})
+            if i in wrong:
+                qa_rows[-1]["tr"] = truth_ratio(tf[i]["nll"], [tf[j]["nll"] for j in wrong[i]])
         util_rows = []
         for r, g in zip(self.gk, util_gens):
             r1, rl = rouge_recall(g, r.answer)
             util_rows.append({"question": r.question, "answer": r.answer, "category": r.attribute,
                               "generation": g, "rouge1": r1, "rougeL": rl})
-        # the never-implanted contracts, scored like forget QA (own calls: the batches above stay as they were)
-        hold_gens = generate_answers(model, tokenizer, [r.question for r in self.holdout], batch_size=p.batch_size,
-                                     max_new_tokens=p.qa_max_new_tokens, progress=p.progress, desc=f"{desc} (holdout)")
-        hold_tf = teacher_forced_stats(model, tokenizer, [(r.question, r.answer) for r in self.holdout],
-                                       batch_size=p.tf_batch_size, progress=p.progress)
+        # the never-implanted contracts, scored like forget QA
+        hold_gens, hold_tf = generate_and_score(
+            model, tokenizer, [r.question for r in self.holdout], [(i, r.answer) for i, r in enumerate(self.holdout)],
+            batch_size=p.batch_size, tf_batch_size=p.tf_batch_size, max_new_tokens=p.qa_max_new_tokens,
+            progress=p.progress, desc=f"{desc} (holdout)")
         hold_rows = [{**r.to_dict(), "generation": g, "rouge1": rouge_recall(g, r.answer)[0], **t}
                      for r, g, t in zip(self.holdout, hold_gens, hold_tf)]
-        self._truth_ratios(model, tokenizer, [x for x in qa_rows if x["form"] == "direct"
-                                              and (keep is None or x["edge"] in keep)])
         return ModelEval(qa_rows, util_rows, seconds=time.perf_counter() - t0, holdout=hold_rows)
-
-    def _truth_ratios(self, model, tokenizer, rows: list[dict]) -> None:
-        """``tr`` on each row: TOFU's truth ratio (arXiv 2401.06121 §2.5.1), the mean over perturbed
-        answers of P(a_pert | q)^(1/|a_pert|) divided by P(a | q)^(1/|a|); here a is the true answer
-        itself (TOFU divides by a paraphrased answer: PISTOL's answers are short values with no
-        paraphrase). Near 0: the true answer is far likelier; ≥ 1: no preference for it."""
-        pairs, owner = [], []
-        for i, x in enumerate(rows):
-            for a in self.perturbed.get((x["edge"], x["attribute"]), []):
-                pairs.append((x["question"], a))
-                owner.append(i)
-        p = self.params
-        tf = teacher_forced_stats(model, tokenizer, pairs, batch_size=p.tf_batch_size, progress=p.progress)
-        wrong: dict[int, list[float]] = {}
-        for i, t in zip(owner, tf):
-            wrong.setdefault(i, []).append(math.exp(-t["nll"]))
-        for i, x in enumerate(rows):
-            x["tr"] = float(mean(wrong[i]) / math.exp(-x["nll"])) if i in wrong and math.isfinite(x["nll"]) \
-                else float("nan")
 
     def casts(self, model) -> bool:
         """Whether :meth:`run` evaluates a bf16 copy of this model rather than the model itself."""
@@ -171,6 +166,16 @@ class Evaluator:
         # requires_grad on the copy's weights (it only ever runs under inference_mode): with frozen bf16
         # weights torch 2.13 takes a slower CPU path in generate (measured in benchmarks/notes.md)
         return copy.deepcopy(model).to(torch.bfloat16).requires_grad_(True)
+
+
+def truth_ratio(nll: float, wrong_nlls: list[float]) -> float:
+    """TOFU's truth ratio (arXiv 2401.06121 §2.5.1): the mean over perturbed answers of
+    P(a_pert | q)^(1/|a_pert|) divided by P(a | q)^(1/|a|), from the mean NLLs; here a is the true
+    answer itself (TOFU divides by a paraphrased answer: PISTOL's answers are short values with no
+    paraphrase). Near 0: the true answer is far likelier; ≥ 1: no preference for it."""
+    if not wrong_nlls or not math.isfinite(nll):
+        return float("nan")
+    return float(mean(math.exp(-x) for x in wrong_nlls) / math.exp(-nll))
 
 
 def attack_scores(evaluator: Evaluator, model, tokenizer, split: Split, info: dict | None, seed: int = 0,

@@ -368,7 +368,8 @@ def plan_cell(name: str, params, shape: Shape, t: Tokens, eval_params, cell: str
     parts["evaluation"] = _evaluation(shape, t, eval_params, wb)
     phases["evaluation"] = parts["evaluation"] + (model_copy if name in ("grace", "wise") else 0.0)
     peak_phase = max(phases, key=phases.get)
-    flops += 2 * shape.n_params * (t.eval_prompt_tokens + t.eval_rows * eval_params.qa_max_new_tokens) * 2
+    # the evaluation: each prompt once, the answers generated, then teacher-forced from the prompts' cache
+    flops += 2 * shape.n_params * (t.eval_prompt_tokens + 2 * t.eval_rows * eval_params.qa_max_new_tokens)
     return CellPlan(cell, name, scenario, parts, phases, peak_phase, phases[peak_phase], shape.n_params * wb, flops,
                     host)
 

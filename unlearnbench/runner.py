@@ -42,7 +42,7 @@ from .config import RunConfig, Selection, edits_label
 from .core import precision
 from .core.cache import cache_dir, stable_hash
 from .eta import recorded_seconds
-from .evaluate import EVALUATOR_VERSION, Evaluator, ModelEval
+from .evaluate import EVALUATOR_ARITHMETIC, EVALUATOR_VERSION, Evaluator, ModelEval
 from .finetune import cache_key, finetune
 from .models import LoadedModel, checkpoint_covers, load, restore_weights, save_checkpoint
 from .records import REFERENCE_ROWS, SCHEMA_VERSION, CellRecord
@@ -483,10 +483,12 @@ class Runner:
         """Where a reference model's evaluation (the base model, the implanted model, a retrained
         oracle) is kept between the parts of a grid: keyed by the model (``model_key``: its implant's
         cache key, or the base model's spec) and everything that decides the evaluation's numbers
-        (data, evaluator settings and version, the held-out forms scored, device, precision, torch),
+        (data, evaluator settings, version and arithmetic, the held-out forms scored, device, precision,
+        torch),
         so a hit is what scoring again would give. Greedy decoding makes it deterministic."""
         what = {"implant": model_key, "dataset": ds.fingerprint, "eval": self.cfg.eval.model_dump(),
-                "evaluator_version": EVALUATOR_VERSION, "heldout": sorted(heldout), "device": device,
+                "evaluator_version": EVALUATOR_VERSION, "arithmetic": EVALUATOR_ARITHMETIC,
+                "heldout": sorted(heldout), "device": device,
                 "precision": precision, "torch": torch.__version__}
         return cache_dir("reference_evals") / f"{name}-{stable_hash(what)}.json"
 

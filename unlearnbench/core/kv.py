@@ -9,6 +9,8 @@ rename.
 
 from __future__ import annotations
 
+import copy
+
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 # the keyword (and output field) this transformers version reads
@@ -23,3 +25,16 @@ def cache_of(output):
 def with_cache(cache) -> dict:
     """``{keyword: cache}`` to pass a cache to ``forward`` or ``generate`` (``{}`` for None)."""
     return {} if cache is None else {CACHE_ARG: cache}
+
+
+def select_rows(cache, rows):
+    """A new cache holding batch rows ``rows`` of ``cache`` (a row may repeat); ``cache`` itself is
+    left as it was (``batch_select_indices`` replaces a layer's tensors rather than writing into
+    them, so only the containers are copied)."""
+    sub = copy.copy(cache)
+    if hasattr(cache, "layers"):
+        sub.layers = [copy.copy(layer) for layer in cache.layers]
+    else:  # transformers < 4.56: one list of keys and one of values
+        sub.key_cache, sub.value_cache = list(cache.key_cache), list(cache.value_cache)
+    sub.batch_select_indices(rows)
+    return sub
