@@ -2,10 +2,10 @@
 
 ``Evaluator.run(model, tokenizer)`` makes one model call per example set — batched greedy
 generation, with the teacher-forced passes of the gold (and perturbed) answers run from the same
-prompts' cache (``core.generation.generate_and_score``) — over every QA of the dataset (all forms),
-the general-knowledge set (generation only) and the holdout, and keeps per-example values. Scoring a scenario is then a selection
-over those values (``score``), so one evaluation of a model serves every scenario, and the
-pre-unlearning row costs one evaluation for a whole grid.
+prompts' cache (``core.generation.generate_and_score``) — over every QA of the dataset (all
+forms), the general-knowledge set (generation only) and the holdout, and keeps per-example
+values. Scoring a scenario is then a selection over those values (``score``), so one evaluation
+of a model serves every scenario, and the pre-unlearning row costs one evaluation for a whole grid.
 """
 
 from __future__ import annotations
