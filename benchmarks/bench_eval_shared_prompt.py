@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import math
 import time
-from statistics import mean
 
 from common import implanted, matmul_peak, write
 from torch.utils.flop_counter import FlopCounterMode
 
 from pistol_data import scenarios
 from unlearnbench.core.generation import generate_answers, teacher_forced_stats
-from unlearnbench.evaluate import EvalParams, Evaluator, ModelEval, score
+from unlearnbench.evaluate import EvalParams, Evaluator, ModelEval, score, truth_ratio
 from unlearnbench.metrics import is_refusal, rouge_recall
 
 STATS = ("mrr", "thr", "es", "nll", "mink", "minkpp", "zlib", "tr")
@@ -50,8 +49,7 @@ def separate(ev: Evaluator, model, tok, heldout_edges) -> ModelEval:
         r1, rl = rouge_recall(g, r.answer)
         rows.append({**r.to_dict(), "generation": g, "rouge1": r1, "rougeL": rl, "refusal": is_refusal(g), **t})
     util_rows = [{"question": r.question, "answer": r.answer, "category": r.attribute, "generation": g,
-                  "rouge1": rouge_recall(g, r.answer)[0], "rougeL": rouge_recall(g, r.answer)[1]}
-                 for r, g in zip(ev.gk, util)]
+                  **dict(zip(("rouge1", "rougeL"), rouge_recall(g, r.answer)))} for r, g in zip(ev.gk, util)]
     hold_gens = generate_answers(model, tok, [r.question for r in ev.holdout], batch_size=p.batch_size,
                                  max_new_tokens=p.qa_max_new_tokens)
     hold_tf = teacher_forced_stats(model, tok, [(r.question, r.answer) for r in ev.holdout],
@@ -66,9 +64,9 @@ def separate(ev: Evaluator, model, tok, heldout_edges) -> ModelEval:
             owner.append(i)
     wrong: dict[int, list[float]] = {}
     for i, t in zip(owner, teacher_forced_stats(model, tok, pairs, batch_size=p.tf_batch_size)):
-        wrong.setdefault(i, []).append(math.exp(-t["nll"]))
+        wrong.setdefault(i, []).append(t["nll"])
     for i, x in enumerate(forget):
-        x["tr"] = float(mean(wrong[i]) / math.exp(-x["nll"])) if i in wrong else float("nan")
+        x["tr"] = truth_ratio(x["nll"], wrong.get(i, []))
     return ModelEval(rows, util_rows, seconds=time.perf_counter() - t0, holdout=hold)
 
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .kv import cache_of, select_rows, with_cache
 from .lm import answer_logits
-from .prompts import collate, encode_qa, prompt, shared_prefix_len
+from .prompts import collate, encode_qa, pad, prompt, shared_prefix_len
 
 
 def _batches(order: list[int], size: int):
@@ -119,13 +119,10 @@ def generate_and_score(model, tokenizer, questions: list[str], pairs: list[tuple
         for sub in _batches(todo, tf_batch_size):
             dev = mask.device
             qrow = torch.tensor([rows[owner[j]] for j in sub], device=dev)
-            n = max(0, max(len(gold[j]) for j in sub) - 1)  # the last gold token is predicted, never fed
             fed = None
-            if n > 0:
-                ids = torch.tensor([gold[j][:-1] + [tokenizer.pad_token_id] * (n - max(0, len(gold[j]) - 1))
-                                    for j in sub], device=dev)
-                amask = torch.tensor([[1] * max(0, len(gold[j]) - 1) + [0] * (n - max(0, len(gold[j]) - 1))
-                                      for j in sub], device=dev)
+            if max(len(gold[j]) for j in sub) > 1:  # the last gold token is predicted, never fed
+                ids, amask = pad([gold[j][:-1] for j in sub], tokenizer.pad_token_id, "right", dev)
+                n = ids.shape[1]
                 fed = model(input_ids=ids, attention_mask=torch.cat([mask[qrow], amask], -1),
                             position_ids=pos[qrow, -1:] + 1 + torch.arange(n, device=dev), use_cache=True,
                             **with_cache(select_rows(cache, qrow))).logits
